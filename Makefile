@@ -1,0 +1,95 @@
+# StructViT-Lightning. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= $(shell command -v python3.11 || command -v python3)
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+DEPS_HASH   := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+DATA_ROOT   ?= ./data
+RUNS        ?= runs
+PYTEST_ARGS ?=
+
+# Dataset sources: every base URL / folder is a variable, so a mirror or a local copy can be used.
+K400_BASE_URL ?= https://s3.amazonaws.com/kinetics/400
+SSV2_DIR      ?= $(DATA_ROOT)/downloads/ssv2
+SSV1_DIR      ?= $(DATA_ROOT)/downloads/ssv1
+DIVING48_BASE_URL ?= http://www.svcl.ucsd.edu/projects/resound
+DIVING48_DIR  ?= $(DATA_ROOT)/downloads/diving48
+GYM_VIDEOS    ?= $(DATA_ROOT)/downloads/finegym/videos
+GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
+INDEX         ?= $(DATA_ROOT)/synthetic
+JOBS          ?= $(shell nproc)
+
+.PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
+        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu ablation-synthetic tensorboard clean
+
+help: ## List every target with one line each
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+
+install: ## Create .venv and install the project with its dev extra (no-op when pyproject.toml is unchanged)
+	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(DEPS_HASH)" ]; then \
+		echo "install: $(VENV) is current"; \
+	else \
+		set -e; \
+		[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); \
+		$(PY) -m pip install --quiet --upgrade pip; \
+		$(PY) -m pip install --quiet -e '.[dev]'; \
+		echo "$(DEPS_HASH)" > $(STAMP); \
+		echo "install: $(VENV) ready"; \
+	fi
+
+test: install ## Run the whole test suite (installs first); non-zero exit on any failure
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## Run the test suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## Check the code with ruff
+	$(VENV)/bin/ruff check src data_prep benchmarks tests
+
+format: install ## Format the code with ruff
+	$(VENV)/bin/ruff format src data_prep benchmarks tests
+
+demo: install ## The embedded default end to end: generate the synthetic benchmark, train structvit_xs, test, report
+	$(PY) -m src.demo --data-root $(DATA_ROOT) --runs $(RUNS)
+
+prepare-synthetic: install ## Generate the synthetic motion benchmark into $(DATA_ROOT)/synthetic (cached)
+	$(PY) -m data_prep.synthetic --out $(DATA_ROOT)/synthetic --workers $(JOBS)
+
+prepare-k400: install ## Download (resumable) and index Kinetics-400 from K400_BASE_URL into $(DATA_ROOT)/k400
+	$(PY) -m data_prep.kinetics --out $(DATA_ROOT)/k400 --base-url $(K400_BASE_URL) --workers $(JOBS)
+
+prepare-ssv2: install ## Extract and index Something-Something V2 from SSV2_DIR into $(DATA_ROOT)/ssv2
+	$(PY) -m data_prep.ssv2 --source $(SSV2_DIR) --out $(DATA_ROOT)/ssv2 --workers $(JOBS)
+
+prepare-ssv1: install ## Extract and index Something-Something V1 (JPEG frames) from SSV1_DIR into $(DATA_ROOT)/ssv1
+	$(PY) -m data_prep.ssv1 --source $(SSV1_DIR) --out $(DATA_ROOT)/ssv1 --workers $(JOBS)
+
+prepare-diving48: install ## Download/extract and index Diving-48 (V2 labels) into $(DATA_ROOT)/diving48
+	$(PY) -m data_prep.diving48 --source $(DIVING48_DIR) --base-url $(DIVING48_BASE_URL) --out $(DATA_ROOT)/diving48 --workers $(JOBS)
+
+prepare-gym: install ## Trim FineGym events/elements from GYM_VIDEOS with GYM_ANNOTATIONS into $(DATA_ROOT)/gym99 and gym288
+	$(PY) -m data_prep.finegym --videos $(GYM_VIDEOS) --annotations $(GYM_ANNOTATIONS) --out $(DATA_ROOT) --workers $(JOBS)
+
+doctor: install ## Probe every video of INDEX in subprocesses; write quarantine.txt and a summary
+	$(PY) -m data_prep.doctor $(INDEX) --workers $(JOBS)
+
+bench: install ## Run the CPU benchmark set (under 15 min); JSON in benchmarks/results/, tables for BENCHMARKS.md
+	$(PY) -m benchmarks.run --suite cpu
+
+bench-quick: install ## Run a quick benchmark subset (under 2 min)
+	$(PY) -m benchmarks.run --suite quick
+
+bench-gpu: install ## Run the GPU benchmark set (CUDA, flash attention, bf16)
+	$(PY) -m benchmarks.run --suite gpu
+
+ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4} x 3 seeds + frame-shuffle control
+	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation
+
+tensorboard: install ## Open TensorBoard on the runs folder ($(RUNS))
+	$(VENV)/bin/tensorboard --logdir $(RUNS) --bind_all
+
+clean: ## Remove the virtual environment and caches (keeps data and runs)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
