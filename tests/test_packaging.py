@@ -35,7 +35,7 @@ def test_cli_help_lists_subcommands():
 
 
 def test_make_help_lists_every_target():
-    result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["make", "--no-print-directory", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     declared = set(re.findall(r"^([a-zA-Z0-9_-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
