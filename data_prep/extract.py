@@ -1,0 +1,189 @@
+"""Safe, all-or-nothing extraction of tar / tar.gz / zip archives, including multi-part tar.gz pieces.
+
+Every member is checked before it is written: absolute paths, `..` components, links that point outside the
+target, device files and FIFOs are refused with the member named. Members are written into a temporary folder
+inside the target and moved into place only after the whole archive (gzip trailer and CRC included) has been
+read, so a truncated or hostile archive never leaves half its content looking extracted. A marker file records
+finished archives so a re-run skips them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+
+class ExtractError(RuntimeError):
+    """An archive that was refused or could not be read; names the archive, the member and the reason."""
+
+    def __init__(self, archive: str | Path, reason: str, member: str | None = None):
+        where = f" (member {member!r})" if member else ""
+        super().__init__(f"{archive}{where}: {reason}")
+        self.archive, self.member, self.reason = str(archive), member, reason
+
+
+class MultiPartReader(io.RawIOBase):
+    """Read several files one after the other as one stream (SSv2's `20bn-something-something-v2-??`)."""
+
+    def __init__(self, parts: Sequence[Path]):
+        super().__init__()
+        self.parts = [Path(p) for p in parts]
+        self._index = 0
+        self._file = open(self.parts[0], "rb") if self.parts else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._file is not None:
+            n = self._file.readinto(buffer)
+            if n:
+                return n
+            self._file.close()
+            self._index += 1
+            self._file = open(self.parts[self._index], "rb") if self._index < len(self.parts) else None
+        return 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
+
+
+def _check_name(archive: str, name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise ExtractError(archive, "absolute path refused; an archive member must be relative", name)
+    if ".." in path.parts:
+        raise ExtractError(archive, "'..' in a member path refused; it would write outside the target", name)
+    return path
+
+
+def _check_tar_member(archive: str, member: tarfile.TarInfo) -> None:
+    path = _check_name(archive, member.name)
+    if member.issym():
+        target = PurePosixPath(member.linkname)
+        resolved = os.path.normpath(str(path.parent / target))
+        if target.is_absolute() or resolved == ".." or resolved.startswith("../"):
+            raise ExtractError(
+                archive, f"symlink to {member.linkname!r} points outside the target; refused", member.name
+            )
+    elif member.islnk():
+        _check_name(archive, member.linkname)
+    elif not (member.isfile() or member.isdir()):
+        raise ExtractError(archive, "device file / FIFO members are refused", member.name)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _move_tree(src: Path, dest: Path) -> None:
+    """Move the content of `src` into `dest`, replacing files of the same name."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(Path(root) / name, dest / rel / name)
+        for name in list(dirs):
+            if (Path(root) / name).is_symlink():
+                os.replace(Path(root) / name, dest / rel / name)
+                dirs.remove(name)
+
+
+def _extract_tar(label: str, stream, tmp: Path, progress: bool) -> int:
+    count = 0
+    with (
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+        tqdm(desc=f"extract {label}", unit="file", disable=not progress) as bar,
+    ):
+        for member in tar:
+            _check_tar_member(label, member)
+            tar.extract(member, tmp, filter="data")
+            count += member.isfile()
+            bar.update(1)
+    return count
+
+
+def _extract_zip(label: str, path: Path, tmp: Path) -> int:
+    count = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            _check_name(label, info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise ExtractError(label, "symlink members are refused in zip archives", info.filename)
+            archive.extract(info, tmp)
+            count += not info.is_dir()
+    return count
+
+
+def marker_path(dest: Path, label: str) -> Path:
+    """The file that says `label` was fully extracted into `dest`."""
+    return Path(dest) / f".extracted-{label}"
+
+
+def safe_extract(archive: Path | Sequence[Path], dest: Path, *, progress: bool = False) -> int:
+    """Extract a tar(.gz)/zip archive, or the ordered parts of one split tar(.gz), into `dest`.
+
+    Returns the number of files written (0 when a marker says it was done before; SSv1 has 11 M files, so
+    no name list is kept).
+    Raises ExtractError naming the member for a hostile archive, or the archive for a truncated one;
+    in both cases `dest` is left as it was.
+    """
+    parts = [Path(archive)] if isinstance(archive, str | Path) else [Path(p) for p in archive]
+    if not parts:
+        raise ExtractError(str(dest), "no archive parts given")
+    label = parts[0].name if len(parts) == 1 else re.sub(r"[-_.]?\d+$", "", parts[0].name) or parts[0].name
+    dest = Path(dest)
+    marker = marker_path(dest, label)
+    if marker.exists():
+        return 0
+    for part in parts:
+        if not part.is_file():
+            raise ExtractError(part, "archive not found; download it first")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".tmp-extract-{label}"
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left behind
+    tmp.mkdir()
+    try:
+        if len(parts) == 1 and zipfile.is_zipfile(parts[0]):
+            count = _extract_zip(label, parts[0], tmp)
+        else:
+            raw = MultiPartReader(parts)
+            buffered = io.BufferedReader(raw, buffer_size=1 << 20)
+            try:
+                if _is_gzip(parts[0]):
+                    with gzip.GzipFile(fileobj=buffered) as gz:
+                        count = _extract_tar(label, gz, tmp, progress)
+                        while gz.read(1 << 20):  # read to the gzip trailer: a truncated file raises here
+                            pass
+                else:
+                    count = _extract_tar(label, buffered, tmp, progress)
+            finally:
+                buffered.close()
+    except ExtractError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, OSError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExtractError(
+            label,
+            f"truncated or corrupt archive ({type(err).__name__}: {err}); nothing was extracted, download it again",
+        ) from err
+    _move_tree(tmp, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    marker.write_text(f"{count} files\n", encoding="utf-8")
+    return count

@@ -1,0 +1,1 @@
+"""Reusable test helpers (real media files written with PyAV)."""
