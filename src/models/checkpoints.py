@@ -1,0 +1,169 @@
+"""Load UniFormer / StructViT / Lightning checkpoints into any model of the family, with a key report.
+
+Official UniFormer ImageNet checkpoints keep the weights under `model`, SlowFast-style video ones under
+`model_state`, Lightning ones under `state_dict` with a `backbone.` prefix; bare state dicts load as they
+are. 2-D kernels are inflated to 3-D (UniFormer's way: repeat over time and divide by the temporal size,
+or `centre`: the 2-D kernel at the central tap, zeros elsewhere). The classifier is dropped when the class
+count differs, or remapped row by row when both class lists are known. StructSA filters missing from the
+source (a plain-attention checkpoint) are set by `init_identity()`, so the network starts out computing
+exactly what the source computed (with S = 1). Files are read with `torch.load(weights_only=True)`: a
+checkpoint from the internet must not be able to run code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .structsa import StructSA
+
+_CONTAINER_KEYS = ("state_dict", "model_state", "model")
+_PREFIXES = ("backbone.", "model.", "module.")
+_INFLATIONS = ("average", "centre", "center")
+
+
+@dataclass
+class LoadReport:
+    """What load_pretrained did with every key."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    inflated: list[str] = field(default_factory=list)  # 2-D kernels inflated to 3-D (also in loaded)
+    missing: list[str] = field(default_factory=list)  # model keys the source lacks (identity-initialised excluded)
+    unexpected: list[str] = field(default_factory=list)  # source keys the model lacks
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    head_dropped: bool = False  # classifier left at its fresh init (class count differs)
+    head_remapped: int | None = None  # classes copied by name when both class lists were given
+    identity_init: list[str] = field(default_factory=list)  # StructSA modules set by init_identity()
+
+    @property
+    def clean(self) -> bool:
+        """True when every model key came from the source (apart from a dropped head / identity filters)."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"load_pretrained from {self.source}: {len(self.loaded)} tensors loaded"
+                 f" ({len(self.inflated)} inflated 2-D -> 3-D)"]
+        if self.head_dropped:
+            lines.append("  head: class count differs, classifier left at its fresh initialisation")
+        if self.head_remapped is not None:
+            lines.append(f"  head: {self.head_remapped} classes copied by name, the rest freshly initialised")
+        if self.identity_init:
+            lines.append(f"  StructSA filters set to identity (source has none): {len(self.identity_init)} modules")
+        for title, keys in (("missing", self.missing), ("unexpected (ignored)", self.unexpected)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else ""))
+        for name, src, dst in self.mismatched:
+            lines.append(f"  shape mismatch (not loaded): {name} source {src} model {dst}")
+        return "\n".join(lines)
+
+
+def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], str]:
+    """The flat tensor state dict of a checkpoint file or dict, with containers and prefixes removed."""
+    label = "<dict>"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"load_pretrained: checkpoint {path} does not exist; pass a .pth/.ckpt file")
+        label = str(path)
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses pickled code: say so plainly
+            raise ValueError(
+                f"load_pretrained: cannot read {path} as a weights-only checkpoint ({err}); "
+                "re-save it as a plain state dict of tensors"
+            ) from err
+    state = dict(source)
+    for key in _CONTAINER_KEYS:
+        if key in state and isinstance(state[key], Mapping):
+            state = dict(state[key])
+            break
+    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if not state:
+        raise ValueError(f"load_pretrained: {label} holds no tensors (looked under {', '.join(_CONTAINER_KEYS)})")
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            # a Lightning checkpoint also holds non-backbone keys (losses, metrics): keep the backbone only
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state, label
+
+
+def inflate(weight: Tensor, temporal: int, mode: str = "average") -> Tensor:
+    """2-D kernel (O, I, kH, kW) -> 3-D (O, I, temporal, kH, kW): repeat and divide, or centre tap only."""
+    if mode == "average":
+        return weight.unsqueeze(2).repeat(1, 1, temporal, 1, 1) / temporal
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], temporal, *weight.shape[2:])
+    out[:, :, temporal // 2] = weight
+    return out
+
+
+def _remap_head(key: str, src: Tensor, dst: Tensor, source_classes: list[str], target_classes: list[str]) -> tuple[Tensor, int]:
+    if len(source_classes) != src.shape[0]:
+        raise ValueError(
+            f"load_pretrained: source_classes lists {len(source_classes)} names but {key} has {src.shape[0]} rows"
+        )
+    out = dst.clone()
+    where = {name: i for i, name in enumerate(source_classes)}
+    matched = 0
+    for row, name in enumerate(target_classes):
+        if name in where:
+            out[row] = src[where[name]]
+            matched += 1
+    return out, matched
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: str | Path | dict,
+    *,
+    target_classes: list[str] | None = None,
+    source_classes: list[str] | None = None,
+    temporal_inflation: str = "average",
+) -> LoadReport:
+    """Load a checkpoint into model (in place) and return the report of what was loaded, inflated or left out."""
+    if temporal_inflation not in _INFLATIONS:
+        raise ValueError(f"load_pretrained: temporal_inflation={temporal_inflation!r}; use 'average' or 'centre'")
+    state, label = read_state_dict(source)
+    report = LoadReport(source=label)
+    own = model.state_dict()
+    head_keys = {k for k in own if k.startswith("head.")}
+    new_state: dict[str, Tensor] = {}
+    for key, dst in own.items():
+        if key not in state:
+            continue
+        src = state[key]
+        if src.shape == dst.shape:
+            new_state[key] = src
+        elif key in head_keys:
+            if source_classes is not None and target_classes is not None and src.dim() == dst.dim():
+                new_state[key], report.head_remapped = _remap_head(key, src, dst, source_classes, target_classes)
+            else:
+                report.head_dropped = True
+            continue
+        elif src.dim() == 4 and dst.dim() == 5 and src.shape[:2] == dst.shape[:2] and src.shape[2:] == dst.shape[3:]:
+            new_state[key] = inflate(src, dst.shape[2], "average" if temporal_inflation == "average" else "centre")
+            report.inflated.append(key)
+        else:
+            report.mismatched.append((key, tuple(src.shape), tuple(dst.shape)))
+            continue
+        report.loaded.append(key)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in new_state.items()}, strict=False)
+
+    # StructSA filters the source lacks: start from the identity, i.e. from what the source computed.
+    for name, module in model.named_modules():
+        if isinstance(module, StructSA) and module.k_struct is not None:
+            keys = [f"{name}.k_struct.weight", f"{name}.v_struct.weight"]
+            if not any(k in new_state for k in keys):
+                module.init_identity()
+                report.identity_init.append(name)
+    identity = {f"{n}.{p}.weight" for n in report.identity_init for p in ("k_struct", "v_struct")}
+    report.missing = [k for k in own if k not in new_state and k not in identity
+                      and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))
+                      and k not in {m[0] for m in report.mismatched}]
+    report.unexpected = [k for k in state if k not in own]
+    print(report)
+    return report

@@ -1,0 +1,149 @@
+"""Model registry: every network is a small named function, built by name from a config.
+
+StructViT family (SPEC §3; head_dim 64 unless noted):
+
+| name          | D | S | depths          | channels              | heads (st. 3, 4) | drop path |
+|---------------|---|---|-----------------|-----------------------|------------------|-----------|
+| structvit_xs  | 4 | 1 | [1, 1, 2, 1]    | [32, 64, 128, 192]    | 4, 6 (head_dim 32) | 0.0     |
+| structvit_s   | 4 | 1 | [3, 4, 8, 3]    | [64, 128, 320, 512]   | 5, 8             | 0.1       |
+| structvit_b   | 4 | 1 | [5, 8, 20, 7]   | [64, 128, 320, 512]   | 5, 8             | 0.3       |
+| structvit_l   | 4 | 1 | [5, 10, 24, 7]  | [128, 192, 448, 640]  | 7, 10            | 0.4       |
+| uniformer_s/b | 0 | - | as structvit_s/b |                      |                  | 0.1 / 0.3 |
+
+structvit_xs is this project's CPU variant (not in the paper): 1.17M parameters, 0.52 GFLOPs
+(multiply-adds) per 16x96x96 clip and 0.08 GFLOPs per 8x64x64 clip with 10 classes (`python -m
+src.models.flops --model structvit_xs --frames 16 --size 96 --num-classes 10`). Its head_dim is 32 so
+stages 3-4 still have several heads (4 and 6).
+
+Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
+checkpoint_stages, attn_fp32, image (build the 2-D image network). The pytorchvideo baselines x3d_m and
+mvit_b_16x4 accept num_frames and crop_size (their heads / position embeddings depend on the input size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .structvit import StructViT
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_UNIFORMER_OVERRIDES = frozenset(
+    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image"}
+)
+_BASELINE_OVERRIDES = frozenset({"num_frames", "crop_size"})
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model function under its own name (decorator)."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"register_model: a model named {fn.__name__!r} is already registered")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names that build_model accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int = 400, **overrides) -> nn.Module:
+    """Build a registered model by name; overrides change the variant's defaults (unknown ones: TypeError)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return _REGISTRY[name](num_classes=num_classes, **overrides)
+
+
+def _check_overrides(name: str, overrides: dict, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(
+            f"build_model({name!r}): unknown override(s) {', '.join(unknown)}; "
+            f"this model accepts {', '.join(sorted(allowed))}"
+        )
+
+
+def _uniformer_family(name: str, num_classes: int, overrides: dict, **layout) -> StructViT:
+    _check_overrides(name, overrides, _UNIFORMER_OVERRIDES)
+    kwargs = {**layout, **overrides}
+    if "checkpoint_stages" in kwargs and kwargs["checkpoint_stages"] is None:
+        kwargs["checkpoint_stages"] = ()
+    return StructViT(num_classes=num_classes, **kwargs)
+
+
+_S = dict(depths=(3, 4, 8, 3), dims=(64, 128, 320, 512))
+_B = dict(depths=(5, 8, 20, 7), dims=(64, 128, 320, 512))
+_L = dict(depths=(5, 10, 24, 7), dims=(128, 192, 448, 640))
+
+
+@register_model
+def structvit_xs(num_classes: int = 400, **overrides) -> StructViT:
+    """CPU-sized StructViT (this project's): depths [1,1,2,1], channels [32,64,128,192], head_dim 32, D=4."""
+    layout = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 192), head_dim=32, structure_dim=4, kv_stride=1,
+                  drop_path_rate=0.0)
+    return _uniformer_family("structvit_xs", num_classes, overrides, **layout)
+
+
+@register_model
+def structvit_s(num_classes: int = 400, **overrides) -> StructViT:
+    """StructViT-S-4-1 (kv_stride=2 gives the paper's S-4-2)."""
+    return _uniformer_family("structvit_s", num_classes, overrides, **_S, structure_dim=4, drop_path_rate=0.1)
+
+
+@register_model
+def structvit_b(num_classes: int = 400, **overrides) -> StructViT:
+    """StructViT-B-4-1."""
+    return _uniformer_family("structvit_b", num_classes, overrides, **_B, structure_dim=4, drop_path_rate=0.3)
+
+
+@register_model
+def structvit_l(num_classes: int = 400, **overrides) -> StructViT:
+    """StructViT-L-4-1."""
+    return _uniformer_family("structvit_l", num_classes, overrides, **_L, structure_dim=4, drop_path_rate=0.4)
+
+
+@register_model
+def uniformer_s(num_classes: int = 400, **overrides) -> StructViT:
+    """UniFormer-S: StructViT-S with D = 0 (plain multi-head self-attention)."""
+    return _uniformer_family("uniformer_s", num_classes, overrides, **_S, structure_dim=0, drop_path_rate=0.1)
+
+
+@register_model
+def uniformer_b(num_classes: int = 400, **overrides) -> StructViT:
+    """UniFormer-B: StructViT-B with D = 0."""
+    return _uniformer_family("uniformer_b", num_classes, overrides, **_B, structure_dim=0, drop_path_rate=0.3)
+
+
+@register_model
+def x3d_m(num_classes: int = 400, **overrides) -> nn.Module:
+    """pytorchvideo's X3D-M (16 frames, 224 crop by default); returns logits (no softmax in the head)."""
+    _check_overrides("x3d_m", overrides, _BASELINE_OVERRIDES)
+    from pytorchvideo.models.x3d import create_x3d
+
+    return create_x3d(
+        input_clip_length=overrides.get("num_frames", 16),
+        input_crop_size=overrides.get("crop_size", 224),
+        depth_factor=2.2,
+        model_num_class=num_classes,
+        head_activation=None,
+    )
+
+
+@register_model
+def mvit_b_16x4(num_classes: int = 400, **overrides) -> nn.Module:
+    """pytorchvideo's MViT-B 16x4 (Fan et al. 2021): its Kinetics-400 layout, logits out."""
+    _check_overrides("mvit_b_16x4", overrides, _BASELINE_OVERRIDES)
+    from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
+
+    return create_multiscale_vision_transformers(
+        spatial_size=overrides.get("crop_size", 224),
+        temporal_size=overrides.get("num_frames", 16),
+        embed_dim_mul=[[1, 2.0], [3, 2.0], [14, 2.0]],
+        atten_head_mul=[[1, 2.0], [3, 2.0], [14, 2.0]],
+        pool_q_stride_size=[[1, 1, 2, 2], [3, 1, 2, 2], [14, 1, 2, 2]],
+        pool_kv_stride_adaptive=[1, 8, 8],
+        pool_kvq_kernel=[3, 3, 3],
+        head_num_classes=num_classes,
+        droppath_rate_block=0.2,
+    )

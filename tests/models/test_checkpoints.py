@@ -1,0 +1,108 @@
+"""Loading UniFormer-layout, Lightning and bare checkpoints: inflation, head handling, the key report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.models import build_model
+from src.models.checkpoints import inflate, load_pretrained
+
+
+def _uniformer_image_checkpoint(num_classes: int = 1000) -> dict[str, torch.Tensor]:
+    """An official-style UniFormer-S ImageNet state dict: the same key names, 2-D kernels (Conv2d / BN2d)."""
+    torch.manual_seed(0)
+    model = build_model("uniformer_s", num_classes=num_classes, image=True)
+    with torch.no_grad():  # non-trivial BatchNorm statistics so that they matter
+        for name, buf in model.named_buffers():
+            if "running_mean" in name:
+                buf.normal_(std=0.1)
+            elif "running_var" in name:
+                buf.uniform_(0.5, 1.5)
+    return {k: (v.squeeze(2) if v.dim() == 5 else v) for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def image_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "uniformer_small_in1k.pth"
+    torch.save({"model": _uniformer_image_checkpoint()}, path)
+    return path
+
+
+def test_uniformer_image_checkpoint_loads_into_video_structvit_with_a_clean_report(image_checkpoint):
+    struct = build_model("structvit_s", num_classes=400)
+    report = load_pretrained(struct, image_checkpoint)
+    assert report.clean, str(report)
+    assert report.head_dropped  # 1000 ImageNet classes -> 400
+    assert "patch_embed1.proj.weight" in report.inflated and "blocks1.0.attn.weight" in report.inflated
+    assert len(report.identity_init) == 11  # every StructSA of stages 3 and 4
+    assert "inflated" in str(report) and "identity" in str(report)
+
+
+def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(image_checkpoint):
+    struct = build_model("structvit_s", num_classes=400)
+    uni = build_model("uniformer_s", num_classes=400)
+    load_pretrained(struct, image_checkpoint)
+    load_pretrained(uni, image_checkpoint)
+    struct.head.load_state_dict(uni.head.state_dict())  # both heads are fresh: make them the same
+    struct.eval()
+    uni.eval()
+    x = torch.randn(1, 3, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(struct(x), uni(x), atol=1e-5)
+
+
+def test_average_inflation_keeps_the_response_to_a_static_clip_in_the_interior():
+    weight = torch.randn(4, 2, 3, 3)
+    inflated = inflate(weight, 3)
+    assert inflated.shape == (4, 2, 3, 3, 3)
+    assert torch.allclose(inflated.sum(2), weight)
+    centre = inflate(weight, 5, "centre")
+    assert torch.equal(centre[:, :, 2], weight) and centre[:, :, [0, 1, 3, 4]].abs().sum() == 0
+
+
+def test_lightning_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("structvit_xs", num_classes=5).eval()
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    state["train_acc.total"] = torch.tensor(3)  # LightningModule extras beside the backbone
+    path = tmp_path / "epoch=1.ckpt"
+    torch.save({"state_dict": state, "epoch": 1, "global_step": 10}, path)
+    target = build_model("structvit_xs", num_classes=5).eval()
+    report = load_pretrained(target, str(path))
+    assert report.clean and not report.identity_init and not report.head_dropped
+    x = torch.randn(1, 3, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+def test_video_checkpoint_under_model_state_and_extra_keys_are_reported_not_fatal():
+    source = build_model("structvit_xs", num_classes=5)
+    state = dict(source.state_dict())
+    state["aux_head.weight"] = torch.zeros(3, 192)
+    state["blocks3.0.gamma_1"] = torch.ones(128)
+    target = build_model("structvit_xs", num_classes=5, structure_dim=2)
+    report = load_pretrained(target, {"model_state": state})
+    assert set(report.unexpected) == {"aux_head.weight", "blocks3.0.gamma_1"}
+    assert ("blocks3.0.attn.k_struct.weight", (512, 1, 3, 3, 3), (256, 1, 3, 3, 3)) in report.mismatched
+    assert not report.clean and "shape mismatch" in str(report) and "aux_head.weight" in str(report)
+
+
+def test_head_is_remapped_by_class_name():
+    source = build_model("structvit_xs", num_classes=3)
+    target = build_model("structvit_xs", num_classes=2)
+    report = load_pretrained(target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["c", "z"])
+    assert report.head_remapped == 1 and not report.head_dropped
+    assert torch.equal(target.head.weight[0], source.head.weight[2])
+    assert not torch.equal(target.head.weight[1], source.head.weight[0])
+
+
+def test_checkpoints_are_read_weights_only(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "hook": Path("/")}, path)  # a pickled non-tensor object
+    with pytest.raises(ValueError, match="weights-only"):
+        load_pretrained(build_model("structvit_xs"), path)
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        load_pretrained(build_model("structvit_xs"), tmp_path / "missing.pth")
