@@ -1,0 +1,150 @@
+"""Lightning callbacks of the training app: throughput and data wait, first-batch frame grid, a checkpoint
+on SIGTERM, and a JSON-lines writer for predictions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+MEAN = 0.45  # normalisation of SPEC §5, undone for pictures
+STD = 0.225
+
+
+class ThroughputMonitor(Callback):
+    """Logs clips/s per rank (`perf/clips_per_s`) and the fraction of step time spent waiting for data
+    (`perf/data_wait_frac`) every training step, as the mean over the last `window` steps.
+
+    A step is measured from the end of one batch to the end of the next; the wait is the part of it
+    before `on_train_batch_start`, i.e. the time Lightning spent fetching the batch from the loader.
+    """
+
+    def __init__(self, window: int = 10) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._last_end: float | None = None
+        self._batch_start = 0.0
+        self._steps: deque[tuple[int, float, float]] = deque(maxlen=window)  # (clips, wait s, step s)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_end = None  # the first step of an epoch includes worker start-up: not a fair sample
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        last, self._last_end = self._last_end, now
+        if last is None:
+            return
+        self._steps.append((int(batch["video"].shape[0]), self._batch_start - last, now - last))
+        clips, wait, total = (sum(column) for column in zip(*self._steps))
+        pl_module.log("perf/clips_per_s", clips / total, on_step=True, on_epoch=False)
+        pl_module.log("perf/data_wait_frac", wait / total, on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_end = None  # validation in the middle of an epoch is not data wait
+
+
+def frame_grid(video: torch.Tensor, max_clips: int = 8, max_frames: int = 8) -> torch.Tensor:
+    """(B, 3, T, H, W) normalised clips -> one (3, H', W') uint8-range float image: a row of frames per clip."""
+    import torchvision
+
+    clips = video[:max_clips].detach().float().cpu()
+    t = clips.shape[2]
+    step = max(t // max_frames, 1)
+    frames = clips[:, :, ::step][:, :, :max_frames]  # (b, 3, t', H, W)
+    b, _, tt = frames.shape[:3]
+    frames = (frames * STD + MEAN).clamp(0, 1).permute(0, 2, 1, 3, 4).reshape(b * tt, 3, *frames.shape[-2:])
+    return torchvision.utils.make_grid(frames, nrow=tt, padding=1)
+
+
+class FirstBatchFrames(Callback):
+    """Logs a grid of the first training batch's frames (after augmentation, before mixing) once per run."""
+
+    def __init__(self, max_clips: int = 8, max_frames: int = 8) -> None:
+        self.max_clips = max_clips
+        self.max_frames = max_frames
+        self._done = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._done or not trainer.is_global_zero:
+            return
+        self._done = True
+        grid = frame_grid(batch["video"], self.max_clips, self.max_frames)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("train/first_batch", grid, global_step=trainer.global_step)
+
+
+class SigtermCheckpoint(Callback):
+    """On SIGTERM (cluster pre-emption, `kill`), save `last.ckpt` so `--ckpt_path last` resumes exactly there.
+
+    Lightning turns SIGTERM into a SIGTERMException raised between two training steps, so the saved state is
+    consistent: the optimiser step of the last batch is complete and its progress counters are recorded.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is None or checkpoint.dirpath is None:
+            return
+        path = Path(checkpoint.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SIGTERM: saved {path} at global step {trainer.global_step}; resume with --ckpt_path last")
+
+
+class JsonLinesPredictionWriter(BasePredictionWriter):
+    """Writes one JSON object per predicted video ({"path", "top5": [{"class", "prob"}, ...]}) to `output`.
+
+    `output` None means `<run log dir>/predictions.jsonl`. Every rank writes its own shard file when
+    several processes predict (`predictions.rank1.jsonl`, ...).
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self._path: Path | None = None
+
+    def path_for(self, trainer: pl.Trainer) -> Path:
+        """Where this rank writes."""
+        base = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
+        if trainer.world_size > 1 and trainer.global_rank > 0:
+            base = base.with_name(f"{base.stem}.rank{trainer.global_rank}{base.suffix}")
+        return base
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._path = self.path_for(trainer)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.write_text("")
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        assert self._path is not None
+        with open(self._path, "a") as f:
+            for record in prediction:
+                f.write(json.dumps(record) + "\n")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rank_zero_info(f"predictions written to {self._path}")

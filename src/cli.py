@@ -1,0 +1,103 @@
+"""The command line: `python -m src.cli {fit,validate,test,predict} --config configs/<dataset>.yaml`.
+
+A LightningCLI over VideoClassifier and VideoDataModule. The class signatures are the config schema; an
+unknown key is a parse error naming it. Every run writes into its own folder
+`<trainer.logger.save_dir>/<name>/version_<n>/` (config.yaml, hparams.yaml, TensorBoard events,
+checkpoints/best-*.ckpt and last.ckpt, test reports). `--ckpt_path last` resumes from the newest
+`last.ckpt` of the same run name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
+from src.task import VideoClassifier
+
+LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
+DEFAULT_LOGGER = {
+    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
+}
+
+
+class SaveConfigWithCheckpoints(SaveConfigCallback):
+    """Saves the resolved config as `config.yaml` in the run folder and also inside every checkpoint."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cli_config"] = self.parser.dump(self.config, skip_none=False)
+
+
+class VideoCLI(LightningCLI):
+    """LightningCLI with the links, callbacks and run-folder conventions of this project."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.fingerprint", "model.data_fingerprint", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/top1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch:03d}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.save_last": False,  # Lightning >= 2.5 refreshes last.ckpt only when top-k saves
+                "checkpoint.save_top_k": 1,
+            }
+        )
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
+        parser.add_lightning_class_args(JsonLinesPredictionWriter, "predict_writer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = str(find_last_checkpoint(config))
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        # last.ckpt: the newest state after every validation / epoch, whether or not val/top1 improved
+        last = ModelCheckpoint(filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False)
+        callbacks = [*callbacks, last, LearningRateMonitor(logging_interval="step"), FirstBatchFrames(),
+                     SigtermCheckpoint()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def find_last_checkpoint(config: Any) -> Path:
+    """The newest `last.ckpt` under `<logger save_dir>/<name>/version_*/checkpoints/` of this config."""
+    logger = config.get("trainer.logger")
+    init = getattr(logger, "init_args", None) or {}
+    save_dir = Path(init.get("save_dir") or config.get("trainer.default_root_dir") or "runs")
+    name = init.get("name") or "default"
+    root = save_dir / name
+    candidates = sorted(root.glob("version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints/; "
+            "give a checkpoint path or check trainer.logger.init_args.save_dir / name"
+        )
+    return candidates[-1]
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> VideoCLI:
+    """Build the CLI (and run the subcommand when `run`)."""
+    from src.data.datamodule import VideoDataModule
+
+    return VideoCLI(
+        VideoClassifier,
+        VideoDataModule,
+        save_config_callback=SaveConfigWithCheckpoints,
+        trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER},
+        parser_kwargs={"parser_mode": "yaml"},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,135 @@
+"""Classification metrics: top-1, top-5, mean per-class accuracy; multi-view averaging; confusion matrix files."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class MeanClassAccuracy(Metric):
+    """Mean over classes of per-class top-1 accuracy, counting only classes that have samples (FineGym's metric).
+
+    torchmetrics' macro accuracy also averages in classes that were only predicted (a 0/0 counted as 0);
+    a class absent from the evaluated set says nothing about the model, so it is left out here.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("correct", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("support", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """preds (N, K) scores or (N,) class indices; target (N,)."""
+        if preds.dim() == 2:
+            preds = preds.argmax(dim=-1)
+        target = target.long()
+        self.support += torch.bincount(target, minlength=self.num_classes)
+        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
+
+    def compute(self) -> Tensor:
+        """The mean accuracy over classes with support (0 when there were no samples)."""
+        present = self.support > 0
+        if not present.any():
+            return torch.tensor(0.0)
+        return (self.correct[present].float() / self.support[present].float()).mean()
+
+
+def accuracy_collection(num_classes: int) -> MetricCollection:
+    """top1 / top5 (micro) and mean_class accuracy; top-5 becomes top-K when K < 5 classes."""
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "mean_class": MeanClassAccuracy(num_classes),
+        }
+    )
+
+
+def average_views(logits: Tensor, num_views: int) -> tuple[Tensor, Tensor]:
+    """(B*V, K) logits of V views per video -> ((B*V, K) per-view softmax, (B, K) mean softmax over views)."""
+    if logits.shape[0] % num_views:
+        raise ValueError(f"{logits.shape[0]} rows of logits are not a multiple of {num_views} views")
+    probs = logits.float().softmax(dim=-1)
+    return probs, probs.view(-1, num_views, probs.shape[-1]).mean(dim=1)
+
+
+class MultiViewMetrics(nn.Module):
+    """Single-view metrics (every view scored alone) and all-view metrics (softmax averaged per video)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.single = accuracy_collection(num_classes)
+        self.all = accuracy_collection(num_classes)
+
+    def update(self, view_probs: Tensor, video_probs: Tensor, labels: Tensor) -> None:
+        """view_probs (B*V, K), video_probs (B, K), labels (B,)."""
+        num_views = view_probs.shape[0] // max(labels.shape[0], 1)
+        self.single.update(view_probs, labels.repeat_interleave(num_views))
+        self.all.update(video_probs, labels)
+
+    def compute(self) -> dict[str, Tensor]:
+        """{'top1': all-view top-1, ..., 'single_view/top1': ...}."""
+        out = {name: value for name, value in self.all.compute().items()}
+        out.update({f"single_view/{name}": value for name, value in self.single.compute().items()})
+        return out
+
+    def reset(self) -> None:
+        """Clear both collections (between epochs)."""
+        self.single.reset()
+        self.all.reset()
+
+
+def write_confusion_csv(path: Path, matrix: Tensor, class_names: Sequence[str]) -> None:
+    """Rows = true class, columns = predicted class, with a header row and a first column of class names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\pred", *class_names])
+        for name, row in zip(class_names, matrix.tolist()):
+            writer.writerow([name, *[int(v) for v in row]])
+
+
+def write_per_class_csv(path: Path, matrix: Tensor, class_names: Sequence[str]) -> None:
+    """One row per class: name, number of test videos, correct, accuracy (empty where a class has no videos)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    support = matrix.sum(dim=1)
+    correct = matrix.diagonal()
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "support", "correct", "accuracy"])
+        for i, name in enumerate(class_names):
+            n, c = int(support[i]), int(correct[i])
+            writer.writerow([name, n, c, f"{c / n:.6f}" if n else ""])
+
+
+def confusion_figure(matrix: Tensor, class_names: Sequence[str]):
+    """A matplotlib figure of the row-normalised confusion matrix (class names on the axes when <= 60)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = matrix.float()
+    norm = m / m.sum(dim=1, keepdim=True).clamp(min=1)
+    k = len(class_names)
+    size = min(4 + 0.25 * k, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 60:
+        ax.set_xticks(range(k), labels=class_names, rotation=90, fontsize=6)
+        ax.set_yticks(range(k), labels=class_names, fontsize=6)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+

@@ -1,0 +1,283 @@
+"""VideoClassifier: the LightningModule where the backbone and the data meet (loss, mixing, optimiser,
+multi-view metrics, test reports, prediction)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from src.losses import MixupCutmix, smooth_one_hot, soft_target_cross_entropy
+from src.metrics import (
+    MultiViewMetrics,
+    accuracy_collection,
+    average_views,
+    confusion_figure,
+    write_confusion_csv,
+    write_per_class_csv,
+)
+from src.optim import param_groups_weight_decay, warmup_cosine_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stayed NaN/inf for too many consecutive steps."""
+
+
+@dataclass
+class BackboneConfig:
+    """Which backbone to build and its options; None keeps the variant's own default.
+
+    variant: a name of `src.models.list_models()`; structure_dim: D of StructSA (0 = plain attention);
+    kv_stride: S, the spatial stride of keys/values; drop_path_rate: stochastic depth;
+    checkpoint_stages: stages (1..4) run under activation checkpointing; attn_fp32: attention in float32
+    under mixed precision; num_frames / crop_size: input size, for the pytorchvideo baselines (x3d_m,
+    mvit_b_16x4) only, whose heads depend on it.
+    """
+
+    variant: str = "structvit_s"
+    structure_dim: int | None = None
+    kv_stride: int | None = None
+    drop_path_rate: float | None = None
+    checkpoint_stages: list[int] | None = None
+    attn_fp32: bool | None = None
+    num_frames: int | None = None
+    crop_size: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The options that were set, as keyword arguments of `build_model`."""
+        return {k: v for k, v in asdict(self).items() if k != "variant" and v is not None}
+
+
+class VideoClassifier(pl.LightningModule):
+    """Video classification with a StructViT (or baseline) backbone at `self.backbone`.
+
+    Training: MixUp/CutMix + label smoothing, soft-target cross-entropy, AdamW with per-step warmup and
+    cosine decay, a guard that skips steps with a non-finite loss. Evaluation: every view of a video is
+    scored, single-view and all-view (mean softmax) top-1 / top-5 / mean-class accuracy are logged; testing
+    also writes the confusion matrix and per-class accuracy. Prediction returns the top-5 classes per video.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),
+        num_classes: int = 400,
+        class_names: list[str] | None = None,
+        data_fingerprint: str = "",
+        init_from: str | None = None,
+        lr: float = 2e-4,
+        min_lr: float = 1e-6,
+        warmup_start_lr: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__()
+        if isinstance(backbone, dict):
+            backbone = BackboneConfig(**backbone)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        self.save_hyperparameters()
+        self.hparams["backbone"] = asdict(backbone)  # plain dict: readable in hparams.yaml and checkpoints
+
+        from src.models import build_model
+
+        self.backbone = build_model(backbone.variant, num_classes=num_classes, **backbone.overrides())
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.mixing = MixupCutmix(
+            num_classes,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            prob=mixup_prob,
+            switch_prob=mixup_switch_prob,
+            label_smoothing=label_smoothing,
+        )
+        self.train_metrics = accuracy_collection(num_classes)
+        self.val_metrics = MultiViewMetrics(num_classes)
+        self.test_metrics = MultiViewMetrics(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.consecutive_nonfinite = 0
+        self.nonfinite_skips = 0
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        """Point the DataModule's failure lists at the run folder; load `init_from` when fitting from scratch."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        if datamodule is not None and hasattr(datamodule, "failure_log_dir"):
+            datamodule.failure_log_dir = log_dir
+        if stage == "fit" and self.hparams.init_from and trainer.ckpt_path is None:
+            self.load_initial_weights(self.hparams.init_from)
+
+    def load_initial_weights(self, source: str) -> None:
+        """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader."""
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null")
+        from src.models.checkpoints import load_pretrained
+
+        report = load_pretrained(self.backbone, source, target_classes=self.class_names)
+        rank_zero_info(f"init_from {source}:\n{report}")
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if self.trainer.is_global_zero and log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{report}\n")
+
+    def on_fit_start(self) -> None:
+        """Print the effective global batch and the learning rate: the two numbers a recipe depends on."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        batch = getattr(datamodule, "batch_size", None)
+        if batch is not None:
+            effective = batch * trainer.accumulate_grad_batches * trainer.world_size
+            rank_zero_info(
+                f"effective global batch {effective} = {batch} per device x {trainer.accumulate_grad_batches} "
+                f"accumulation x {trainer.world_size} processes; lr {self.hparams.lr:g} "
+                f"(warmup {self.hparams.warmup_epochs:g} epochs from {self.hparams.warmup_start_lr:g}, "
+                f"cosine to {self.hparams.min_lr:g}), weight decay {self.hparams.weight_decay:g}"
+            )
+
+    # -------------------------------------------------------------------------------------- forward
+    def forward(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) clips -> (B, K) logits."""
+        return self.backbone(video)
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        """Mix, forward, soft-target CE; returns None (the step is skipped) when the loss is not finite."""
+        video, labels = batch["video"], batch["label"]
+        if self.mixing.enabled:
+            video, targets = self.mixing(video, labels)
+        else:
+            targets = smooth_one_hot(labels, self.hparams.num_classes, self.hparams.label_smoothing)
+        logits = self(video)
+        loss = soft_target_cross_entropy(logits, targets)
+        batch_size = labels.shape[0]
+        if "decode_failures" in batch:
+            self.log("train/decode_failures", batch["decode_failures"].float(), on_step=False, on_epoch=True,
+                     reduce_fx="sum", sync_dist=True, batch_size=batch_size)
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:  # every rank must skip together, or DDP's gradient sync hangs
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            return self._skip_nonfinite(loss, batch_idx)
+        self.consecutive_nonfinite = 0
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
+        return loss
+
+    def _skip_nonfinite(self, loss: Tensor, batch_idx: int) -> None:
+        self.consecutive_nonfinite += 1
+        self.nonfinite_skips += 1
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
+        rank_zero_info(
+            f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}: step skipped "
+            f"({self.consecutive_nonfinite} in a row, {self.nonfinite_skips} in total)"
+        )
+        if self.consecutive_nonfinite >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"the loss was NaN/inf for {self.consecutive_nonfinite} consecutive steps (model.max_nonfinite_steps="
+                f"{self.hparams.max_nonfinite_steps}); stopping. Lower model.lr, keep trainer.gradient_clip_val, "
+                "try model.backbone.attn_fp32=true under mixed precision, or check the data."
+            )
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.train_metrics.compute().items():
+            self.log(f"train/{name}", value)
+        self.train_metrics.reset()
+
+    # ----------------------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Tensor], metrics: MultiViewMetrics, stage: str) -> Tensor | None:
+        video, labels = batch["video"], batch["label"]
+        failed = batch.get("failed_index")
+        if failed is not None:
+            self.log(f"{stage}/decode_failures", float(failed.numel()), on_step=False, on_epoch=True,
+                     reduce_fx="sum", sync_dist=True, batch_size=1)
+        if video.shape[0] == 0:  # every video of this batch failed to decode
+            return None
+        if video.dim() != 6:
+            raise ValueError(f"{stage} batches must hold video (B, V, 3, T, H, W), got {tuple(video.shape)}")
+        num_views = video.shape[1]
+        logits = self(video.flatten(0, 1))
+        view_probs, video_probs = average_views(logits, num_views)
+        loss = F.nll_loss(video_probs.clamp_min(1e-12).log(), labels)
+        metrics.update(view_probs, video_probs, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=labels.shape[0])
+        return video_probs
+
+    def _log_eval_metrics(self, metrics: MultiViewMetrics, stage: str) -> dict[str, Tensor]:
+        values = metrics.compute()  # torchmetrics already reduced these over all ranks
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "top1")
+        metrics.reset()
+        return values
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        video_probs = self._eval_step(batch, self.test_metrics, "test")
+        if video_probs is not None:
+            self.test_confusion.update(video_probs.argmax(dim=-1), batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics(self.test_metrics, "test")
+        matrix = self.test_confusion.compute().cpu()
+        self.test_confusion.reset()
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
+        if not self.trainer.is_global_zero:
+            return
+        write_confusion_csv(out_dir / "confusion_matrix.csv", matrix, self.class_names)
+        write_per_class_csv(out_dir / "per_class_accuracy.csv", matrix, self.class_names)
+        figure = confusion_figure(matrix, self.class_names)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("test/confusion_matrix", figure, global_step=self.global_step)
+        import matplotlib.pyplot as plt
+
+        figure.savefig(out_dir / "confusion_matrix.png", dpi=100)
+        plt.close(figure)
+        rank_zero_info(f"test reports written to {out_dir} (confusion_matrix.csv/.png, per_class_accuracy.csv)")
+
+    # ----------------------------------------------------------------------------------- prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}]}]."""
+        video = batch["video"]
+        _, video_probs = average_views(self(video.flatten(0, 1)), video.shape[1])
+        top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
+        records = []
+        for path, probs, indices in zip(batch["path"], top.values.tolist(), top.indices.tolist()):
+            top5 = [{"class": self.class_names[i], "index": i, "prob": round(p, 6)} for p, i in zip(probs, indices)]
+            records.append({"path": str(path), "top5": top5})
+        return records
+
+    # ------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over two groups (decay / no decay) and a per-step warmup + cosine schedule."""
+        hp = self.hparams
+        skip = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else ()
+        groups = param_groups_weight_decay(self.backbone, hp.weight_decay, skip)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
+        warmup = round(total * hp.warmup_epochs / max_epochs) if max_epochs else 0
+        scheduler = warmup_cosine_scheduler(optimizer, total, min(warmup, total), hp.min_lr, hp.warmup_start_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

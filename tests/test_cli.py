@@ -1,0 +1,325 @@
+"""The command line end to end on a tiny generated index: recipes in every config, parse-time errors,
+fit / validate / test / predict, resume after SIGTERM, DDP on CPU (devices=2 and two torchrun "nodes"),
+TensorBoard event files read back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from task_fixtures import OneThread
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET_CONFIGS = ["k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"]
+TINY = ["--data.preset", "synthetic", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2",
+        "--data.num_workers", "0", "--data.test_views", "[2, 1]", "--model.init_from", "null"]
+CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def env() -> dict[str, str]:
+    """One torch thread per process: on a shared 2-core machine more threads only thrash."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> Path:
+    """14 classes, 8 train / 4 val / 4 test H.264 clips of 8 frames at 32x32 (the synthetic generator)."""
+    from data_prep.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("index") / "synthetic"
+    generate_dataset(out, train=8, val=4, test=4, frames=8, size=32)
+    return out
+
+
+def run_args(index: Path, runs: Path, name: str, version: str | None = None) -> list[str]:
+    args = ["--config", "configs/synthetic.yaml", *TINY, *CPU, "--data.root", str(index),
+            "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
+            "--trainer.default_root_dir", str(runs / name), "--trainer.log_every_n_steps", "1",
+            "--throughput.window", "2", "--model.warmup_epochs", "1"]
+    if version:
+        args += ["--trainer.logger.init_args.version", version]
+    return args
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def parse_only(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process up to parsing (print_config or a parse error); (exit code, out, err)."""
+    from src.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def test_print_config_shows_the_ssv2_recipe_of_the_paper(capsys):
+    code, out, _ = parse_only(capsys, "fit", "--config", "configs/ssv2.yaml", "--print_config")
+    config = yaml.safe_load(out)
+    assert code == 0
+    assert config["trainer"]["max_epochs"] == 60 and config["model"]["warmup_epochs"] == 5
+    assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["gradient_clip_val"] == 20
+    assert config["trainer"]["use_distributed_sampler"] is False  # the DataModule shards itself
+    assert config["model"]["lr"] == 2e-4 and config["model"]["weight_decay"] == 0.05
+    assert config["model"]["label_smoothing"] == 0.1
+    assert (config["model"]["mixup_alpha"], config["model"]["cutmix_alpha"]) == (0.8, 1.0)
+    assert config["model"]["backbone"]["structure_dim"] == 4
+    assert "k400" in config["model"]["init_from"]  # motion datasets start from Kinetics-400
+    data = config["data"]
+    assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (16, "segment", [1, 3], "off")
+
+
+def test_unknown_keys_fail_at_parse_time_naming_the_key(capsys, tmp_path):
+    code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", "--model.learning_rate", "0.1")
+    assert code != 0 and "learning_rate" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  backbone:\n    varient: structvit_xs\n")
+    code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", "--config", str(bad))
+    assert code != 0 and "varient" in err
+
+
+@pytest.mark.parametrize("name", ["structvit_s", "structvit_s_4_2", "uniformer_b", "x3d_m"])
+def test_model_presets_compose_after_a_dataset_config(capsys, name):
+    _, out, _ = parse_only(capsys, "fit", "--config", "configs/ssv2.yaml", "--config", f"configs/model/{name}.yaml",
+                           "--print_config")
+    config = yaml.safe_load(out)
+    expected = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())["model"]["backbone"]
+    assert {k: config["model"]["backbone"][k] for k in expected} == expected
+    assert config["data"]["sampling"] == "segment" and config["model"]["lr"] == 2e-4  # the dataset recipe is kept
+
+
+@pytest.mark.parametrize("name", DATASET_CONFIGS)
+def test_dataset_config_holds_its_recipe_and_builds_its_model(name):
+    config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    from src.models import build_model
+    from src.task import BackboneConfig
+
+    backbone = BackboneConfig(**config["model"]["backbone"])
+    with torch.device("meta"):  # the real variant, without spending seconds on weight init
+        model = build_model(backbone.variant, num_classes=10, **backbone.overrides())
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    assert config["trainer"]["logger"]["init_args"]["name"] == name  # each recipe has its own run folder
+    if name != "synthetic":
+        assert config["trainer"]["precision"] == "bf16-mixed"
+        assert config["model"]["lr"] == 2e-4 and config["data"]["batch_size"] * config["trainer"]["devices"] == 64
+        assert config["data"]["num_frames"] == 16
+        expected = (110, 10, "dense", "on") if name == "k400" else (60, 5, "segment", "off")
+        got = (config["trainer"]["max_epochs"], config["model"]["warmup_epochs"], config["data"]["sampling"],
+               config["data"]["flip"])
+        assert got == expected
+
+
+@pytest.mark.parametrize("name", DATASET_CONFIGS)
+def test_dataset_config_trains_and_validates_one_step_on_cpu(name, index, tmp_path):
+    """The whole config parses and instantiates (DataModule on the tiny index); structvit_xs stands in for
+    the full-size backbone so the step takes a second (the real backbone is built in the test above)."""
+    from src.cli import cli_main
+
+    with OneThread():
+        cli = cli_main(["fit", "--config", f"configs/{name}.yaml", "--config", "configs/model/structvit_xs.yaml",
+                        *TINY, *CPU, "--data.root", str(index), "--trainer.fast_dev_run", "1",
+                        "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.trainer.global_step == 1
+    assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+    assert "val/top1" in cli.trainer.callback_metrics
+    assert cli.model.hparams.num_classes == 14 and cli.model.class_names[0] == "move_right"  # linked from the data
+
+
+def test_missing_init_checkpoint_is_a_clear_error(index, tmp_path):
+    from src.cli import cli_main
+
+    with pytest.raises(FileNotFoundError, match=r"model.init_from: no checkpoint at .*nope.pth"):
+        cli_main(["fit", *run_args(index, tmp_path, "init"), "--model.init_from", str(tmp_path / "nope.pth")])
+
+
+# ------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def fitted(index, tmp_path_factory) -> Path:
+    """One fit of 2 epochs (4 steps each) through the CLI, in bf16 mixed precision; returns the run folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    ok(run_cli("fit", *run_args(index, runs, "e2e", "fit"), "--trainer.max_epochs", "2",
+               "--trainer.precision", "bf16-mixed"))
+    return runs / "e2e" / "fit"
+
+
+@pytest.fixture(scope="module")
+def tested(fitted, index) -> Path:
+    """`test` of the fitted checkpoint in one process; returns its run folder (confusion matrix etc.)."""
+    runs = fitted.parent.parent
+    ok(run_cli("test", *run_args(index, runs, "e2e", "test"), "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")))
+    return runs / "e2e" / "test"
+
+
+@pytest.mark.slow
+def test_fit_saves_config_checkpoints_and_tensorboard_scalars(fitted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert (fitted / "config.yaml").is_file()
+    assert yaml.safe_load((fitted / "config.yaml").read_text())["model"]["backbone"]["variant"] == "structvit_xs"
+    ckpts = sorted(p.name for p in (fitted / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    last = torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] == 8
+    assert "model:" in last["cli_config"]  # the resolved config travels with the checkpoint
+    assert any(k.startswith("backbone.") for k in last["state_dict"])
+    assert last["hyper_parameters"]["backbone"]["variant"] == "structvit_xs"
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())  # bf16 run
+
+    events = EventAccumulator(str(fitted), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss_step", "lr/decay", "lr/no_decay", "val/top1", "val/top5", "val/mean_class", "val/single_view/top1",
+                "train/top1", "perf/clips_per_s", "perf/data_wait_frac", "train/decode_failures",
+                "train/nonfinite_skips"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    losses = [e.value for e in events.Scalars("train/loss_step")]
+    assert len(losses) == 8 and all(0 < v < 10 for v in losses)  # ln(14) = 2.64 at chance
+    lrs = [e.value for e in events.Scalars("lr/decay")]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and max(lrs) <= 1e-3 + 1e-9  # linear warmup, then cosine decay
+    assert lrs == sorted(lrs[: peak + 1]) + sorted(lrs[peak + 1 :], reverse=True)
+    assert all(0 <= e.value <= 1 for e in events.Scalars("val/top1"))
+    assert all(e.value > 0 for e in events.Scalars("perf/clips_per_s"))
+    assert all(0 <= e.value <= 1 for e in events.Scalars("perf/data_wait_frac"))
+    assert [e.value for e in events.Scalars("train/nonfinite_skips")][-1] == 0
+    assert len(events.Images("train/first_batch")) == 1
+    hparams = yaml.safe_load((fitted / "hparams.yaml").read_text())
+    assert re.fullmatch(r"[0-9a-f]{16}", hparams["data_fingerprint"])
+
+
+@pytest.mark.slow
+def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
+    runs = fitted.parent.parent
+    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    out = tested
+    rows = list(csv.reader(open(out / "confusion_matrix.csv")))
+    assert len(rows) == 15 and sum(int(v) for r in rows[1:] for v in r[1:]) == 4  # 4 test videos, once each
+    assert (out / "per_class_accuracy.csv").is_file() and (out / "confusion_matrix.png").is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert {"test/top1", "test/single_view/top1", "test/mean_class"} <= set(events.Tags()["scalars"])
+    assert "test/confusion_matrix" in events.Tags()["images"]
+
+    result = ok(run_cli("validate", *run_args(index, runs, "e2e", "validate"), "--ckpt_path", ckpt))
+    assert "val/top1" in result.stdout
+
+    video = next(index.glob("val/**/*.mp4")) if (index / "val").is_dir() else next(index.rglob("*.mp4"))
+    ok(run_cli("predict", *run_args(index, runs, "e2e", "predict"), "--ckpt_path", ckpt,
+               "--data.predict_path", str(video)))
+    records = [json.loads(line) for line in (runs / "e2e" / "predict" / "predictions.jsonl").read_text().splitlines()]
+    classes = (index / "classes.txt").read_text().split()
+    assert len(records) == 1 and records[0]["path"].endswith(video.name)
+    top5 = records[0]["top5"]
+    assert len(top5) == 5 and all(t["class"] in classes for t in top5)
+    assert all(a["prob"] >= b["prob"] for a, b in zip(top5, top5[1:])) and sum(t["prob"] for t in top5) <= 1 + 1e-5
+
+
+# ------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
+    args = ["fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3",
+            "--trainer.enable_progress_bar", "true", "--trainer.num_sanity_val_steps", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    seen = []
+
+    def watch():  # progress bar lines end in \r: read characters, kill on "Epoch 1: ... 2/4"
+        buffer = ""
+        while (ch := proc.stdout.read(1)):
+            buffer += ch
+            if re.search(r"Epoch 1: +\d+%\S* *\| *[12]/4", buffer) and not seen:
+                seen.append(buffer)
+                proc.send_signal(signal.SIGTERM)
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    proc.wait(timeout=300)
+    reader.join(timeout=10)
+    assert seen, "the run never reached the middle of epoch 1"
+    last = tmp_path / "resume" / "version_0" / "checkpoints" / "last.ckpt"
+    interrupted_step = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert 4 < interrupted_step < 8  # mid-epoch 1 (4 steps per epoch)
+
+    ok(run_cli("fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3", "--ckpt_path", "last"))
+    resumed = torch.load(tmp_path / "resume" / "version_1" / "checkpoints" / "last.ckpt", weights_only=False,
+                         map_location="cpu")
+    assert resumed["global_step"] == 12  # 3 epochs x 4 steps, as without the interruption
+    assert resumed["epoch"] == 2
+
+
+def test_ckpt_path_last_without_a_previous_run_names_where_it_looked(index, tmp_path):
+    from src.cli import cli_main
+
+    with pytest.raises(FileNotFoundError, match=r"no last.ckpt under .*fresh"):
+        cli_main(["fit", *run_args(index, tmp_path, "fresh"), "--ckpt_path", "last"])
+
+
+# ------------------------------------------------------------------------------------- DDP on CPU
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def confusion(path: Path) -> list[list[str]]:
+    return list(csv.reader(open(path / "confusion_matrix.csv")))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_fit_and_test_like_a_single_process(fitted, tested, index):
+    runs = fitted.parent.parent
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    ok(run_cli("fit", *run_args(index, runs, "ddp", "fit"), *ddp, "--trainer.max_epochs", "1"))
+    last = torch.load(runs / "ddp" / "fit" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] == 2  # 8 clips / (2 ranks x batch 2)
+
+    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    ok(run_cli("test", *run_args(index, runs, "ddp", "test"), *ddp, "--ckpt_path", ckpt))
+    assert confusion(runs / "ddp" / "test") == confusion(tested)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
+    runs = fitted.parent.parent
+    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    port = str(free_port())
+    nodes = []
+    for rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
+                   "-m", "src.cli", "test", *run_args(index, runs, "nodes", "test"),
+                   "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
+                   "--trainer.accelerator", "cpu", "--ckpt_path", ckpt]
+        nodes.append(subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    deadline = time.time() + 300
+    outputs = [node.communicate(timeout=max(deadline - time.time(), 1))[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-4000:]
+    assert confusion(runs / "nodes" / "test") == confusion(tested)

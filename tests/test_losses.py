@@ -1,0 +1,81 @@
+"""Label smoothing, soft-target cross-entropy and MixUp/CutMix on video batches."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.losses import MixupCutmix, cutmix_box, smooth_one_hot, soft_target_cross_entropy
+
+
+def test_smoothed_targets_sum_to_one_and_favour_the_label():
+    targets = smooth_one_hot(torch.tensor([2, 0]), num_classes=4, smoothing=0.1)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(2))
+    assert targets[0, 2] == pytest.approx(0.9 + 0.025)
+    assert targets[0, 1] == pytest.approx(0.025)
+
+
+def test_soft_target_ce_equals_torch_label_smoothing_ce():
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    ours = soft_target_cross_entropy(logits, smooth_one_hot(labels, 5, 0.1))
+    reference = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+
+
+def test_label_outside_the_class_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_classes"):
+        smooth_one_hot(torch.tensor([7]), num_classes=4)
+
+
+def test_mixup_blends_each_clip_with_its_partner_and_weights_the_labels_alike():
+    clips = torch.stack([torch.full((3, 2, 4, 4), float(i)) for i in range(4)])  # clip i is constant i
+    labels = torch.tensor([0, 1, 2, 3])
+    mixer = MixupCutmix(4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0,
+                        generator=torch.Generator().manual_seed(1))
+    mixed, targets = mixer(clips, labels)
+    lam = targets[0, 0].item()  # clip 0 is mixed with clip 3
+    assert 0 < lam < 1
+    assert torch.allclose(mixed[0], torch.full_like(mixed[0], 3 * (1 - lam)), atol=1e-6)
+    assert targets[0, 3].item() == pytest.approx(1 - lam)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+
+
+def test_cutmix_pastes_one_box_through_all_frames_and_labels_follow_the_area():
+    clips = torch.zeros(2, 3, 4, 16, 16)
+    clips[1] = 1.0
+    mixer = MixupCutmix(2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0,
+                        generator=torch.Generator().manual_seed(3))
+    mixed, targets = mixer(clips, torch.tensor([0, 1]))
+    pasted = mixed[0]  # ones where clip 1 was pasted
+    area = pasted[0, 0].mean().item()
+    assert torch.equal(pasted, pasted[:1, :1].expand_as(pasted))  # same box in every channel and frame
+    assert targets[0, 1].item() == pytest.approx(area, abs=1e-6)
+    assert targets[0, 0].item() == pytest.approx(1 - area, abs=1e-6)
+
+
+def test_cutmix_box_covers_about_one_minus_lambda():
+    y0, y1, x0, x1 = cutmix_box(100, 100, lam=0.75, generator=torch.Generator().manual_seed(0))
+    assert (y1 - y0) * (x1 - x0) <= 100 * 100 * 0.25 + 1
+    assert 0 <= y0 <= y1 <= 100 and 0 <= x0 <= x1 <= 100
+
+
+def test_disabled_mixing_returns_the_clips_and_smoothed_labels():
+    clips = torch.randn(2, 3, 2, 4, 4)
+    mixer = MixupCutmix(3, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1)
+    out, targets = mixer(clips, torch.tensor([1, 2]))
+    assert not mixer.enabled and out is clips
+    assert targets.argmax(dim=1).tolist() == [1, 2]
+
+
+def test_mixing_rejects_images_without_a_time_axis():
+    with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
+        MixupCutmix(3)(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]))
+
+
+def test_lambda_draws_follow_the_beta_mean():
+    mixer = MixupCutmix(2, mixup_alpha=0.8, generator=torch.Generator().manual_seed(0))
+    draws = [mixer._beta(0.8) for _ in range(2000)]
+    assert sum(draws) / len(draws) == pytest.approx(0.5, abs=0.03)
+    assert not any(math.isnan(d) for d in draws)
