@@ -1,0 +1,346 @@
+"""`VideoDataModule`: train/val/test/predict loaders for every dataset prepared to the index contract.
+
+A preset (`k400`, `ssv1`, `ssv2`, `diving48`, `gym99`, `gym288`, `synthetic`) fills every argument left at
+None; anything set explicitly wins. The module builds its own distributed samplers (run the Trainer with
+`use_distributed_sampler=False`), counts decode failures (raising only above `max_failure_rate` of an
+epoch) and reports, per evaluation, "evaluated N of M videos" with the failed ones written to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from src.data.datasets import (
+    EvalCollate,
+    IndexContractError,
+    VideoClipDataset,
+    collate_train,
+    predict_entries,
+    read_classes,
+    read_split,
+)
+from src.data.distributed import EvalSampler, TrainSampler
+from src.data.presets import PRESETS, get_preset
+from src.data.sampling import ClipSampler
+from src.data.transforms import EvalTransform, FlipPolicy, TrainTransform
+
+log = logging.getLogger("lightning.pytorch").getChild("data")
+FROM_PRESET = "preset"
+
+
+class DecodeFailureRateError(RuntimeError):
+    """More videos failed to decode in one training epoch than `max_failure_rate` allows."""
+
+
+@dataclass
+class EvalReport:
+    """What one evaluation pass saw on this rank: videos scored, videos in the shard, failures with reasons."""
+
+    split: str
+    evaluated: int = 0
+    total: int = 0
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (row, path, reason)
+    file: Path | None = None
+
+    def message(self) -> str:
+        text = f"{self.split}: evaluated {self.evaluated} of {self.total} videos"
+        if self.failed:
+            text += f"; {len(self.failed)} failed to decode, listed in {self.file}"
+        return text
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding and augmentation per worker; do not oversubscribe the cores
+
+
+def default_root(preset: str) -> Path:
+    """`$DATA_ROOT/<preset>`, or `./data/<preset>` when DATA_ROOT is unset."""
+    return Path(os.environ.get("DATA_ROOT") or "data") / preset
+
+
+class VideoDataModule(LightningDataModule):
+    """Video clips for training and multi-view evaluation, per dataset preset (see README, section Data).
+
+    Train batches: `video` float (B*num_repeats, 3, T, H, W), `label`, `index`, `decode_failures` (scalar).
+    Val/test batches: `video` (B, V, 3, T, H, W) with V = clips x crops of each video, `label`, `index` (row in
+    the split), `failed_index` (rows that failed to decode and were skipped), `failed_reason`.
+    Predict batches: `video` (B, V, 3, T, H, W), `path`.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        preset: str = "synthetic",
+        num_frames: int | None = None,
+        sampling: str | None = None,
+        sampling_rate: int | None = None,
+        crop_size: int | None = None,
+        test_views: tuple[int, int] | None = None,
+        flip: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        backend: str = "decord",
+        num_repeats: int = 1,
+        max_failure_rate: float = 0.01,
+        decode_timeout: float | None = 30.0,
+        limit: int | None = None,
+        predict_path: str | None = None,
+        train_crop: str | None = None,
+        crop_scale: tuple[float, float] | None = None,
+        short_side_jitter: tuple[int, int] = (256, 320),
+        rand_augment: str | None = FROM_PRESET,
+        erase_prob: float | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        p = get_preset(preset)
+        self.preset = preset
+        self.root = Path(root) if root else default_root(preset)
+        self.num_frames = num_frames or p.num_frames
+        self.sampling = sampling or p.sampling
+        self.sampling_rate = sampling_rate or p.sampling_rate
+        self.crop_size = crop_size or p.crop_size
+        self.test_views = tuple(test_views or p.test_views)
+        self.flip = flip or p.flip
+        self.train_crop = train_crop or p.train_crop
+        self.crop_scale = tuple(crop_scale or p.crop_scale)
+        self.short_side_jitter = tuple(short_side_jitter)
+        self.rand_augment = p.rand_augment if rand_augment == FROM_PRESET else rand_augment
+        self.erase_prob = p.erase_prob if erase_prob is None else erase_prob
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.backend = backend
+        self.num_repeats = num_repeats
+        self.max_failure_rate = max_failure_rate
+        self.decode_timeout = decode_timeout
+        self.limit = limit
+        self.predict_path = predict_path
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.failure_log_dir: Path | None = None
+        self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
+        if len(self.test_views) != 2 or self.test_views[1] not in (1, 3) or self.test_views[0] < 1:
+            raise ValueError(f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}")
+        FlipPolicy(self.flip)  # validates the policy name early
+        self.datasets: dict[str, VideoClipDataset] = {}
+        self._classes: list[str] | None = None
+        self._failures = {"train_epoch": 0, "train_total": 0, "epoch": -1}
+        self._reports: dict[str, EvalReport] = {}
+        self._report_key: dict[str, tuple] = {}
+        self.save_hyperparameters()
+
+    # ------------------------------------------------------------------------------- index access
+    def _require_index(self) -> None:
+        if not (self.root / "classes.txt").is_file():
+            target = get_preset(self.preset).make_target if self.preset in PRESETS else "prepare-<dataset>"
+            raise IndexContractError(
+                f"no prepared {self.preset!r} index at {self.root.resolve()} (classes.txt missing). "
+                f"Run `make {target} DATA_ROOT={self.root.parent}` or point data.root at a prepared index folder."
+            )
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the index's classes.txt (line number = label)."""
+        if self._classes is None:
+            self._require_index()
+            self._classes = read_classes(self.root)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in the index."""
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> str:
+        """The index fingerprint from manifest.json (hash of the CSVs and classes)."""
+        self._require_index()
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise IndexContractError(f"{path} not found: re-run `make {get_preset(self.preset).make_target}`")
+        return str(json.loads(path.read_text(encoding="utf-8")).get("fingerprint", ""))
+
+    @property
+    def failure_counts(self) -> dict[str, int]:
+        """Training decode failures this epoch and in total on this rank (for logging)."""
+        return {"train_epoch": self._failures["train_epoch"], "train_total": self._failures["train_total"]}
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    # ------------------------------------------------------------------------------------ datasets
+    def _eval_split_name(self, stage_split: str) -> str:
+        if stage_split == "test" and not (self.root / "test.csv").is_file():
+            log.info("%s has no test.csv: testing on the val split", self.root)
+            return "val"
+        return stage_split
+
+    def _build(self, split: str) -> VideoClipDataset:
+        clips, crops = self.test_views
+        common = dict(
+            sampler=self.clip_sampler, backend=self.backend, decode_timeout=self.decode_timeout, seed=self.seed
+        )
+        if split == "predict":
+            if not self.predict_path:
+                raise ValueError("set data.predict_path (a video, a frame folder or a folder of videos) to predict")
+            entries = predict_entries(Path(self.predict_path))
+            return VideoClipDataset(
+                entries, mode="predict", eval_transform=EvalTransform(self.crop_size, crops), num_clips=clips, **common
+            )
+        self._require_index()
+        file_split = self._eval_split_name(split) if split != "train" else "train"
+        entries, _ = read_split(self.root, file_split, self.num_classes, limit=self.limit)
+        if split == "train":
+            transform = TrainTransform(
+                self.crop_size,
+                crop=self.train_crop,
+                scale=self.crop_scale,
+                jitter=self.short_side_jitter,
+                rand_augment=self.rand_augment,
+                erase_prob=self.erase_prob,
+                flip=FlipPolicy(self.flip, self.class_names),
+            )
+            return VideoClipDataset(
+                entries, mode="train", train_transform=transform, num_repeats=self.num_repeats, **common
+            )
+        return VideoClipDataset(
+            entries, mode="eval", eval_transform=EvalTransform(self.crop_size, crops), num_clips=clips, **common
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the index and build the datasets the stage needs (fit: train + val; validate; test; predict)."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
+        for split in wanted.get(stage, ["train", "val", "test"]) if stage else ["train", "val", "test"]:
+            if split not in self.datasets:
+                self.datasets[split] = self._build(split)
+
+    def _dataset(self, split: str) -> VideoClipDataset:
+        if split not in self.datasets:
+            self.datasets[split] = self._build(split)
+        return self.datasets[split]
+
+    # ------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset, sampler, batch_size: int, collate, drop_last: bool = False) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            drop_last=drop_last,
+            worker_init_fn=_worker_init if workers > 0 else None,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, rank-sharded clips; each sample seeded from (seed, epoch, position)."""
+        dataset = self._dataset("train")
+        rank, world = self._rank_world()
+        sampler = TrainSampler(len(dataset), rank=rank, world_size=world, seed=self.seed)
+        drop_last = len(sampler) > self.batch_size
+        return self._loader(dataset, sampler, self.batch_size, collate_train, drop_last=drop_last)
+
+    def _eval_loader(self, split: str, predict: bool = False) -> DataLoader:
+        dataset = self._dataset(split)
+        rank, world = self._rank_world()
+        clips, crops = self.test_views
+        view_shape = (clips * crops, 3, self.num_frames, self.crop_size, self.crop_size)
+        sampler = EvalSampler(len(dataset), rank=rank, world_size=world)
+        return self._loader(dataset, sampler, self.eval_batch_size, EvalCollate(view_shape, predict=predict))
+
+    def val_dataloader(self) -> DataLoader:
+        """All views of each val video together; a contiguous shard per rank, no padding."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """All views of each test video together (val split when the index has no test.csv)."""
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """All views of each video under `predict_path`, with its path."""
+        return self._eval_loader("predict", predict=True)
+
+    # ------------------------------------------------------------------------------ failure policy
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Count training decode failures (raise above the rate) and track evaluation skips."""
+        trainer = self.trainer
+        if trainer is None or not isinstance(batch, dict):
+            return batch
+        if trainer.training and "decode_failures" in batch:
+            self._count_train_failures(int(batch["decode_failures"]), trainer.current_epoch)
+        elif (trainer.validating or trainer.testing) and "failed_index" in batch:
+            split = "val" if trainer.validating else "test"
+            key = (trainer.sanity_checking, trainer.current_epoch, trainer.global_step, id(trainer.state.fn))
+            self.track_eval_batch(split, batch, key)
+        return batch
+
+    def _count_train_failures(self, failures: int, epoch: int) -> None:
+        if epoch != self._failures["epoch"]:
+            self._failures.update(epoch=epoch, train_epoch=0)
+        self._failures["train_epoch"] += failures
+        self._failures["train_total"] += failures
+        rank, world = self._rank_world()
+        shard = math.ceil(len(self._dataset("train")) / world)
+        allowed = self.max_failure_rate * shard
+        if self._failures["train_epoch"] > allowed:
+            raise DecodeFailureRateError(
+                f"{self._failures['train_epoch']} videos failed to decode in epoch {epoch} on rank {rank}, more than "
+                f"max_failure_rate={self.max_failure_rate:g} of {shard} videos allows. Run `make doctor "
+                f"INDEX={self.root}` to find and quarantine broken files, or raise data.max_failure_rate."
+            )
+
+    def track_eval_batch(self, split: str, batch: dict, key: tuple = ()) -> None:
+        """Record one eval batch; when the rank's shard is complete, write the failures file and log the count."""
+        if self._report_key.get(split) != key or split not in self._reports:
+            rank, world = self._rank_world()
+            total = len(EvalSampler(len(self._dataset(split)), rank=rank, world_size=world))
+            self._reports[split] = EvalReport(split, total=total)
+            self._report_key[split] = key
+        report = self._reports[split]
+        report.evaluated += len(batch["index"])
+        dataset = self._dataset(split)
+        for row, reason in zip(batch["failed_index"].tolist(), batch.get("failed_reason", [""] * len(batch["failed_index"]))):
+            report.failed.append((row, str(dataset.entries[row].path), reason))
+        if report.evaluated + len(report.failed) == report.total:
+            self._finish_report(report, sanity=bool(key and key[0]))
+
+    def _finish_report(self, report: EvalReport, sanity: bool = False) -> None:
+        if report.failed and not sanity:
+            rank, world = self._rank_world()
+            folder = Path(self.failure_log_dir or (self.trainer.log_dir if self.trainer else None) or ".")
+            folder.mkdir(parents=True, exist_ok=True)
+            suffix = f"_rank{rank}" if world > 1 else ""
+            report.file = folder / f"failed_{report.split}{suffix}.txt"
+            lines = [f"{row}\t{path}\t{reason}\n" for row, path, reason in report.failed]
+            report.file.write_text("".join(lines), encoding="utf-8")
+        if not sanity:
+            (log.warning if report.failed else log.info)(report.message())
+
+    def eval_report(self, split: str) -> EvalReport | None:
+        """The last evaluation report of `split` ("val" or "test") on this rank, or None before any."""
+        return self._reports.get(split)

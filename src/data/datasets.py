@@ -1,0 +1,341 @@
+"""`VideoClipDataset`: clips from any dataset prepared to the index contract, with the failure policy.
+
+Index contract (DESIGN.md): `classes.txt`, `<split>.csv` (`path,label[,start,end][,num_frames,fps]`, paths
+relative to the index folder), `manifest.json`, optional `quarantine.txt` (`path<TAB>reason`, skipped).
+
+Failure policy. Training never dies on one bad video: the decode is retried once, then tried with the other
+backend, then another (seeded random) video is substituted; each substituted video counts as one failure
+in the sample's `decode_failures`. Evaluation never substitutes: a video that fails with both backends is
+returned as failed (`failed_index`) and skipped. A decoder that hangs is abandoned after `decode_timeout` s.
+Randomness is seeded per sample from (seed, epoch, position) by the sampler, never from worker state.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.data.decoding import BACKENDS, DecodeError, probe, read_frames
+from src.data.sampling import ClipSampler
+from src.data.transforms import EvalTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class IndexContractError(ValueError):
+    """The index folder is absent or malformed; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a split: absolute path, label (-1 = unlabelled), optional segment and cached probe."""
+
+    path: Path
+    label: int
+    start: float | None = None
+    end: float | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+
+    @property
+    def segment(self) -> tuple[float | None, float | None] | None:
+        return None if self.start is None and self.end is None else (self.start, self.end)
+
+
+def read_classes(root: Path) -> list[str]:
+    """Class names of the index at `root`, line number = label."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        raise IndexContractError(f"{path} not found: {root} is not a prepared dataset index")
+    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1].strip():
+        names.pop()
+    if not names:
+        raise IndexContractError(f"{path} lists no classes")
+    return names
+
+
+def read_quarantine(root: Path) -> dict[str, str]:
+    """`path -> reason` from the dataset doctor's quarantine.txt (empty when there is none)."""
+    path = Path(root) / "quarantine.txt"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition("\t")
+            out[name.strip()] = reason.strip()
+    return out
+
+
+def _optional(value: str | None, cast: Callable):
+    return None if value is None or value.strip() == "" else cast(value)
+
+
+def read_split(root: Path, split: str, num_classes: int, *, limit: int | None = None) -> tuple[list[Entry], int]:
+    """Rows of `<root>/<split>.csv` minus quarantined ones; returns (entries, number quarantined)."""
+    root = Path(root)
+    path = root / f"{split}.csv"
+    if not path.is_file():
+        raise IndexContractError(f"{path} not found: the index at {root} has no {split!r} split")
+    quarantine = read_quarantine(root)
+    entries, skipped = [], 0
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise IndexContractError(f"{path}: header must start with 'path,label', got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+                entry = Entry(
+                    root / row["path"], label, _optional(row.get("start"), float), _optional(row.get("end"), float),
+                    _optional(row.get("num_frames"), int), _optional(row.get("fps"), float),
+                )
+            except (TypeError, ValueError) as err:
+                raise IndexContractError(f"{path}:{line}: bad row {row}: {err}") from err
+            if not -1 <= label < num_classes:
+                raise IndexContractError(f"{path}:{line}: label {label} outside -1..{num_classes - 1} (classes.txt)")
+            if row["path"] in quarantine:
+                skipped += 1
+                continue
+            entries.append(entry)
+            if limit is not None and len(entries) >= limit:
+                break
+    if skipped:
+        log.info("%s: skipped %d quarantined videos listed in %s", path, skipped, root / "quarantine.txt")
+    return entries, skipped
+
+
+def predict_entries(path: Path) -> list[Entry]:
+    """Entries for prediction: one video file, a JPEG-frame folder, or a folder of video files."""
+    path = Path(path)
+    if not path.exists():
+        raise IndexContractError(f"predict_path {path} does not exist")
+    if path.is_file() or any(p.suffix.lower() in (".jpg", ".jpeg") for p in path.iterdir()):
+        return [Entry(path, -1)]
+    videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES or p.is_dir())
+    if not videos:
+        raise IndexContractError(f"predict_path {path} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders")
+    return [Entry(p, -1) for p in videos]
+
+
+def call_with_timeout(fn: Callable[[], torch.Tensor], timeout: float | None, path: Path) -> torch.Tensor:
+    """Run `fn` in a daemon thread and give up after `timeout` s (the hung thread is abandoned)."""
+    if timeout is None:
+        return fn()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True, name=f"decode:{path.name}")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DecodeError(path, f"decoding took longer than decode_timeout={timeout:g} s (hung decoder?)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one sample, a pure function of (seed, epoch, position)."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class VideoClipDataset(Dataset):
+    """Clips of the videos in `entries`, for one of the modes `train`, `eval` or `predict`.
+
+    train: item key `(index, seed)` (from TrainSampler) or an int; returns `video` (R, 3, T, H, W) for
+    `num_repeats` = R augmentations of one decode, `label` (R,), `index`, `decode_failures`.
+    eval / predict: returns `video` (V, 3, T, H, W) with V = clips x crops, or `failed=True` with the reason.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        *,
+        mode: str,
+        sampler: ClipSampler,
+        train_transform: TrainTransform | None = None,
+        eval_transform: EvalTransform | None = None,
+        num_clips: int = 1,
+        backend: str = "decord",
+        num_repeats: int = 1,
+        decode_timeout: float | None = 30.0,
+        seed: int = 0,
+        max_substitutes: int = 20,
+    ) -> None:
+        if mode not in ("train", "eval", "predict"):
+            raise ValueError(f"unknown dataset mode {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown decode backend {backend!r}; use one of {BACKENDS}")
+        if mode == "train" and train_transform is None or mode != "train" and eval_transform is None:
+            raise ValueError(f"mode {mode!r} needs its transform")
+        if num_repeats < 1:
+            raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
+        self.entries = list(entries)
+        self.mode = mode
+        self.sampler = sampler
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.num_clips = num_clips
+        self.backend = backend
+        self.num_repeats = num_repeats
+        self.decode_timeout = decode_timeout
+        self.seed = seed
+        self.max_substitutes = max_substitutes
+        self._lengths: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # ------------------------------------------------------------------------------------ decoding
+    def _length(self, index: int) -> int:
+        """Frames of the entry (of its segment, if any): from the index cache, else probed once."""
+        if index not in self._lengths:
+            entry = self.entries[index]
+            num_frames, fps = entry.num_frames, entry.fps
+            if num_frames is None or (entry.segment is not None and not fps):
+                info = probe(entry.path)
+                num_frames, fps = info.num_frames, info.fps
+            if entry.segment is not None:
+                first = max(0, round((entry.start or 0.0) * fps))
+                last = num_frames if entry.end is None else min(num_frames, round(entry.end * fps))
+                num_frames = last - first
+                if num_frames < 1:
+                    raise DecodeError(entry.path, f"segment {entry.segment} s holds no frames")
+            self._lengths[index] = num_frames
+        return self._lengths[index]
+
+    def _decode_robustly(self, index: int, choose: Callable[[int], Sequence[int]], retry_same: bool):
+        """Frames chosen by `choose(length)`; retry once, then the other backend. Raises the last error.
+
+        Probing and decoding both run under `decode_timeout`, so a file that blocks (a stalled network
+        mount, a FIFO, a decoder stuck in a loop) is abandoned like any other failure.
+        """
+        entry = self.entries[index]
+        other = [b for b in BACKENDS if b != self.backend][0]
+        attempts = [self.backend, self.backend, other] if retry_same else [self.backend, other]
+        chosen: list[Sequence[int]] = []
+        error: DecodeError | None = None
+
+        def attempt(backend: str) -> torch.Tensor:
+            if not chosen:  # the sampling draw is made once, so every attempt reads the same frames
+                chosen.append(choose(self._length(index)))
+            return read_frames(entry.path, chosen[0], backend, segment=entry.segment)
+
+        for backend in attempts:
+            try:
+                return call_with_timeout(lambda b=backend: attempt(b), self.decode_timeout, entry.path)
+            except DecodeError as err:
+                error = err
+                if "longer than decode_timeout" in err.reason or "does not exist" in err.reason:
+                    break  # a hung or missing file will not recover on retry
+        assert error is not None
+        raise error
+
+    # --------------------------------------------------------------------------------------- items
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (int(key), sample_seed(self.seed, 0, int(key)))
+        if self.mode == "train":
+            return self._train_item(index, seed)
+        return self._eval_item(index)
+
+    def _train_item(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        failures = 0
+        for _ in range(self.max_substitutes + 1):
+            try:
+                frames = self._decode_robustly(index, lambda n: self.sampler.train(n, rng), retry_same=True)
+                break
+            except DecodeError as err:
+                failures += 1
+                log.warning("train: substituting another video for %s (%s)", err.path, err.reason)
+                index = int(rng.integers(len(self.entries)))
+        else:
+            raise DecodeError(
+                self.entries[index].path,
+                f"{self.max_substitutes + 1} videos in a row failed to decode: check the data root and the decoders",
+            )
+        label = self.entries[index].label
+        clips, labels = [], []
+        for repeat in range(self.num_repeats):
+            # one decode, independent augmentations; torch's global RNG is restored afterwards
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(seed, repeat, 1))
+                clip, clip_label = self.train_transform(frames, label)
+            clips.append(clip)
+            labels.append(clip_label)
+        return {
+            "video": torch.stack(clips),
+            "label": torch.tensor(labels, dtype=torch.long),
+            "index": index,
+            "decode_failures": failures,
+        }
+
+    def _eval_item(self, index: int) -> dict:
+        entry = self.entries[index]
+        clips: list[list[int]] = []
+
+        def choose(length: int) -> list[int]:
+            clips.clear()
+            clips.extend(self.sampler.test(length, v, self.num_clips) for v in range(self.num_clips))
+            return sorted({i for clip in clips for i in clip})
+
+        try:
+            frames = self._decode_robustly(index, choose, retry_same=False)
+        except DecodeError as err:
+            log.warning("%s: skipping %s (%s)", self.mode, err.path, err.reason)
+            return {"failed": True, "index": index, "path": str(entry.path), "reason": err.reason}
+        position = {i: k for k, i in enumerate(sorted({i for clip in clips for i in clip}))}
+        views = [self.eval_transform(frames[[position[i] for i in clip]]) for clip in clips]
+        return {"failed": False, "video": torch.cat(views), "label": entry.label, "index": index, "path": str(entry.path)}
+
+
+def collate_train(samples: list[dict]) -> dict:
+    """Train batch: `video` (B*R, 3, T, H, W), `label`, `index` (B*R,), `decode_failures` scalar."""
+    repeats = samples[0]["video"].shape[0]
+    return {
+        "video": torch.cat([s["video"] for s in samples]),
+        "label": torch.cat([s["label"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long).repeat_interleave(repeats),
+        "decode_failures": torch.tensor(sum(s["decode_failures"] for s in samples), dtype=torch.long),
+    }
+
+
+class EvalCollate:
+    """Eval / predict batch: the videos that decoded plus `failed_index` / `failed_reason` for those that did not."""
+
+    def __init__(self, view_shape: tuple[int, ...], predict: bool = False) -> None:
+        self.view_shape = view_shape  # (V, 3, T, H, W), for an all-failed batch
+        self.predict = predict
+
+    def __call__(self, samples: list[dict]) -> dict:
+        good = [s for s in samples if not s["failed"]]
+        bad = [s for s in samples if s["failed"]]
+        video = torch.stack([s["video"] for s in good]) if good else torch.zeros((0, *self.view_shape))
+        batch = {
+            "video": video,
+            "failed_index": torch.tensor([s["index"] for s in bad], dtype=torch.long),
+            "failed_reason": [s["reason"] for s in bad],
+        }
+        if self.predict:
+            batch["path"] = [s["path"] for s in good]
+            batch["failed_path"] = [s["path"] for s in bad]
+        else:
+            batch["label"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
+            batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+        return batch

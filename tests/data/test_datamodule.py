@@ -1,0 +1,249 @@
+"""VideoDataModule over a real index: presets, batch contract, determinism, failure policy, quarantine."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from data_prep.index import IndexRow, write_index
+from src.data.datamodule import DecodeFailureRateError, VideoDataModule
+from src.data.datasets import IndexContractError
+from src.data.presets import PRESETS
+from tests.data.conftest import build_index, release_fifos
+from tests.helpers.videos import frame_index_of, write_test_video
+
+TINY = dict(preset="synthetic", num_frames=4, crop_size=32, batch_size=3, num_workers=0)
+
+
+class TinyClassifier(LightningModule):
+    """A real (tiny) LightningModule: linear head on the clip's mean colour; records what it was fed."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+        self.seen: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        self.failed: dict[str, list[int]] = {"val": [], "test": []}
+        self.decode_failures = 0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.decode_failures += int(batch["decode_failures"])
+        self.seen["train"] += batch["index"].tolist()
+        return F.cross_entropy(self.head(batch["video"].mean(dim=(2, 3, 4))), batch["label"])
+
+    def _eval(self, batch: dict, split: str) -> None:
+        self.seen[split] += batch["index"].tolist()
+        self.failed[split] += batch["failed_index"].tolist()
+        if len(batch["index"]):
+            scores = self.head(batch["video"].mean(dim=(3, 4, 5))).softmax(-1).mean(1)  # average over views
+            self.log(f"{split}_acc", (scores.argmax(-1) == batch["label"]).float().mean(), batch_size=len(scores))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def tiny_trainer(tmp_path: Path, **kwargs) -> Trainer:
+    options = dict(
+        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )
+    return Trainer(**{**options, **kwargs})
+
+
+def test_absent_index_names_the_folder_and_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "nowhere"))
+    dm = VideoDataModule(preset="ssv2")
+    assert dm.root == tmp_path / "nowhere" / "ssv2"
+    with pytest.raises(IndexContractError, match=r"nowhere/ssv2.*make prepare-ssv2"):
+        _ = dm.num_classes
+    monkeypatch.delenv("DATA_ROOT")
+    assert VideoDataModule(preset="gym99").root == Path("data") / "gym99"
+
+
+def test_presets_fill_unset_arguments_and_explicit_values_win() -> None:
+    k400 = VideoDataModule(preset="k400")
+    assert (k400.sampling, k400.num_frames, k400.sampling_rate, k400.test_views, k400.flip) == ("dense", 16, 4, (4, 1), "on")
+    ssv2 = VideoDataModule(preset="ssv2")
+    assert (ssv2.sampling, ssv2.test_views, ssv2.flip, ssv2.rand_augment) == ("segment", (1, 3), "swap", "m7-n4")
+    synthetic = VideoDataModule(preset="synthetic")
+    assert (synthetic.crop_size, synthetic.flip, synthetic.rand_augment, synthetic.test_views) == (96, "off", None, (1, 1))
+    custom = VideoDataModule(preset="k400", num_frames=8, sampling="segment", flip="off", test_views=(2, 3), rand_augment=None)
+    assert (custom.num_frames, custom.sampling, custom.flip, custom.test_views, custom.rand_augment) == (
+        8, "segment", "off", (2, 3), None,
+    )
+    assert set(PRESETS) == {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"}
+    with pytest.raises(ValueError, match="unknown data preset 'ucf101'"):
+        VideoDataModule(preset="ucf101")
+    with pytest.raises(ValueError, match="unknown flip policy 'mirror'"):
+        VideoDataModule(flip="mirror")
+
+
+def test_batches_follow_the_contract(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=4, val=3)
+    dm = VideoDataModule(root=str(root), num_repeats=2, test_views=(2, 3), **TINY)
+    assert dm.num_classes == 3 and dm.class_names[1] == "moving right" and len(dm.fingerprint) == 16
+    dm.setup("fit")
+    train = next(iter(dm.train_dataloader()))
+    assert train["video"].shape == (6, 3, 4, 32, 32) and train["video"].dtype == torch.float32
+    assert train["label"].shape == (6,) and train["index"].tolist()[0::2] == train["index"].tolist()[1::2]
+    assert not torch.equal(train["video"][0], train["video"][1]), "repeats are independent augmentations"
+    assert train["decode_failures"].shape == () and int(train["decode_failures"]) == 0
+    val = next(iter(dm.val_dataloader()))
+    assert val["video"].shape == (3, 6, 3, 4, 32, 32)  # all 2 clips x 3 crops of each video together
+    assert val["index"].tolist() == [0, 1, 2] and val["label"].tolist() == [0, 1, 2]
+    assert val["failed_index"].tolist() == []
+
+
+def test_two_workers_produce_the_same_clips_as_zero_workers(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=5, val=1)
+    batches = {}
+    # PyAV: earlier tests decoded with decord in this process, and decord hangs in workers forked after that
+    for workers in (2, 0):
+        options = {**TINY, "num_workers": workers, "rand_augment": "m7-n4", "backend": "pyav"}
+        dm = VideoDataModule(root=str(root), **options, seed=3)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[2]) == 1
+    for a, b in zip(batches[0], batches[2]):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+
+
+def test_training_survives_broken_videos_and_counts_every_failure(tmp_path: Path) -> None:
+    kinds = ["zero", "garbage", "truncated", "missing"]
+    root = build_index(tmp_path / "idx", train=6, val=2, broken={"train": kinds})
+    dm = VideoDataModule(root=str(root), max_failure_rate=1.0, **TINY)
+    model = TinyClassifier(dm.num_classes)
+    tiny_trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
+    bad_rows = set(range(6, 10))
+    assert not bad_rows & set(model.seen["train"]), "broken videos are replaced by good ones"
+    # every bad row is visited once per epoch and fails at least once; substitutes can fail again
+    assert model.decode_failures >= 2 * len(bad_rows)
+    assert dm.failure_counts["train_total"] == model.decode_failures
+    dataset = dm.datasets["train"]
+    for row in bad_rows:
+        item = dataset[(row, 123)]
+        assert item["decode_failures"] >= 1 and item["index"] < 6
+
+
+def test_training_stops_with_a_clear_error_above_the_failure_rate(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=3, val=1, broken={"train": ["zero"]})
+    dm = VideoDataModule(root=str(root), max_failure_rate=0.01, **{**TINY, "batch_size": 2})
+    with pytest.raises(DecodeFailureRateError, match=r"max_failure_rate=0.01 of 4 videos.*make doctor"):
+        tiny_trainer(tmp_path).fit(TinyClassifier(dm.num_classes), datamodule=dm)
+
+
+def test_evaluation_skips_broken_videos_and_writes_their_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = build_index(tmp_path / "idx", train=1, val=1, test=5, broken={"test": ["zero", "missing", "garbage"]})
+    dm = VideoDataModule(root=str(root), **TINY)
+    dm.failure_log_dir = tmp_path / "failures"
+    model = TinyClassifier(dm.num_classes)
+    with caplog.at_level("INFO"):
+        tiny_trainer(tmp_path).test(model, datamodule=dm)
+    assert sorted(model.seen["test"]) == [0, 1, 2, 3, 4]
+    assert sorted(model.failed["test"]) == [5, 6, 7]
+    report = dm.eval_report("test")
+    assert report.message().startswith("test: evaluated 5 of 8 videos; 3 failed to decode")
+    assert "evaluated 5 of 8 videos" in caplog.text
+    lines = (tmp_path / "failures" / "failed_test.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["5", "6", "7"]
+    assert lines[0].split("\t")[1].endswith("test_bad_0_zero.mp4") and "empty" in lines[0]
+
+
+def test_a_hung_decoder_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=1, val=2, broken={"val": ["hang"]})
+    try:
+        dm = VideoDataModule(root=str(root), decode_timeout=1.0, **TINY)
+        dm.setup("validate")
+        started = time.monotonic()
+        batch = next(iter(dm.val_dataloader()))
+        assert time.monotonic() - started < 10
+        assert batch["index"].tolist() == [0, 1] and batch["failed_index"].tolist() == [2]
+        assert "decode_timeout=1" in batch["failed_reason"][0]
+    finally:
+        release_fifos(root)
+
+
+def test_quarantined_videos_are_never_loaded(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=4, val=3)
+    (root / "quarantine.txt").write_text("videos/val_001.mp4\tdoctor: broken\n")
+    dm = VideoDataModule(root=str(root), **TINY)
+    dm.setup("validate")
+    paths = [e.path.name for e in dm.datasets["val"].entries]
+    assert paths == ["val_000.mp4", "val_002.mp4"]
+
+
+def test_segment_rows_and_frame_folders_decode_the_right_frames(tmp_path: Path) -> None:
+    root = tmp_path / "idx"
+    write_test_video(root / "long.mp4", 40, 48, fps=25)
+    rows = [IndexRow("long.mp4", 0, start=0.4, end=1.2, num_frames=40, fps=25.0), IndexRow("long.mp4", 1)]
+    write_index(root, dataset="seg", classes=["a", "b"], splits={"train": rows, "val": rows})
+    dm = VideoDataModule(root=str(root), preset="synthetic", num_frames=4, crop_size=48, num_workers=0, batch_size=2)
+    batch = next(iter(dm.val_dataloader()))
+    frames = (batch["video"][:, 0] * 0.225 + 0.45).mul(255).round().clamp(0, 255).to(torch.uint8)
+    decoded = [[frame_index_of(f.permute(1, 2, 0).numpy()) for f in clip.unbind(1)] for clip in frames]
+    # segment test view of 4 frames over the 20 frames 10..29; then the whole 40-frame file
+    assert decoded == [[12, 17, 22, 27], [5, 15, 25, 35]]
+
+
+def test_predict_yields_every_video_with_its_path(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    for name in ("a.mp4", "b.mp4"):
+        write_test_video(folder / name, 8, (40, 48))
+    (folder / "c.mp4").touch()
+    dm = VideoDataModule(root=str(tmp_path / "unused"), predict_path=str(folder), **TINY)
+    batch = next(iter(dm.predict_dataloader()))
+    assert [Path(p).name for p in batch["path"]] == ["a.mp4", "b.mp4"]
+    assert batch["video"].shape == (2, 1, 3, 4, 32, 32)
+    assert [Path(p).name for p in batch["failed_path"]] == ["c.mp4"]
+
+
+def _ddp_eval_worker(rank: int, world: int, root: str, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # one thread per rank, as in a DataLoader worker
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        dm = VideoDataModule(root=root, **TINY)
+        dm.setup("test")
+        seen = [i for batch in dm.test_dataloader() for i in batch["index"].tolist() + batch["failed_index"].tolist()]
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, seen)
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_evaluation_scores_every_video_exactly_once(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    root = build_index(tmp_path / "idx", train=1, val=1, test=6, broken={"test": ["zero"]})  # 7 videos
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "seen.pt"
+    # forkserver: one clean process imports torch once and forks both ranks; forking the pytest process
+    # itself can inherit locks held by threads of earlier tests and deadlock
+    mp.start_processes(_ddp_eval_worker, args=(2, str(root), port, str(out)), nprocs=2, start_method="forkserver")
+    per_rank = torch.load(out)
+    assert [len(s) for s in per_rank] == [3, 4]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(7)), "each video once, no padded duplicates"

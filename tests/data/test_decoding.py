@@ -1,0 +1,80 @@
+"""read_frames / probe return exactly the requested frames for every backend and container."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data.decoding import BACKENDS, DecodeError, VideoInfo, probe, read_frames
+from tests.helpers.videos import frame_index_of, write_test_video
+
+INDEX_SETS = [[0, 1, 2, 3], [39, 0, 17, 17, 5], list(range(0, 40, 4)), list(range(39, -1, -7))]
+
+
+def decoded_indices(frames: torch.Tensor) -> list[int]:
+    return [frame_index_of(f) for f in frames.numpy()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.webm"])
+def test_read_frames_returns_exactly_the_requested_indices(media_dir: Path, name: str, backend: str) -> None:
+    for indices in INDEX_SETS:
+        frames = read_frames(media_dir / name, indices, backend=backend)
+        assert frames.dtype == torch.uint8 and frames.shape == (len(indices), 48, 64, 3)
+        assert decoded_indices(frames) == indices
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_variable_frame_rate_video_is_read_by_frame_number(tmp_path: Path, backend: str) -> None:
+    times = [0.0]
+    for i in range(1, 30):
+        times.append(times[-1] + (0.02 if i % 3 else 0.1))  # 50 fps bursts with 100 ms gaps
+    path = write_test_video(tmp_path / "vfr.mp4", 30, (48, 64), frame_times=times)
+    assert probe(path).num_frames == 30
+    indices = [0, 1, 2, 3, 14, 15, 29, 7]
+    assert decoded_indices(read_frames(path, indices, backend=backend)) == indices
+
+
+def test_jpeg_folder_reads_frames_by_file_order(media_dir: Path) -> None:
+    frames = read_frames(media_dir / "frames", [0, 9, 39, 9])
+    assert frames.shape == (4, 48, 64, 3)
+    assert decoded_indices(frames) == [0, 9, 39, 9]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segment_indices_count_from_the_segment_start(media_dir: Path, backend: str) -> None:
+    # 0.4 s .. 1.2 s at 25 fps = frames 10..29 of the file
+    frames = read_frames(media_dir / "clip.mp4", [0, 5, 19], backend=backend, segment=(0.4, 1.2))
+    assert decoded_indices(frames) == [10, 15, 29]
+    with pytest.raises(DecodeError, match="outside 0..19"):
+        read_frames(media_dir / "clip.mp4", [20], backend=backend, segment=(0.4, 1.2))
+
+
+def test_probe_reports_frames_fps_size_codec(media_dir: Path) -> None:
+    assert probe(media_dir / "clip.mp4") == VideoInfo(40, 25.0, 64, 48, "h264")
+    assert probe(media_dir / "clip.webm") == VideoInfo(40, 25.0, 64, 48, "vp9")
+    assert probe(media_dir / "frames") == VideoInfo(40, None, 64, 48, "jpeg")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_sources_raise_decode_error_naming_the_file(tmp_path: Path, media_dir: Path, backend: str) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(bytes(range(256)) * 64)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes((media_dir / "clip.mp4").read_bytes()[:600])
+    cases = {tmp_path / "missing.mp4": "does not exist", empty: "empty", garbage: "cannot decode", truncated: "cannot decode"}
+    for path, reason in cases.items():
+        with pytest.raises(DecodeError, match=reason) as info:
+            read_frames(path, [0, 10, 39], backend=backend)
+        assert info.value.path == str(path)
+    with pytest.raises(DecodeError, match="outside 0..39"):
+        read_frames(media_dir / "clip.mp4", [40], backend=backend)
+
+
+def test_unknown_backend_is_refused(media_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown decode backend 'opencv'"):
+        read_frames(media_dir / "clip.mp4", [0], backend="opencv")
