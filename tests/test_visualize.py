@@ -1,0 +1,297 @@
+"""Specification of the StructSA figures (src.visualize) and of the TensorBoard callback (src.viz_callback).
+
+Everything runs on structvit_xs and on small real H.264 clips written with PyAV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, Dataset
+
+from src.models import build_model
+from src.visualize import (
+    FIGURE_NAMES,
+    capture_attention_input,
+    compute_structure_maps,
+    flat_index,
+    key_position,
+    load_clip,
+    load_model,
+    main,
+    plot_dynamic_kernel,
+    plot_structural_attention,
+    vanilla_twin,
+)
+from src.viz_callback import StructureVisualizer
+from tests.helpers.videos import write_test_video
+
+FRAMES, SIZE, CLASSES = 8, 64, 3
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 8-frame 64x64 H.264 clip with moving texture."""
+    return write_test_video(tmp_path_factory.mktemp("viz") / "clip.mp4", 12, size=SIZE, pattern="textured")
+
+
+@pytest.fixture(scope="module")
+def clip(clip_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_clip(clip_path, FRAMES, SIZE)
+
+
+@pytest.fixture(scope="module")
+def xs_model() -> torch.nn.Module:
+    """structvit_xs with random weights (D = 4, S = 1); tests that change weights build their own."""
+    return _model()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _model(seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("structvit_xs", num_classes=CLASSES, **overrides).eval()
+
+
+def _plotted(fig, prefix: str) -> list[torch.Tensor]:
+    """The arrays of the images a figure drew whose gid (label|position) starts with `prefix`."""
+    return [
+        torch.as_tensor(im.get_array().data if hasattr(im.get_array(), "data") else im.get_array())
+        for ax in fig.axes
+        for im in ax.get_images()
+        if (im.get_gid() or "").startswith(prefix)
+    ]
+
+
+def test_load_clip_reads_evenly_spaced_frames_resized_and_normalised(clip) -> None:
+    frames, video = clip
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and 0.0 <= frames.min() and frames.max() <= 1.0
+    assert video.shape == (1, 3, FRAMES, SIZE, SIZE)
+    torch.testing.assert_close(video[0].permute(1, 2, 3, 0) * 0.225 + 0.45, frames)
+
+
+def test_command_line_writes_every_figure_for_structvit_xs_on_a_real_clip(clip_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    paths = main(["--model", "structvit_xs", "--num-classes", str(CLASSES), "--video", str(clip_path),
+                  "--out", str(out), "--frames", str(FRAMES), "--size", str(SIZE), "--dpi", "40"])
+    assert sorted(p.name for p in paths) == sorted(f"{n}.png" for n in FIGURE_NAMES)
+    for path in paths:
+        pixels = mpimg.imread(path)
+        assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50
+        assert pixels.std() > 0.01, f"{path.name} is blank"
+
+
+def test_plotted_structural_attention_sums_to_one_over_keys_and_structure_jointly(
+    clip, xs_model: torch.nn.Module
+) -> None:
+    frames, video = clip
+    maps = compute_structure_maps(xs_model, video, stage=3, block=-1, head=1, frames=frames)
+    assert maps.structure_dim == 4 and maps.attention.shape == (4, *maps.key_grid)
+    fig = plot_structural_attention(maps)
+    plotted = _plotted(fig, "attention d=")
+    assert len(plotted) == 4 * maps.key_grid[0]  # one panel per structure channel and token frame
+    total = sum(float(p.double().sum()) for p in plotted)
+    assert total == pytest.approx(1.0, abs=1e-5)
+    # One softmax over (j, d) jointly, not D separate ones: no single d sums to 1 on its own.
+    per_d = maps.attention.double().flatten(1).sum(1)
+    assert per_d.sum().item() == pytest.approx(1.0, abs=1e-6) and (per_d < 0.99).all()
+
+
+@pytest.mark.parametrize("kv_stride", [1, 2])
+def test_dynamic_kernel_of_the_figure_equals_the_one_computed_from_the_module_weights(clip, kv_stride: int) -> None:
+    frames, video = clip
+    model = _model(seed=1, kv_stride=kv_stride)
+    stage, block, head = 3, 0, 2
+    maps = compute_structure_maps(model, video, stage=stage, block=block, head=head, query="2,1,3", frames=frames)
+
+    # Directly from the weights, by the fast form of SPEC §2: K'_d = depthwise conv of K with H_K[:, :, d].
+    attn, x, grid, _ = capture_attention_input(model, video, stage, block)
+    c_all, heads, depth = attn.dim, attn.num_heads, attn.structure_dim
+    c = c_all // heads
+    q, k, _ = attn.qkv(x).reshape(1, -1, 3, heads, c).permute(2, 0, 3, 1, 4)
+    k_grid = k.transpose(2, 3).reshape(1, c_all, *grid)
+    conv = attn.k_struct
+    k_struct = F.conv3d(k_grid, conv.weight, stride=conv.stride, padding=conv.padding, groups=c_all)
+    key_grid = tuple(k_struct.shape[-3:])
+    k_struct = k_struct.reshape(heads, c, depth, -1)[head]  # (c, D, N'): channel c*D + d = filter d of c
+    i = flat_index((2, 1, 3), grid)
+    scores = torch.einsum("c,cdj->dj", q[0, head, i], k_struct) * c**-0.5
+    a = scores.flatten().softmax(0).reshape(scores.shape)  # joint softmax over (d, j)
+    j = flat_index(key_position((2, 1, 3), grid, key_grid), key_grid)
+    h_v = attn.v_struct.weight.reshape(c_all, depth, *attn.kernel_size)[head * c : (head + 1) * c]
+    expected = torch.einsum("d,cdxyz->cxyz", a[:, j], h_v).mean(0)
+
+    assert maps.key_grid == key_grid
+    torch.testing.assert_close(maps.dynamic_kernel, expected.detach(), rtol=1e-4, atol=1e-7)
+    plotted = torch.stack(_plotted(plot_dynamic_kernel(maps), "kappa_ii"))
+    torch.testing.assert_close(plotted.float(), maps.dynamic_kernel)
+    # The aggregator figure shows the head's H_V filters averaged over its channels.
+    torch.testing.assert_close(maps.aggregators, h_v.mean(0).detach())
+
+
+def test_vanilla_twin_is_plain_attention_with_the_same_weights_and_matches_identity_filters(clip) -> None:
+    frames, video = clip
+    model = _model(seed=2)
+    twin = vanilla_twin(model)
+    attn, plain = model.blocks3[0].attn, twin.blocks3[0].attn
+    assert plain.structure_dim == 0 and plain.k_struct is None
+    torch.testing.assert_close(plain.qkv.weight, attn.qkv.weight)
+    torch.testing.assert_close(twin.blocks3[0].mlp.fc1.weight, model.blocks3[0].mlp.fc1.weight)
+    # With identity filters (S = 1) StructSA is vanilla attention: the D maps add up to the twin's map.
+    model.init_identity()
+    maps = compute_structure_maps(model, video, vanilla_model=vanilla_twin(model), frames=frames)
+    assert maps.vanilla is not None and float(maps.vanilla.sum()) == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(maps.attention.sum(0), maps.vanilla, rtol=1e-4, atol=1e-6)
+    centre = torch.zeros(3, 3, 3)
+    centre[1, 1, 1] = float(maps.attention[:, *key_position(maps.query, maps.query_grid, maps.key_grid)].sum())
+    torch.testing.assert_close(maps.dynamic_kernel, centre)
+
+
+def test_correlation_map_is_the_scaled_query_key_product(clip) -> None:
+    frames, video = clip
+    model = _model(seed=3)
+    maps = compute_structure_maps(model, video, stage=4, block=0, head=0, frames=frames)
+    attn, x, grid, _ = capture_attention_input(model, video, 4, 0)
+    q, k, _ = attn.qkv(x).reshape(1, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    expected = (k[0, 0] @ q[0, 0, flat_index(maps.query, grid)]) * attn.head_dim**-0.5
+    torch.testing.assert_close(maps.correlation, expected.reshape(grid).detach(), rtol=1e-4, atol=1e-5)
+    assert maps.query == (grid[0] // 2, grid[1] // 2, grid[2] // 2)  # default: centre of the middle frame
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(stage=1), "convolution block"),
+        (dict(stage=5), "stages are 1..4"),
+        (dict(block=7), "has 2 blocks"),
+        (dict(head=9), "has 4 heads"),
+        (dict(query="9,0,0"), "outside the layer's token grid"),
+        (dict(query="1,2"), "three integers"),
+    ],
+)
+def test_bad_layer_head_or_query_is_refused_with_a_clear_error(
+    clip, xs_model: torch.nn.Module, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        compute_structure_maps(xs_model, clip[1], **kwargs)
+
+
+def test_missing_video_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        load_clip(tmp_path / "nope.mp4", FRAMES, SIZE)
+
+
+def test_lightning_checkpoint_is_loaded_with_its_variant_structure_and_class_names(
+    clip_path: Path, tmp_path: Path
+) -> None:
+    model = _model(seed=4, kv_stride=2)
+    names = ["left", "right", "still"]
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"backbone": {"variant": "structvit_xs", "kv_stride": 2}, "class_names": names,
+                                 "num_classes": 3},
+        },
+        ckpt,
+    )
+    loaded = load_model(ckpt)
+    assert loaded.variant == "structvit_xs" and loaded.class_names == names
+    assert loaded.model.blocks3[0].attn.kv_stride == 2
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[key], value)
+    paths = main(["--ckpt", str(ckpt), "--video", str(clip_path), "--out", str(tmp_path / "o"),
+                  "--frames", str(FRAMES), "--size", str(SIZE), "--only", "overview", "--no-vanilla", "--dpi", "30",
+                  "--palette"])
+    assert [p.name for p in paths] == ["overview.png"]
+    with Image.open(paths[0]) as picture:
+        assert picture.mode == "P"  # --palette: a 256-colour PNG, small enough to commit
+
+
+def test_checkpoint_without_a_variant_asks_for_one_and_an_incomplete_one_is_refused(tmp_path: Path) -> None:
+    state = {f"backbone.{k}": v for k, v in _model().state_dict().items()}
+    ckpt = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(ValueError, match="pass --model"):
+        load_model(ckpt)
+    assert load_model(ckpt, "structvit_xs").model.head.out_features == CLASSES
+    # Maps of half-loaded weights would mislead: a checkpoint missing a tensor is refused, with the report.
+    del state["backbone.blocks4.0.mlp.fc2.weight"]
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(ValueError, match=r"does not match structvit_xs(.|\n)*blocks4.0.mlp.fc2.weight"):
+        load_model(ckpt, "structvit_xs")
+
+
+# ------------------------------------------------------------------------------------------------ callback
+
+
+class _Clips(Dataset):
+    """Two real decoded clips; validation items carry V = 1 view, as the DataModule's eval batches do."""
+
+    def __init__(self, videos: list[torch.Tensor], eval_views: bool) -> None:
+        self.videos, self.eval_views = videos, eval_views
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict:
+        video = self.videos[i][0]
+        return {"video": video.unsqueeze(0) if self.eval_views else video, "label": torch.tensor(i % CLASSES)}
+
+
+class _Classifier(pl.LightningModule):
+    """The smallest real LightningModule with the project's layout: the network at `self.backbone`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = _model(seed=5).train()
+        self.class_names = ["a", "b", "c"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.backbone(batch["video"]), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.backbone(batch["video"].flatten(0, 1))
+        self.log("val_loss", F.cross_entropy(logits, batch["label"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+@pytest.mark.slow
+def test_callback_writes_the_figures_into_the_tensorboard_event_file(clip_path: Path, tmp_path: Path) -> None:
+    other = write_test_video(tmp_path / "other.mp4", 10, size=SIZE, pattern="frame_index")
+    videos = [load_clip(p, FRAMES, SIZE)[1] for p in (clip_path, other)]
+    callback = StructureVisualizer(every_n_epochs=1, stage=3, block=-1, head=1, dpi=40)
+    logger = TensorBoardLogger(tmp_path, name="viz", version=0)
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=logger, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+    )
+    trainer.fit(
+        _Classifier(),
+        DataLoader(_Clips(videos, eval_views=False), batch_size=2),
+        DataLoader(_Clips(videos, eval_views=True), batch_size=2),
+    )
+    assert callback.logged_steps == [1, 2]  # not during the sanity check; once per epoch
+    events = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()["images"]
+    assert sorted(tags) == sorted(f"structure/{n}" for n in FIGURE_NAMES)
+    for tag in tags:
+        images = events.Images(tag)
+        assert [im.step for im in images] == [1, 2]
+        assert all(im.width > 50 and im.height > 50 for im in images)
