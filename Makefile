@@ -19,6 +19,7 @@ DIVING48_BASE_URL ?= http://www.svcl.ucsd.edu/projects/resound
 DIVING48_DIR  ?= $(DATA_ROOT)/downloads/diving48
 GYM_VIDEOS    ?= $(DATA_ROOT)/downloads/finegym/videos
 GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
+PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP_ARGS=--transcode (ssv2)
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
 
@@ -53,40 +54,40 @@ format: install ## Format the code with ruff
 	$(VENV)/bin/ruff format src data_prep benchmarks tests
 
 demo: install ## The embedded default end to end: generate the synthetic benchmark, train structvit_xs, test, report
-	$(PY) -m src.demo --data-root $(DATA_ROOT) --runs $(RUNS)
+	$(PY) -m src.demo --data-root $(DATA_ROOT) --runs $(RUNS) $(DEMO_ARGS)
 
 prepare-synthetic: install ## Generate the synthetic motion benchmark into $(DATA_ROOT)/synthetic (cached)
 	$(PY) -m data_prep.synthetic --out $(DATA_ROOT)/synthetic --workers $(JOBS)
 
 prepare-k400: install ## Download (resumable) and index Kinetics-400 from K400_BASE_URL into $(DATA_ROOT)/k400
-	$(PY) -m data_prep.kinetics --out $(DATA_ROOT)/k400 --base-url $(K400_BASE_URL) --workers $(JOBS)
+	$(PY) -m data_prep.kinetics --out $(DATA_ROOT)/k400 --base-url $(K400_BASE_URL) --workers $(JOBS) $(PREP_ARGS)
 
 prepare-ssv2: install ## Extract and index Something-Something V2 from SSV2_DIR into $(DATA_ROOT)/ssv2
-	$(PY) -m data_prep.ssv2 --source $(SSV2_DIR) --out $(DATA_ROOT)/ssv2 --workers $(JOBS)
+	$(PY) -m data_prep.ssv2 --source $(SSV2_DIR) --out $(DATA_ROOT)/ssv2 --workers $(JOBS) $(PREP_ARGS)
 
 prepare-ssv1: install ## Extract and index Something-Something V1 (JPEG frames) from SSV1_DIR into $(DATA_ROOT)/ssv1
-	$(PY) -m data_prep.ssv1 --source $(SSV1_DIR) --out $(DATA_ROOT)/ssv1 --workers $(JOBS)
+	$(PY) -m data_prep.ssv1 --source $(SSV1_DIR) --out $(DATA_ROOT)/ssv1 --workers $(JOBS) $(PREP_ARGS)
 
 prepare-diving48: install ## Download/extract and index Diving-48 (V2 labels) into $(DATA_ROOT)/diving48
-	$(PY) -m data_prep.diving48 --source $(DIVING48_DIR) --base-url $(DIVING48_BASE_URL) --out $(DATA_ROOT)/diving48 --workers $(JOBS)
+	$(PY) -m data_prep.diving48 --source $(DIVING48_DIR) --base-url $(DIVING48_BASE_URL) --out $(DATA_ROOT)/diving48 --workers $(JOBS) $(PREP_ARGS)
 
 prepare-gym: install ## Trim FineGym events/elements from GYM_VIDEOS with GYM_ANNOTATIONS into $(DATA_ROOT)/gym99 and gym288
-	$(PY) -m data_prep.finegym --videos $(GYM_VIDEOS) --annotations $(GYM_ANNOTATIONS) --out $(DATA_ROOT) --workers $(JOBS)
+	$(PY) -m data_prep.finegym --videos $(GYM_VIDEOS) --annotations $(GYM_ANNOTATIONS) --out $(DATA_ROOT) --workers $(JOBS) $(PREP_ARGS)
 
 doctor: install ## Probe every video of INDEX in subprocesses; write quarantine.txt and a summary
-	$(PY) -m data_prep.doctor $(INDEX) --workers $(JOBS)
+	$(PY) -m data_prep.doctor $(INDEX) --workers $(JOBS) $(PREP_ARGS)
 
 bench: install ## Run the CPU benchmark set (under 15 min); JSON in benchmarks/results/, tables for BENCHMARKS.md
-	$(PY) -m benchmarks.run --suite cpu
+	$(PY) -m benchmarks.run --suite cpu --doc BENCHMARKS.md
 
 bench-quick: install ## Run a quick benchmark subset (under 2 min)
 	$(PY) -m benchmarks.run --suite quick
 
 bench-gpu: install ## Run the GPU benchmark set (CUDA, flash attention, bf16)
-	$(PY) -m benchmarks.run --suite gpu
+	$(PY) -m benchmarks.run --suite gpu --doc BENCHMARKS.md
 
 ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4} x 3 seeds + frame-shuffle control
-	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation
+	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation --doc BENCHMARKS.md $(ABLATION_ARGS)
 
 tensorboard: install ## Open TensorBoard on the runs folder ($(RUNS))
 	$(VENV)/bin/tensorboard --logdir $(RUNS) --bind_all

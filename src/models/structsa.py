@@ -181,7 +181,9 @@ class StructSA(nn.Module):
         z = conv(z)  # (B, C·D, T', H', W'), channel c·D + d holds filter d of channel c
         d = self.structure_dim
         z = z.reshape(b, heads, c, d, -1)  # (B, h, c, D, N')
-        return z.permute(0, 1, 3, 4, 2).reshape(b, heads, -1, c)
+        # contiguous: SDPA's fused CPU/GPU kernels need a unit stride on the channel axis; without it they
+        # fall back to the math kernel, which materialises the N x D·N' attention matrix.
+        return z.permute(0, 1, 3, 4, 2).reshape(b, heads, -1, c).contiguous()
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid) -> Tensor:
         if self.structure_dim > 0:

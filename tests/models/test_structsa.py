@@ -147,3 +147,15 @@ def test_bad_grid_or_shape_gives_a_clear_error():
         StructSA(16, 2, structure_dim=0, kv_stride=2)
     with pytest.raises(ValueError, match="odd"):
         StructSA(16, 2, kernel_size=(2, 3, 3))
+
+
+def test_fast_path_runs_the_fused_sdpa_kernel_at_batch_one():
+    """Non-contiguous structured keys made SDPA fall back to the math kernel (an N x D·N' matrix)."""
+    from torch.profiler import profile
+
+    module = StructSA(64, 2, structure_dim=4).eval()
+    with torch.no_grad(), profile() as prof:
+        module(torch.randn(1, 2 * 6 * 6, 64), (2, 6, 6))
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops, sorted(o for o in ops if "attention" in o)
+    assert "aten::_scaled_dot_product_attention_math" not in ops

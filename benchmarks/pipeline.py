@@ -1,0 +1,128 @@
+"""Item 5: data-pipeline throughput in clips/s: decode only, decode + augment, and the full DataLoader.
+
+Decode only calls `src.data.decoding.read_frames` with the preset's sampling (dense 16x4 for Kinetics,
+16 segments for Something-Something). Decode + augment iterates the real `VideoDataModule` train loader
+in-process with one torch thread (what one DataLoader worker does). The DataLoader rows use 1 and 2 worker
+processes (persistent, so worker start-up is not counted). Each repetition is one pass over the video set;
+the figure is clips / median pass time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.timing import time_call
+from benchmarks.videos import VideoKind
+
+
+def clip_indices(kind: VideoKind, length: int, rng: np.random.Generator, frames: int = 16) -> list[int]:
+    """Training-time frame indices: dense 16x4 window (Kinetics) or one frame per segment (Something)."""
+    if kind.preset == "k400":
+        span = (frames - 1) * 4 + 1
+        start = int(rng.integers(0, max(1, length - span + 1)))
+        return [min(start + 4 * i, length - 1) for i in range(frames)]
+    edges = np.linspace(0, length, frames + 1)
+    return [int(rng.integers(int(a), max(int(a) + 1, int(b)))) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Temporarily run torch ops on `count` threads (one DataLoader worker uses one)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _rows(index_dir: Path) -> list[tuple[Path, int]]:
+    import csv
+
+    with open(index_dir / "train.csv", newline="") as handle:
+        return [(index_dir / r["path"], int(r["num_frames"])) for r in csv.DictReader(handle)]
+
+
+def measure_decode(kind: VideoKind, index_dir: Path, backend: str, *, reps: int, warmup: int) -> dict:
+    """clips/s of `read_frames` alone (one thread), over one pass of the video set."""
+    from src.data.decoding import read_frames
+
+    videos = _rows(index_dir)
+    rng = np.random.default_rng(0)
+
+    def one_pass() -> None:
+        for path, length in videos:
+            read_frames(path, clip_indices(kind, length, rng), backend)
+
+    with torch_threads(1):
+        timing = time_call(one_pass, reps=reps, warmup=warmup)
+    return _result(kind, "decode", backend, 1, len(videos), timing)
+
+
+def _datamodule(kind: VideoKind, index_dir: Path, backend: str, workers: int, batch_size: int):
+    from src.data.datamodule import VideoDataModule
+
+    return VideoDataModule(
+        root=str(index_dir), preset=kind.preset, backend=backend, num_workers=workers, batch_size=batch_size,
+        persistent_workers=workers > 0, decode_timeout=None,
+    )
+
+
+def measure_loader(
+    kind: VideoKind, index_dir: Path, backend: str, workers: int, *, reps: int, warmup: int, batch_size: int = 2
+) -> dict:
+    """clips/s of the real train DataLoader (decode + preset augmentation + collate) with `workers`.
+
+    workers = 0 runs in-process on one torch thread: the per-worker rate of decode + augment.
+    """
+    dm = _datamodule(kind, index_dir, backend, workers, batch_size)
+    loader = dm.train_dataloader()
+    clips = 0
+
+    def one_pass() -> None:
+        nonlocal clips
+        clips = 0
+        for batch in loader:
+            clips += int(batch["video"].shape[0])
+
+    try:
+        with torch_threads(1) if workers == 0 else contextlib.nullcontext():
+            timing = time_call(one_pass, reps=reps, warmup=warmup)
+    finally:
+        _stop_workers(loader)
+    stage = "decode+augment" if workers == 0 else "dataloader"
+    row = _result(kind, stage, backend, workers if workers else 1, clips, timing)
+    row["in_process"] = workers == 0
+    return row
+
+
+def _stop_workers(loader) -> None:
+    """End a persistent-worker loader's processes now; left to the garbage collector, a later loader's forked
+    workers inherit the iterator and try to stop processes that are not their children."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def _result(kind: VideoKind, stage: str, backend: str, workers: int, clips: int, timing) -> dict:
+    return {
+        "dataset": kind.name,
+        "codec": kind.codec,
+        "resolution": f"{kind.width}x{kind.height}",
+        "sampling": "dense 16x4" if kind.preset == "k400" else "segment 16",
+        "stage": stage,
+        "backend": backend,
+        "workers": workers,
+        "clips_per_pass": clips,
+        "status": "ok",
+        "median_s_per_pass": round(timing.median_s, 4),
+        "reps": timing.reps,
+        "clips_per_s": round(clips / timing.median_s, 3),
+        "clips_per_s_per_worker": round(clips / timing.median_s / workers, 3),
+    }

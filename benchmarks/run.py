@@ -1,0 +1,208 @@
+"""Run a benchmark suite and write its results: `python -m benchmarks.run --suite cpu|quick|gpu|target|tiny`.
+
+Writes benchmarks/results/<suite>.json (machine, settings, one row per measurement, written after each
+section so an interrupted run keeps what it measured) and the rendered tables to
+benchmarks/results/<suite>.md; `--doc BENCHMARKS.md` also replaces that suite's section in the document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from benchmarks.limits import Budget
+from benchmarks.machine import available_memory_bytes, machine_info
+from benchmarks.model_step import MODEL_CASES, measure_models
+from benchmarks.scaling import scaling_cases
+from benchmarks.structsa_grid import grid_cases, run_cases
+from benchmarks.suites import SUITES, Suite
+from benchmarks.tables import gpu_training_rates, render, update_document
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("structsa", "scaling", "model", "pipeline")
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
+
+
+def _budget(suite: Suite) -> Budget:
+    """The suite's memory budget, capped at 70% of the memory the host has available now."""
+    memory = int(suite.memory_budget_gib * 2**30)
+    if suite.device == "cpu":
+        available = available_memory_bytes()
+        if available:
+            memory = min(memory, int(available * 0.7))
+    else:
+        memory = min(memory, int(torch.cuda.get_device_properties(0).total_memory * 0.8))
+    return Budget(memory_bytes=memory, seconds=suite.reference_case_s)
+
+
+def run_structsa(suite: Suite, log: Callable[[str], None]) -> list[dict]:
+    """Items 1 and 2: fast vs reference vs vanilla at the suite's StructViT-S shapes."""
+    cases = grid_cases(suite.shapes, suite.structure_dims, suite.strides, suite.modes)
+    return run_cases(cases, **_attention_settings(suite), total_s=suite.structsa_s, log=log)
+
+
+def run_scaling(suite: Suite, log: Callable[[str], None]) -> list[dict]:
+    """Item 3: fast and reference path against token count at D = 4, S = 1."""
+    cases = scaling_cases(suite.scaling_frames, suite.scaling_modes, layer=suite.scaling_layer)
+    return run_cases(cases, **_attention_settings(suite), total_s=suite.scaling_s, log=log)
+
+
+def _attention_settings(suite: Suite) -> dict:
+    return dict(
+        reps=suite.reps,
+        warmup=suite.warmup,
+        device=suite.device,
+        dtype=suite.dtype,
+        budget=_budget(suite),
+        reference_total_s=suite.reference_total_s,
+        reference_reps=suite.reference_reps,
+    )
+
+
+def run_models(suite: Suite, log: Callable[[str], None]) -> list[dict]:
+    """Item 4: training-step throughput and peak memory of whole models (timed steps interleaved)."""
+    if suite.model_input is None:
+        return []
+    batch, frames, size = suite.model_input
+    cases = [case for case in MODEL_CASES if case.label in suite.model_names]
+    rows = measure_models(
+        cases, batch=batch, frames=frames, size=size, reps=suite.model_reps, warmup=suite.model_warmup,
+        device=suite.device, bf16=suite.model_bf16,
+    )
+    for row in rows:
+        log(f"  {row['label']:18s} {row.get('step_ms', row.get('reason'))} ms/step, {row.get('peak_mib')} MiB")
+    return rows
+
+
+def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
+    """Item 5: decode only and decode + augment per worker, per backend; the DataLoader with N workers."""
+    from benchmarks.pipeline import measure_decode, measure_loader
+    from benchmarks.videos import video_set
+
+    rows = []
+    reps, warmup = suite.pipeline_reps, 1 if suite.pipeline_reps > 1 else 0
+    for kind in suite.video_kinds:
+        start = time.perf_counter()
+        index_dir = video_set(kind, suite.videos_per_kind, cache_dir)
+        log(f"  {kind.name}: {suite.videos_per_kind} videos at {index_dir} ({time.perf_counter() - start:.1f} s)")
+        jobs = [(measure_decode, (kind, index_dir, b)) for b in suite.backends]
+        jobs += [(measure_loader, (kind, index_dir, b, 0)) for b in suite.backends]
+        jobs += [(measure_loader, (kind, index_dir, "decord", w)) for w in suite.loader_workers]
+        for fn, args in jobs:
+            row = _guarded(lambda fn=fn, args=args: fn(*args, reps=reps, warmup=warmup), kind=kind.name)
+            log(f"  {kind.name:5s} {row.get('stage', fn.__name__):15s} {row.get('backend', ''):7s} "
+                f"workers={row.get('workers', '?')}: {row.get('clips_per_s', row.get('reason'))} clips/s")
+            rows.append(row)
+    return rows
+
+
+def _guarded(fn: Callable[[], dict], **context) -> dict:
+    """Run one measurement; an exception becomes an error row (the run goes on and exits non-zero)."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - reported in the results and the exit status
+        traceback.print_exc()
+        return {**context, "status": "error", "reason": f"{type(err).__name__}: {err}"[:300]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the suite's sections, write JSON and tables; non-zero on any error row."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where generated videos are kept")
+    parser.add_argument("--doc", type=Path, default=None, help="also replace this suite's section of this file")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: on a shared host OpenMP's spinning barriers make multi-thread "
+        "timings swing several-fold)",
+    )
+    args = parser.parse_args(argv)
+    suite = SUITES[args.suite]
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only {sorted(unknown)}: choose from {SECTIONS}")
+    if suite.device == "cuda" and not torch.cuda.is_available():
+        print(f"suite {suite.name!r} needs a CUDA GPU and none is visible; run --suite cpu here", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    out_dir = args.out or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {
+        "suite": suite.name,
+        "command": command.strip(),
+        "machine": machine_info(),
+        "settings": {k: v for k, v in asdict(suite).items() if k not in ("shapes", "video_kinds")}
+        | {"dtype": str(suite.dtype), "budget_memory_gib": round(_budget(suite).memory_bytes / 2**30, 2)},
+        "json": _display_path(out_dir / f"{suite.name}.json"),
+        "sections": {},
+    }
+    runners = {
+        "structsa": lambda: run_structsa(suite, print),
+        "scaling": lambda: run_scaling(suite, print),
+        "model": lambda: run_models(suite, print),
+        "pipeline": lambda: run_pipeline(suite, print, args.cache_dir),
+    }
+    previous = out_dir / f"{suite.name}.json"
+    if set(sections) != set(SECTIONS) and previous.is_file():
+        # A partial re-run keeps the other sections of the last full run; each section says when it ran.
+        old = json.loads(previous.read_text())
+        kept = {k: v for k, v in old.get("sections", {}).items() if k not in sections}
+        results["sections"].update(kept)
+        results["section_runs"] = {k: v for k, v in old.get("section_runs", {}).items() if k in kept}
+        for k in kept:
+            results["section_runs"].setdefault(k, {"date": old["machine"]["date"],
+                                                   "load_average_1m": old["machine"].get("load_average_1m")})
+    started = time.perf_counter()
+    for section in sections:
+        print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
+        section_start = time.perf_counter()
+        rows = runners[section]() if section != "pipeline" else _section_rows(runners[section])
+        results["sections"][section] = rows
+        results.setdefault("section_runs", {})[section] = {
+            "date": results["machine"]["date"], "load_average_1m": results["machine"].get("load_average_1m")}
+        results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - section_start, 1)
+        results["duration_s"] = round(time.perf_counter() - started, 1)
+        _write(out_dir, suite.name, results, args.doc)
+    errors = [r for rows in results["sections"].values() for r in rows if r.get("status") == "error"]
+    print(f"done in {results['duration_s']:.0f} s: {out_dir / (suite.name + '.json')}"
+          + (f"; {len(errors)} measurement(s) failed" if errors else ""))
+    return 1 if errors else 0
+
+
+def _display_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (as the tables should cite it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _section_rows(runner: Callable[[], list[dict]]) -> list[dict]:
+    """The pipeline needs the data modules; if they cannot import, one error row says why."""
+    result = _guarded(lambda: {"rows": runner()}, stage="pipeline")
+    return result["rows"] if "rows" in result else [result]
+
+
+def _write(out_dir: Path, suite: str, results: dict, doc: Path | None) -> None:
+    (out_dir / f"{suite}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    tables = render(results, gpu_training_rates(out_dir))
+    (out_dir / f"{suite}.md").write_text(tables)
+    if doc is not None:
+        update_document(doc, suite, tables)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The benchmark suites: which shapes, models and videos each measures, and its time and memory budgets.
+
+cpu   (make bench, < 15 min on 2 cores): every item of issue 8 at the issue's shapes; the reference path runs
+      where its predicted cost fits the budgets, and every skipped case is listed with its prediction.
+quick (make bench-quick, < 2 min): one small shape per item, to check the harness end to end.
+gpu   (make bench-gpu): full-size shapes on CUDA in bf16 (flash attention), 16x224^2 batch-8 training steps.
+target: only the issue's headline case (16 frames, S = 1, D = 4, forward + backward, fast vs reference);
+      one reference call takes minutes on 2 cores, so the reference path gets 1 timed call after 1 profiled one.
+tiny  (tests): toy shapes that finish in seconds; the numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from benchmarks.structsa_grid import STAGE3_8F, STAGE3_16F, STAGE4_8F, STAGE4_16F, LayerShape
+from benchmarks.videos import KINETICS, SSV2, VideoKind
+
+# Small, short versions of the two video kinds for the smoke test (same codecs and sampling).
+TINY_KINETICS = replace(KINETICS, width=142, height=80, seconds=(3.0, 3.0))
+TINY_SSV2 = replace(SSV2, width=106, height=60, seconds=(2.0, 2.0))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Everything one run measures; see the module docstring for the named suites."""
+
+    name: str
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    reps: int = 5
+    warmup: int = 1
+    # items 1-2: attention layers
+    shapes: tuple[LayerShape, ...] = ()
+    structure_dims: tuple[int, ...] = (4, 1, 8)
+    strides: tuple[int, ...] = (1, 2)
+    modes: tuple[str, ...] = ("forward", "train")
+    # reference-path cut-offs: per case (all its calls) and in total for the run
+    memory_budget_gib: float = 8.0
+    reference_case_s: float = 60.0
+    reference_total_s: float = 300.0
+    structsa_s: float = float("inf")  # time budget of items 1-2 (cases predicted to overrun are skipped)
+    scaling_s: float = float("inf")  # time budget of item 3
+    reference_reps: int | None = None  # timed reference calls if not `reps` (the target suite: too slow for 5)
+    # item 3
+    scaling_frames: tuple[int, ...] = ()
+    scaling_modes: tuple[str, ...] = ("forward", "train")
+    scaling_layer: LayerShape = STAGE3_8F  # channels, heads and the per-frame (H, W) token grid
+    # item 4: (batch, frames, size)
+    model_input: tuple[int, int, int] | None = None
+    model_bf16: bool = False
+    model_names: tuple[str, ...] = ("uniformer_s", "structvit_s S=2", "structvit_s S=1")
+    model_reps: int = 5
+    model_warmup: int = 2
+    # item 5
+    video_kinds: tuple[VideoKind, ...] = ()
+    videos_per_kind: int = 6
+    backends: tuple[str, ...] = ("decord", "pyav")
+    loader_workers: tuple[int, ...] = (1, 2)
+    pipeline_reps: int = 5
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+SUITES: dict[str, Suite] = {
+    "cpu": Suite(
+        name="cpu",
+        shapes=(STAGE4_16F, STAGE3_8F, STAGE3_16F),
+        reference_case_s=60.0,
+        reference_total_s=240.0,
+        structsa_s=390.0,
+        scaling_frames=(1, 2, 4, 8, 16, 32),
+        scaling_s=150.0,
+        model_input=(2, 8, 112),
+        model_warmup=1,
+        video_kinds=(KINETICS, SSV2),
+        videos_per_kind=4,
+    ),
+    "quick": Suite(
+        name="quick",
+        shapes=(STAGE4_8F,),
+        structure_dims=(4,),
+        reference_case_s=20.0,
+        reference_total_s=45.0,
+        scaling_frames=(1, 2, 4),
+        scaling_modes=("forward",),
+        model_input=(1, 4, 64),
+        model_names=("uniformer_s", "structvit_s S=2"),
+        model_warmup=1,
+        video_kinds=(KINETICS, SSV2),
+        videos_per_kind=2,
+        backends=("decord",),
+        loader_workers=(1,),
+    ),
+    "gpu": Suite(
+        name="gpu",
+        device="cuda",
+        dtype=torch.bfloat16,
+        reps=10,
+        warmup=3,
+        shapes=(STAGE4_16F, STAGE3_8F, STAGE3_16F),
+        memory_budget_gib=40.0,
+        reference_case_s=120.0,
+        reference_total_s=600.0,
+        scaling_frames=(1, 2, 4, 8, 16, 32, 64),
+        model_input=(8, 16, 224),
+        model_bf16=True,
+        model_reps=10,
+        video_kinds=(KINETICS, SSV2),
+        videos_per_kind=16,
+        loader_workers=(1, 2, 4, 8, 16),
+    ),
+    "target": Suite(
+        name="target",
+        shapes=(STAGE3_16F,),
+        structure_dims=(4,),
+        strides=(1,),
+        modes=("train",),
+        memory_budget_gib=14.0,
+        reference_case_s=1200.0,
+        reference_total_s=1200.0,
+        reference_reps=1,
+    ),
+    "tiny": Suite(
+        name="tiny",
+        shapes=(LayerShape("tiny (N=16)", 64, 1, (2, 2, 4)),),
+        structure_dims=(2,),
+        strides=(1,),
+        reps=1,
+        warmup=0,
+        reference_case_s=30.0,
+        reference_total_s=30.0,
+        scaling_frames=(1, 2),
+        scaling_modes=("forward",),
+        scaling_layer=LayerShape("tiny", 64, 1, (1, 2, 4)),
+        model_input=(2, 2, 32),  # batch 2: the head BatchNorm needs more than one value per channel
+        model_names=("uniformer_s", "structvit_s S=2"),
+        model_reps=1,
+        model_warmup=1,
+        video_kinds=(TINY_KINETICS, TINY_SSV2),
+        videos_per_kind=1,
+        backends=("decord", "pyav"),
+        loader_workers=(1,),
+        pipeline_reps=1,
+    ),
+}

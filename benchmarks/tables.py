@@ -1,0 +1,261 @@
+"""Markdown tables from a results JSON, and the update of one suite's section of BENCHMARKS.md.
+
+`python -m benchmarks.tables benchmarks/results/cpu.json [--doc BENCHMARKS.md]` re-renders saved results.
+Every ratio is computed here from rows measured side by side in the same run; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+MODE_TITLES = {"forward": "forward (inference, no grad)", "train": "forward + backward"}
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 1) -> str:
+    return "—" if not a or not b else f"{a / b:.{digits}f}×"
+
+
+def _ms(row: dict | None) -> str:
+    if row is None:
+        return "—"
+    if row.get("status") != "ok":
+        return _short_reason(row)
+    calls = "" if row.get("reps", 5) >= 5 else f" ({row['reps']} timed call{'s' if row['reps'] > 1 else ''})"
+    return f"{row['median_ms']:.1f}{calls}"
+
+
+def _mib(row: dict | None) -> str:
+    return "—" if row is None or row.get("status") != "ok" else f"{row['peak_mib']:.1f}"
+
+
+def _short_reason(row: dict) -> str:
+    reason = row.get("reason", row.get("status", "?"))
+    if "predicted peak" in reason:
+        return "skipped: memory " + re.sub(r".*predicted peak ([\d.]+ GiB).*", r"\1", reason)
+    if "predicted" in reason:
+        return "skipped: time " + re.sub(r".*predicted (\d+ s).*", r"\1", reason)
+    if "section's time budget" in reason:
+        return "skipped: section time budget"
+    if "used up" in reason:
+        return "skipped: reference-path budget"
+    return reason[:60]
+
+
+def _ok(row: dict | None, key: str) -> float | None:
+    return row[key] if row is not None and row.get("status") == "ok" else None
+
+
+def _index(rows: Iterable[dict]) -> dict[tuple, dict]:
+    return {(r["label"], r["mode"], r["structure_dim"], r["kv_stride"], r["path"]): r for r in rows if "label" in r}
+
+
+def header(results: dict) -> str:
+    """Who, where, when and how: machine, torch, date, duration and the exact command."""
+    m = results["machine"]
+    device = m.get("gpu") or f"{m['cpu']} ({m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
+    return (
+        f"Command: `{results['command']}` · device: {device} · RAM {m.get('memory_gib')} GiB · torch {m['torch']} · "
+        f"date {m['date']} · load average at start {m.get('load_average_1m')} · "
+        f"run time {results.get('duration_s', 0):.0f} s · raw rows: `{results.get('json', results['suite'] + '.json')}`\n"
+    ) + _section_dates(results)
+
+
+def _section_dates(results: dict) -> str:
+    """A line naming when each section ran, if a partial re-run mixed sections of different runs."""
+    runs = results.get("section_runs", {})
+    if len({r["date"] for r in runs.values()}) <= 1:
+        return ""
+    parts = [f"{name} {r['date']} (load {r.get('load_average_1m')})" for name, r in runs.items()]
+    return "\nSections measured at different times: " + "; ".join(parts) + ".\n"
+
+
+def structsa_tables(rows: list[dict]) -> str:
+    """Item 1 (fast vs reference) and item 2 (StructSA vs vanilla), one table per mode."""
+    idx = _index(rows)
+    keys = sorted({(r["label"], r["structure_dim"], r["kv_stride"]) for r in rows if r["path"] != "vanilla"},
+                  key=lambda k: (k[0], k[1], k[2]))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    keys.sort(key=lambda k: (labels.index(k[0]), k[1], k[2]))
+    modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]
+    out = ["### 1. StructSA: fast exact path vs reference path\n"]
+    for mode in modes:
+        out.append(f"**{MODE_TITLES[mode]}** — time per call (ms, median) and peak memory (MiB, allocator)\n")
+        out.append("| shape | D | S | keys D·N' | fast kernel | fast ms | reference ms | speed-up | fast MiB | "
+                   "reference MiB | memory ratio |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, d, s in keys:
+            fast, ref = idx.get((label, mode, d, s, "fast")), idx.get((label, mode, d, s, "reference"))
+            if fast is None:
+                continue
+            out.append(
+                f"| {label} | {d} | {s} | {fast['attended']} | {fast.get('kernel', '—')} | {_ms(fast)} | {_ms(ref)} | "
+                f"{_ratio(_ok(ref, 'median_ms'), _ok(fast, 'median_ms'))} | {_mib(fast)} | {_mib(ref)} | "
+                f"{_ratio(_ok(ref, 'peak_mib'), _ok(fast, 'peak_mib'))} |"
+            )
+        out.append("")
+    out.append("### 2. The cost of structure: StructSA (fast path) vs vanilla attention (D = 0)\n")
+    for mode in modes:
+        out.append(f"**{MODE_TITLES[mode]}** — ratios StructSA / vanilla at the same shape\n")
+        out.append("| shape | D | S | vanilla ms | StructSA ms | time ratio | GMACs ratio (analytic) | "
+                   "memory ratio |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for label, d, s in keys:
+            fast, van = idx.get((label, mode, d, s, "fast")), idx.get((label, mode, 0, 1, "vanilla"))
+            if fast is None or van is None:
+                continue
+            out.append(
+                f"| {label} | {d} | {s} | {_ms(van)} | {_ms(fast)} | "
+                f"{_ratio(_ok(fast, 'median_ms'), _ok(van, 'median_ms'), 2)} | "
+                f"{_ratio(fast['gmacs'], van['gmacs'], 2)} | {_ratio(_ok(fast, 'peak_mib'), _ok(van, 'peak_mib'), 2)} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def scaling_table(rows: list[dict]) -> str:
+    """Item 3: time and memory against tokens; the growth columns show linear vs quadratic memory."""
+    first = rows[0]
+    out = [f"### 3. Scaling with tokens (D = {first['structure_dim']}, S = {first['kv_stride']}, "
+           f"C = {first['dim']}, {first['heads']} heads, {first['grid'][1]}×{first['grid'][2]} tokens per frame)\n"]
+    for mode in [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]:
+        out.append(f"**{MODE_TITLES[mode]}**\n")
+        out.append("| tokens N | fast kernel | fast ms | fast MiB | fast MiB growth | reference ms | reference MiB | "
+                   "reference MiB growth | speed-up | memory ratio |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        tokens = sorted({r["tokens"] for r in mode_rows})
+        prev: dict[str, float | None] = {"fast": None, "reference": None}
+        for n in tokens:
+            fast = next((r for r in mode_rows if r["tokens"] == n and r["path"] == "fast"), None)
+            ref = next((r for r in mode_rows if r["tokens"] == n and r["path"] == "reference"), None)
+            growth = {}
+            for name, row in (("fast", fast), ("reference", ref)):
+                cur = _ok(row, "peak_mib")
+                growth[name] = _ratio(cur, prev[name], 2) if prev[name] else "—"
+                prev[name] = cur
+            out.append(
+                f"| {n} | {(fast or {}).get('kernel', '—')} | {_ms(fast)} | {_mib(fast)} | {growth['fast']} | {_ms(ref)} | {_mib(ref)} | "
+                f"{growth['reference']} | {_ratio(_ok(ref, 'median_ms'), _ok(fast, 'median_ms'))} | "
+                f"{_ratio(_ok(ref, 'peak_mib'), _ok(fast, 'peak_mib'))} |"
+            )
+        out.append("")
+    stops = [r for r in rows if r["path"] == "reference" and r.get("status") != "ok"]
+    if stops:
+        first = min(stops, key=lambda r: r["tokens"])
+        out.append(f"The reference path stopped at N = {first['tokens']} ({first['mode']}): {first['reason']}.\n")
+    return "\n".join(out)
+
+
+def model_table(rows: list[dict]) -> str:
+    """Item 4: whole-model training steps, with ratios to uniformer_s."""
+    out = ["### 4. Whole model: one training step (forward, loss, backward, AdamW)\n",
+           "| model | input (B,3,T,H,W) | precision | params (M) | attention kernels | ms / step | clips/s | peak MiB | "
+           "time vs uniformer_s | memory vs uniformer_s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    base = next((r for r in rows if r.get("model") == "uniformer_s"), None)
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(f"| {r.get('label')} | {r.get('input')} | | | | {r.get('reason')} | | | | |")
+            continue
+        out.append(
+            f"| {r['label']} | {'×'.join(map(str, r['input']))} | {r['precision']} | {r['params_m']} | "
+            f"{', '.join(r.get('sdpa_kernels', [])) or '—'} | "
+            f"{r['step_ms']:.0f} | {r['clips_per_s']:.2f} | {r['peak_mib']:.0f} | "
+            f"{_ratio(r['step_ms'], _ok(base, 'step_ms'), 2)} | {_ratio(r['peak_mib'], _ok(base, 'peak_mib'), 2)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def pipeline_table(rows: list[dict], gpu_rates: dict[str, float] | None = None) -> str:
+    """Item 5: clips/s per stage, backend and worker count; workers per GPU from the GPU step rate."""
+    out = ["### 5. Data pipeline (generated videos; one pass over the set per repetition)\n",
+           "| dataset | codec, size, sampling | stage | backend | workers | clips/s | clips/s per worker |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(f"| {r.get('dataset', r.get('kind', '?'))} | | {r.get('stage', '')} | | | "
+                       f"{r.get('reason')} | |")
+            continue
+        out.append(
+            f"| {r['dataset']} | {r['codec']} {r['resolution']}, {r['sampling']} | {r['stage']} | {r['backend']} | "
+            f"{r['workers']}{' (in-process, 1 thread)' if r.get('in_process') else ''} | {r['clips_per_s']:.2f} | "
+            f"{r['clips_per_s_per_worker']:.2f} |"
+        )
+    out.append("")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows if r.get("status") == "ok"):
+        per_worker = next((r["clips_per_s_per_worker"] for r in rows if r.get("dataset") == dataset
+                           and r.get("stage") == "decode+augment" and r.get("backend") == "decord"), None)
+        if not per_worker:
+            continue
+        line = f"- {dataset}: one worker decodes and augments {per_worker:.2f} clips/s (decord), so 16 workers " \
+               f"give about {16 * per_worker:.0f} clips/s if workers scale linearly"
+        if gpu_rates:
+            need = {label: math.ceil(rate / per_worker) for label, rate in gpu_rates.items()}
+            line += "; workers needed to feed the measured GPU training rate: " + ", ".join(
+                f"{label} {gpu_rates[label]:.1f} clips/s → {n}" for label, n in need.items())
+        else:
+            line += " (no GPU training rate measured yet: run `make bench-gpu`)"
+        out.append(line + ".")
+    return "\n".join(out) + "\n"
+
+
+def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
+    """All tables of one results file, with its header, as markdown."""
+    sections = results.get("sections", {})
+    parts = [header(results)]
+    if sections.get("structsa"):
+        parts.append(structsa_tables(sections["structsa"]))
+    if sections.get("scaling"):
+        parts.append(scaling_table(sections["scaling"]))
+    if sections.get("model"):
+        parts.append(model_table(sections["model"]))
+    if sections.get("pipeline"):
+        parts.append(pipeline_table(sections["pipeline"], gpu_rates))
+    return "\n".join(parts)
+
+
+def gpu_training_rates(results_dir: Path) -> dict[str, float] | None:
+    """clips/s per model from a saved GPU run (results/gpu.json), or None if there is none."""
+    path = Path(results_dir) / "gpu.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text()).get("sections", {}).get("model", [])
+    return {r["label"]: r["clips_per_s"] for r in rows if r.get("status") == "ok"} or None
+
+
+def _markers(suite: str) -> tuple[str, str]:
+    return f"<!-- bench:{suite}:begin -->", f"<!-- bench:{suite}:end -->"
+
+
+def update_document(doc: Path, suite: str, tables: str) -> None:
+    """Replace the text between this suite's markers in `doc` (appending a new section if it has none)."""
+    begin, end = _markers(suite)
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{tables.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## Results: {suite} suite\n\n{block}\n"
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-render a saved results file (and optionally update its section of a document)."""
+    parser = argparse.ArgumentParser(description="render benchmark tables from a results JSON")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--doc", type=Path, default=None)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    tables = render(results, gpu_training_rates(args.results.parent))
+    print(tables)
+    if args.doc:
+        update_document(args.doc, results["suite"], tables)
+
+
+if __name__ == "__main__":
+    main()
