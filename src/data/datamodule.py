@@ -29,6 +29,7 @@ from src.data.datasets import (
     read_classes,
     read_split,
 )
+from src.data.decoding import decord_used_in_this_process
 from src.data.distributed import EvalSampler, TrainSampler
 from src.data.presets import PRESETS, get_preset
 from src.data.sampling import ClipSampler
@@ -244,6 +245,9 @@ class VideoDataModule(LightningDataModule):
     # ------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset, sampler, batch_size: int, collate, drop_last: bool = False) -> DataLoader:
         workers = self.num_workers
+        # Workers fork from this process unless it has decoded with decord (e.g. a 0-worker loader ran
+        # first): decord's threads then deadlock forked children, so start workers from a clean forkserver.
+        context = "forkserver" if workers > 0 and decord_used_in_this_process() else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -254,6 +258,7 @@ class VideoDataModule(LightningDataModule):
             drop_last=drop_last,
             worker_init_fn=_worker_init if workers > 0 else None,
             persistent_workers=self.persistent_workers and workers > 0,
+            multiprocessing_context=context,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
 

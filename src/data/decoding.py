@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 BACKENDS = ("decord", "pyav")
+_decord_used_in_process = False  # decord's threads leave locks that deadlock processes forked afterwards
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -154,9 +155,16 @@ def _read_jpeg_folder(path: Path, indices: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.stack([cache[i] for i in indices]))
 
 
+def decord_used_in_this_process() -> bool:
+    """True once this process has opened a decord reader: processes forked after that can deadlock."""
+    return _decord_used_in_process
+
+
 def _read_decord(path: Path, indices: Sequence[int], segment, threads: int) -> torch.Tensor:
+    global _decord_used_in_process
     import decord
 
+    _decord_used_in_process = True
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
     except Exception as err:

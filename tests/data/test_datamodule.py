@@ -110,11 +110,14 @@ def test_batches_follow_the_contract(tmp_path: Path) -> None:
 def test_two_workers_produce_the_same_clips_as_zero_workers(tmp_path: Path) -> None:
     root = build_index(tmp_path / "idx", train=5, val=1)
     batches = {}
-    # PyAV: earlier tests decoded with decord in this process, and decord hangs in workers forked after that
-    for workers in (2, 0):
-        options = {**TINY, "num_workers": workers, "rand_augment": "m7-n4", "backend": "pyav"}
+    # decord in both: the 0-worker run decodes with decord in this process first, after which forked
+    # workers would deadlock; the DataModule must then start its workers from a forkserver.
+    for workers in (0, 2):
+        options = {**TINY, "num_workers": workers, "rand_augment": "m7-n4", "backend": "decord"}
         dm = VideoDataModule(root=str(root), **options, seed=3)
         loader = dm.train_dataloader()
+        if workers:
+            assert loader.multiprocessing_context.get_start_method() == "forkserver"
         loader.sampler.set_epoch(1)
         batches[workers] = list(loader)
     assert len(batches[0]) == len(batches[2]) == 1
