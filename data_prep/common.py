@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.index import IndexRow, write_index
-from data_prep.media import MediaInfo, probe_many
+from data_prep.media import probe_many
 from data_prep.transcode import TranscodeJob, transcode_many
+from src.data.decoding import VideoInfo
 
 log = logging.getLogger("data_prep")
 
@@ -72,15 +73,15 @@ def transcode_items(
     return failures
 
 
-def _probe_summary(infos: Mapping[Path, MediaInfo | str]) -> dict:
+def _probe_summary(infos: Mapping[Path, VideoInfo | str]) -> dict:
     """Counts of the probed videos by codec, size and fps (the per-video numbers are in the CSVs)."""
-    good = [i for i in infos.values() if isinstance(i, MediaInfo)]
+    good = [i for i in infos.values() if isinstance(i, VideoInfo)]
     top = lambda values: dict(Counter(values).most_common(10))  # noqa: E731
     return {
         "probed": len(infos),
         "codecs": top(i.codec for i in good),
         "sizes": top(f"{i.width}x{i.height}" for i in good),
-        "fps": top(str(round(i.fps, 3)) for i in good),
+        "fps": top(str(round(i.fps, 3)) if i.fps else "frames" for i in good),
     }
 
 
@@ -100,7 +101,7 @@ def finish_index(
     """Probe the found videos, drop unreadable ones, write the index and log a per-split summary."""
     out_dir = Path(out_dir)
     found = sorted({it.path for items in splits.values() for it in items if it.path is not None})
-    infos: dict[Path, MediaInfo | str] = (
+    infos: dict[Path, VideoInfo | str] = (
         probe_many(found, workers=workers, progress=progress) if probe else {}
     )
     rows: dict[str, list[IndexRow]] = {}
