@@ -23,6 +23,7 @@ import re
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,12 @@ def arms(dims: list[int], control: bool) -> list[Arm]:
     return rows
 
 
-def budget_args(epochs: int | None, limit: int | None, frames: int | None, size: int | None) -> list[str]:
-    """`src.cli fit` overrides that set the shared budget (only the options given)."""
+def budget_args(epochs: int | None, limit: int | None, frames: int | None, size: int | None,
+                num_workers: int | None = None) -> list[str]:
+    """`src.cli fit` overrides that set the shared budget and the loader workers (only the options given)."""
     args: list[str] = []
+    if num_workers is not None:
+        args += ["--data.num_workers", str(num_workers)]
     if epochs is not None:
         args += ["--trainer.max_epochs", str(epochs)]
     if limit is not None:
@@ -120,11 +124,26 @@ def budget_args(epochs: int | None, limit: int | None, frames: int | None, size:
     return args
 
 
-def run_one(arm: Arm, seed: int, index: Path, runs: Path, pairs: list[list[int]], budget: list[str],
+def run_name(arm: Arm) -> str:
+    """The run folder's name of an arm: D<d>, or D<d>_shuffled for the control."""
+    return f"D{arm.structure_dim}" + ("_shuffled" if arm.shuffle else "")
+
+
+def plan_versions(plan: list[tuple[Arm, int]], runs: Path) -> list[int]:
+    """The `version_<n>` of every planned run, fixed before any starts (parallel runs must not collide)."""
+    taken: dict[str, int] = {}
+    versions = []
+    for arm, _ in plan:
+        name = run_name(arm)
+        taken[name] = taken.get(name, next_version(runs, name) - 1) + 1
+        versions.append(taken[name])
+    return versions
+
+
+def run_one(arm: Arm, seed: int, version: int, index: Path, runs: Path, pairs: list[list[int]], budget: list[str],
             threads: int | None) -> RunResult:
     """Fit and test one arm with one seed; the test uses the best checkpoint and the run's own config."""
-    name = f"D{arm.structure_dim}" + ("_shuffled" if arm.shuffle else "")
-    version = next_version(runs, name)
+    name = run_name(arm)
     run_dir = runs / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
     fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common,
@@ -133,13 +152,13 @@ def run_one(arm: Arm, seed: int, index: Path, runs: Path, pairs: list[list[int]]
     if arm.shuffle:
         spec = {"class_path": "benchmarks.ablation_synthetic.ShuffleFrames", "init_args": {"seed": seed}}
         fit += [f"--trainer.callbacks+={json.dumps(spec)}"]
-    print(f"--- {arm.label}, seed {seed}", flush=True)
+    print(f"--- {arm.label}, seed {seed}: {run_dir}", flush=True)
     train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
     test = ["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best_checkpoint(run_dir)), *common,
             "--trainer.logger.init_args.version", f"version_{version}/test"]
     test_s = run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
     res = test_results(run_dir / "test", pairs)
-    print(f"    top-1 {100 * res.top1:.1f} %, reversed pairs {100 * (res.reversed_pairs or 0):.1f} %, "
+    print(f"    {arm.label}, seed {seed}: top-1 {100 * res.top1:.1f} %, reversed pairs {100 * (res.reversed_pairs or 0):.1f} %, "
           f"train {train_s:.0f} s", flush=True)
     return RunResult(arm.label, arm.structure_dim, arm.shuffle, seed, str(run_dir), res.top1, res.top5,
                      res.reversed_pairs, res.reversed_confusion, train_s, test_s)
@@ -188,9 +207,10 @@ def effective_budget(budget: list[str]) -> dict[str, Any]:
     """Epochs, frames, crop size, batch and train limit of the runs: configs/synthetic.yaml + the overrides."""
     config = yaml.safe_load(CONFIG.read_text())
     values = {"epochs": config["trainer"]["max_epochs"], "frames": config["data"]["num_frames"],
-              "size": config["data"]["crop_size"], "batch": config["data"]["batch_size"], "limit": None}
+              "size": config["data"]["crop_size"], "batch": config["data"]["batch_size"], "limit": None,
+              "workers": config["data"]["num_workers"]}
     keys = {"--trainer.max_epochs": "epochs", "--data.num_frames": "frames", "--data.crop_size": "size",
-            "--data.limit": "limit"}
+            "--data.limit": "limit", "--data.num_workers": "workers"}
     for flag, value in zip(budget[::2], budget[1::2]):
         values[keys[flag]] = int(value)
     return values
@@ -224,7 +244,8 @@ def section_text(results: list[RunResult], costs: dict, budget: dict, command: s
         "",
         f"Command: `{command}` ({len(results)} trainings, {seconds / 60:.0f} min in all; {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}). Budget per run: "
-        f"{budget['epochs']} epochs, {budget['frames']} frames at {budget['size']}², batch {budget['batch']}, {limit}.",
+        f"{budget['epochs']} epochs, {budget['frames']} frames at {budget['size']}², batch {budget['batch']}, {limit}, "
+        f"{budget['workers']} loader worker(s).",
         "",
         table(results, costs),
         "",
@@ -250,21 +271,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the config's)")
     parser.add_argument("--size", type=int, default=None, help="crop size (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings at once (default 1); on 2 cores, 2 jobs with --threads 1 --num-workers 1 "
+                             "use both cores for the models")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers per run (default: the config's)")
     parser.add_argument("--doc", type=Path, default=None, help="write the table into this file's '## Ablation' section")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablation_synthetic.json"))
     args = parser.parse_args(argv)
     if any(d < 0 for d in args.dims):
         parser.error(f"--dims must be >= 0, got {args.dims}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     start = time.perf_counter()
     index, manifest, _ = prepare_data(args.data_root, fast=False, workers=os.cpu_count() or 1)
     runs = args.runs.resolve()
-    budget = budget_args(args.epochs, args.limit, args.frames, args.size)
+    budget = budget_args(args.epochs, args.limit, args.frames, args.size, args.num_workers)
     plan = [(arm, seed) for arm in arms(args.dims, not args.no_control)
             for seed in (args.control_seeds or args.seeds if arm.shuffle else args.seeds)]
-    print(f"ablation: {len(plan)} trainings into {runs}", flush=True)
-    results = [run_one(arm, seed, index.resolve(), runs, manifest["reversed_pairs"], budget, args.threads)
-               for arm, seed in plan]
+    versions = plan_versions(plan, runs)
+    print(f"ablation: {len(plan)} trainings into {runs}, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the src.cli subprocesses
+        results = list(pool.map(
+            lambda job: run_one(job[0][0], job[0][1], job[1], index.resolve(), runs, manifest["reversed_pairs"],
+                                budget, args.threads),
+            zip(plan, versions)))
     seconds = time.perf_counter() - start
 
     eff = effective_budget(budget)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -37,7 +37,8 @@ class BackboneConfig:
     variant: a name of `src.models.list_models()`; structure_dim: D of StructSA (0 = plain attention);
     kv_stride: S, the spatial stride of keys/values; drop_path_rate: stochastic depth;
     checkpoint_stages: stages (1..4) run under activation checkpointing; attn_fp32: attention in float32
-    under mixed precision; num_frames / crop_size: input size, for the pytorchvideo baselines (x3d_m,
+    under mixed precision; stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions,
+    structvit_xs's default); num_frames / crop_size: input size, for the pytorchvideo baselines (x3d_m,
     mvit_b_16x4) only, whose heads depend on it.
     """
 
@@ -47,6 +48,7 @@ class BackboneConfig:
     drop_path_rate: float | None = None
     checkpoint_stages: list[int] | None = None
     attn_fp32: bool | None = None
+    stem: Literal["patch", "conv"] | None = None
     num_frames: int | None = None
     crop_size: int | None = None
 

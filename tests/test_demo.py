@@ -15,7 +15,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.ablation_synthetic import ShuffleFrames, arms, budget_args, mean_std, write_section
+from benchmarks.ablation_synthetic import (
+    ShuffleFrames,
+    arms,
+    budget_args,
+    effective_budget,
+    mean_std,
+    plan_versions,
+    write_section,
+)
 from src.demo import best_checkpoint, event_scalars, next_version, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +153,14 @@ def test_ablation_budget_sets_only_the_options_given():
     assert budget_args(None, None, None, None) == []
     assert budget_args(3, 700, 8, 64) == ["--trainer.max_epochs", "3", "--data.limit", "700", "--data.num_frames", "8",
                                           "--data.crop_size", "64"]
+    assert budget_args(None, None, None, None, num_workers=1) == ["--data.num_workers", "1"]
+    assert effective_budget(["--data.num_workers", "1", "--trainer.max_epochs", "3"])["workers"] == 1
+
+
+def test_parallel_runs_get_distinct_versions_after_the_existing_ones(tmp_path):
+    (tmp_path / "D0" / "version_0").mkdir(parents=True)
+    plan = [(arm, seed) for arm in arms([0, 4], control=True) for seed in (0, 1)]
+    assert plan_versions(plan, tmp_path) == [1, 2, 0, 1, 0, 1]
 
 
 def test_mean_std_is_in_percent_and_says_when_there_is_one_seed():

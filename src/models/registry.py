@@ -10,14 +10,17 @@ StructViT family (SPEC §3; head_dim 64 unless noted):
 | structvit_l   | 4 | 1 | [5, 10, 24, 7]  | [128, 192, 448, 640]  | 7, 10            | 0.4       |
 | uniformer_s/b | 0 | - | as structvit_s/b |                      |                  | 0.1 / 0.3 |
 
-structvit_xs is this project's CPU variant (not in the paper): 1.17M parameters, 0.52 GFLOPs
-(multiply-adds) per 16x96x96 clip and 0.08 GFLOPs per 8x64x64 clip with 10 classes (`python -m
+structvit_xs is this project's CPU variant (not in the paper): 1.18M parameters, 0.61 GFLOPs
+(multiply-adds) per 16x96x96 clip, 0.10 per 8x64x64 and 0.02 per 8x32x32 with 10 classes (`python -m
 src.models.flops --model structvit_xs --frames 16 --size 96 --num-classes 10`). Its head_dim is 32 so
-stages 3-4 still have several heads (4 and 6).
+stages 3-4 still have several heads (4 and 6), and its stem is convolutional (`stem="conv"`, two 3x3x3
+convolutions instead of the 4x4 patchify): trained from scratch at 32x32 on the synthetic benchmark, the
+patchify stem left it at chance for two epochs and at 22 % val top-1 after four, the conv stem reached
+84 % (same in-memory clips, recipe and seed; notes in BENCHMARKS.md, "Ablation").
 
 Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
-checkpoint_stages, attn_fp32, image (build the 2-D image network). The pytorchvideo baselines x3d_m and
-mvit_b_16x4 accept num_frames and crop_size (their heads / position embeddings depend on the input size).
+checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"). The
+pytorchvideo baselines x3d_m and mvit_b_16x4 accept num_frames and crop_size (their heads / position embeddings depend on the input size).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .structvit import StructViT
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _UNIFORMER_OVERRIDES = frozenset(
-    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image"}
+    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image", "stem"}
 )
 _BASELINE_OVERRIDES = frozenset({"num_frames", "crop_size"})
 
@@ -79,9 +82,9 @@ _L = dict(depths=(5, 10, 24, 7), dims=(128, 192, 448, 640))
 
 @register_model
 def structvit_xs(num_classes: int = 400, **overrides) -> StructViT:
-    """CPU-sized StructViT (this project's): depths [1,1,2,1], channels [32,64,128,192], head_dim 32, D=4."""
+    """CPU-sized StructViT (this project's): depths [1,1,2,1], channels [32,64,128,192], head_dim 32, D=4, conv stem."""
     layout = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 192), head_dim=32, structure_dim=4, kv_stride=1,
-                  drop_path_rate=0.0)
+                  drop_path_rate=0.0, stem="conv")
     return _uniformer_family("structvit_xs", num_classes, overrides, **layout)
 
 

@@ -49,6 +49,29 @@ class PatchEmbed(nn.Module):
         return self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
 
 
+class ConvStem(nn.Module):
+    """Two overlapping 3x3(x3) convolutions then LayerNorm, downsampling like the patchify stem (time /2, space /4).
+
+    Why: a ViT with a small convolutional stem optimises far faster from scratch than with a patchify stem
+    (Xiao et al., "Early convolutions help transformers see better", NeurIPS 2021); structvit_xs, trained
+    from scratch on a CPU, uses it. Output shape equals PatchEmbed's for the same input.
+    """
+
+    def __init__(self, in_dim: int, dim: int, video: bool) -> None:
+        super().__init__()
+        kt, pt, st = (3, 1, 2) if video else (1, 0, 1)
+        hidden = max(dim // 2, 8)
+        self.conv1 = nn.Conv3d(in_dim, hidden, (kt, 3, 3), stride=(1, 2, 2), padding=(pt, 1, 1), bias=False)
+        self.bn1 = nn.BatchNorm3d(hidden)
+        self.act = nn.GELU()
+        self.proj = nn.Conv3d(hidden, dim, (kt, 3, 3), stride=(st, 2, 2), padding=(pt, 1, 1))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(self.act(self.bn1(self.conv1(x))))
+        return self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+
+
 def _dwconv(dim: int, k: int, video: bool) -> nn.Conv3d:
     kt = k if video else 1  # images: temporal kernel 1 (the 2-D network)
     return DepthwiseConv3d(dim, dim, (kt, k, k), padding=(kt // 2, k // 2, k // 2))
@@ -162,6 +185,7 @@ class StructViT(nn.Module):
         checkpoint_stages: stages (1..4) whose blocks run under activation checkpointing.
         attn_fp32: StructSA maths in float32 under autocast.
         image: build the image network (temporal kernel size 1 everywhere; inputs (B, 3, H, W)).
+        stem: "patch" (UniFormer's 4x4 patchify convolution) or "conv" (ConvStem: two 3x3x3 convolutions).
         mlp_ratio, qkv_bias, in_chans: as in UniFormer.
 
     Input (B, 3, T, H, W) or (B, 3, H, W); output logits (B, num_classes).
@@ -179,6 +203,7 @@ class StructViT(nn.Module):
         checkpoint_stages: Sequence[int] = (),
         attn_fp32: bool = False,
         image: bool = False,
+        stem: str = "patch",
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         in_chans: int = 3,
@@ -186,6 +211,8 @@ class StructViT(nn.Module):
         super().__init__()
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f"StructViT: depths={list(depths)} and dims={list(dims)} must list 4 stages")
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"StructViT: stem={stem!r}; use 'patch' (UniFormer's) or 'conv' (ConvStem)")
         bad = [s for s in checkpoint_stages if s not in (1, 2, 3, 4)]
         if bad:
             raise ValueError(f"StructViT: checkpoint_stages={list(checkpoint_stages)} has {bad}; stages are 1..4")
@@ -197,7 +224,11 @@ class StructViT(nn.Module):
         self.checkpoint_stages = sorted(set(checkpoint_stages))
         self.num_features = dims[3]
         stem_k, stem_s, stem_p = ((1, 4, 4), (1, 4, 4), (0, 0, 0)) if image else ((3, 4, 4), (2, 4, 4), (1, 0, 0))
-        self.patch_embed1 = PatchEmbed(in_chans, dims[0], stem_k, stem_s, stem_p)
+        self.stem = stem
+        if stem == "conv":
+            self.patch_embed1 = ConvStem(in_chans, dims[0], not image)
+        else:
+            self.patch_embed1 = PatchEmbed(in_chans, dims[0], stem_k, stem_s, stem_p)
         for i in (2, 3, 4):
             setattr(self, f"patch_embed{i}", PatchEmbed(dims[i - 2], dims[i - 1], (1, 2, 2), (1, 2, 2), (0, 0, 0)))
         total = sum(depths)

@@ -74,7 +74,8 @@ def test_xs_forward_backward_float32_and_bf16_autocast_without_nan():
 def test_images_run_through_the_video_model_and_the_image_model():
     video = build_model("structvit_xs", num_classes=5).eval()
     image = build_model("structvit_xs", num_classes=5, image=True).eval()
-    assert image.patch_embed1.proj.weight.shape[2:] == (1, 4, 4)
+    assert image.patch_embed1.proj.weight.shape[2:] == (1, 3, 3)  # xs: conv stem
+    assert build_model("structvit_s", image=True).patch_embed1.proj.weight.shape[2:] == (1, 4, 4)
     assert image.blocks3[0].attn.k_struct.weight.shape[2:] == (1, 3, 3)
     x = torch.randn(2, 3, 64, 64)
     assert video(x).shape == image(x).shape == (2, 5)
@@ -154,3 +155,19 @@ def test_pytorchvideo_baselines_take_clips_and_return_logits(name):
         out = model(torch.randn(2, 3, 4, 64, 64))
     assert out.shape == (2, 6)
     assert not torch.allclose(out.softmax(-1).sum(-1), out.sum(-1))  # logits, not probabilities
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_conv_stem_downsamples_like_the_patchify_stem(image):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32) if image else torch.randn(2, 3, 8, 32, 32)
+    shapes = {}
+    for stem in ("patch", "conv"):
+        model = build_model("structvit_xs", num_classes=4, stem=stem, image=image).eval()
+        assert model.stem == stem
+        shapes[stem] = model.patch_embed1(model._as_clip(x)).shape
+        assert model(x).shape == (2, 4)
+    assert shapes["patch"] == shapes["conv"] == ((2, 32, 1, 8, 8) if image else (2, 32, 4, 8, 8))
+    assert build_model("structvit_xs").stem == "conv" and build_model("structvit_s").stem == "patch"
+    with pytest.raises(ValueError, match="stem='pixel'"):
+        StructViT(stem="pixel")
