@@ -10,6 +10,9 @@ DEPS_HASH   := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DATA_ROOT   ?= ./data
 RUNS        ?= runs
 PYTEST_ARGS ?=
+# the budget of the table in BENCHMARKS.md "Ablation": 5 epochs, 2 trainings at a time with one thread and one
+# loader worker each (2 cores), the shuffled-frames control with one seed
+ABLATION_ARGS ?= --epochs 5 --jobs 2 --threads 1 --num-workers 1 --control-seeds 0
 
 # Dataset sources: every base URL / folder is a variable, so a mirror or a local copy can be used.
 K400_BASE_URL ?= https://s3.amazonaws.com/kinetics/400

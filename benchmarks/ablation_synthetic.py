@@ -216,11 +216,11 @@ def effective_budget(budget: list[str]) -> dict[str, Any]:
     return values
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace (or append) the `## Ablation` section of `doc`, up to the next `## ` heading."""
+def write_section(doc: Path, text: str, section: str = SECTION) -> None:
+    """Replace (or append) the `section` heading's section of `doc` (default `## Ablation`), up to the next `## `."""
     content = doc.read_text() if doc.is_file() else ""
-    block = f"{SECTION}\n\n{text.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{section}\n\n{text.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(content):
         content = pattern.sub(lambda _: block + "\n", content, count=1).rstrip() + "\n"
     else:

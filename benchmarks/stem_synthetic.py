@@ -21,7 +21,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.ablation_synthetic import write_section
 from data_prep import synthetic
 from src.models import build_model
 
@@ -97,18 +97,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace (or append) the `## Stem` section of `doc`, up to the next `## ` heading."""
-    content = doc.read_text() if doc.is_file() else ""
-    block = f"{SECTION}\n\n{text.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: block + "\n", content, count=1).rstrip() + "\n"
-    else:
-        content = content.rstrip() + "\n\n" + block
-    doc.write_text(content)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stem_synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stems", nargs="+", default=["patch", "conv"], choices=["patch", "conv"])
@@ -157,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             table(results),
         ])
-        write_section(args.doc, text)
+        write_section(args.doc, text, SECTION)
         print(f"wrote the {SECTION!r} section of {args.doc}", flush=True)
     return 0
 

@@ -38,6 +38,9 @@ def test_make_help_lists_every_target():
     for target in ("install", "test", "lint", "help", "demo", "bench", "prepare-k400", "prepare-synthetic"):
         assert target in listed
     assert declared == listed, f"targets without a '## ' help line: {sorted(declared - listed)}"
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(t for t in listed if f"`make {t}`" not in readme)
+    assert not missing, f"README.md does not name these make targets: {missing}"
 
 
 def test_environment_yml_names_the_same_packages_as_pyproject():

@@ -15,8 +15,8 @@ structvit_xs is this project's CPU variant (not in the paper): 1.18M parameters,
 src.models.flops --model structvit_xs --frames 16 --size 96 --num-classes 10`). Its head_dim is 32 so
 stages 3-4 still have several heads (4 and 6), and its stem is convolutional (`stem="conv"`, two 3x3x3
 convolutions instead of the 4x4 patchify): trained from scratch at 32x32 on the synthetic benchmark, the
-patchify stem left it at chance for two epochs and at 22 % val top-1 after four, the conv stem reached
-84 % (same in-memory clips, recipe and seed; notes in BENCHMARKS.md, "Ablation").
+patchify stem reached 6, 22, 42, 50 % validation top-1 after epochs 1-4 and the conv stem 31, 79, 90, 90 %
+(same clips, recipe and seed; `python -m benchmarks.stem_synthetic`, BENCHMARKS.md "Stem").
 
 Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
 checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"). The
