@@ -20,7 +20,8 @@ patchify stem reached 6, 22, 42, 50 % validation top-1 after epochs 1-4 and the 
 
 Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
 checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"). The
-pytorchvideo baselines x3d_m and mvit_b_16x4 accept num_frames and crop_size (their heads / position embeddings depend on the input size).
+pytorchvideo baselines x3d_m and mvit_b_16x4 accept num_frames and crop_size (their heads / position
+embeddings depend on the input size).
 """
 
 from __future__ import annotations
