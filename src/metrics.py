@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -62,28 +63,85 @@ def average_views(logits: Tensor, num_views: int) -> tuple[Tensor, Tensor]:
     return probs, probs.view(-1, num_views, probs.shape[-1]).mean(dim=1)
 
 
+class EpochMetrics(nn.Module):
+    """What one epoch of one stage accumulates on this rank, reduced over all ranks by `compute`.
+
+    Accuracy (top-1 / top-5 / mean-class), the mean loss weighted by samples, the number of samples scored
+    and of videos that failed to decode. Every value is a torchmetrics state with a fixed shape, so `compute`
+    runs the same collectives in the same order on every rank, whatever each rank saw (even nothing).
+    `compute` must therefore be called by every rank at the same point (the LightningModule's epoch-end hooks);
+    nothing else in the project reduces metrics, so a callback on rank 0 alone never enters a collective.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.accuracy = accuracy_collection(num_classes)
+        self.loss = MeanMetric(nan_strategy="ignore")
+        self.samples = SumMetric()
+        self.decode_failures = SumMetric()
+
+    def update(self, scores: Tensor, labels: Tensor, loss: Tensor | None = None) -> None:
+        """scores (N, K), labels (N,), loss: the mean loss of these N samples (weighted by N)."""
+        self.accuracy.update(scores, labels)
+        self.samples.update(float(labels.shape[0]))
+        if loss is not None:
+            self.loss.update(loss.detach().float(), weight=float(labels.shape[0]))
+
+    def record_failures(self, count: int) -> None:
+        """Count videos that failed to decode (substituted in training, skipped in evaluation)."""
+        self.decode_failures.update(float(count))
+
+    def compute(self) -> dict[str, Tensor]:
+        """{'top1', 'top5', 'mean_class', 'loss', 'samples', 'decode_failures'} over all ranks (a collective).
+
+        With no sample on any rank the accuracies are 0 and the loss NaN; `samples` says so.
+        """
+        with warnings.catch_warnings():  # a rank (or an epoch of skipped steps) may have seen nothing: expected
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+            samples = self.samples.compute()
+            out = dict(self.accuracy.compute().items())
+            loss = self.loss.compute()  # computed (and synced) on every rank, whatever `samples` says
+            out["loss"] = loss if samples > 0 else torch.tensor(float("nan"))
+            out["samples"] = samples
+            out["decode_failures"] = self.decode_failures.compute()
+        return out
+
+    def reset(self) -> None:
+        """Clear every state (between epochs)."""
+        for metric in (self.accuracy, self.loss, self.samples, self.decode_failures):
+            metric.reset()
+
+
 class MultiViewMetrics(nn.Module):
-    """Single-view metrics (every view scored alone) and all-view metrics (softmax averaged per video)."""
+    """Evaluation metrics: all-view (softmax averaged per video, with the loss, the videos scored and the
+    videos skipped) and single-view (every view scored alone). See `EpochMetrics` for how they reduce."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.single = accuracy_collection(num_classes)
-        self.all = accuracy_collection(num_classes)
+        self.all = EpochMetrics(num_classes)
 
-    def update(self, view_probs: Tensor, video_probs: Tensor, labels: Tensor) -> None:
-        """view_probs (B*V, K), video_probs (B, K), labels (B,)."""
+    def update(self, view_probs: Tensor, video_probs: Tensor, labels: Tensor, loss: Tensor | None = None) -> None:
+        """view_probs (B*V, K), video_probs (B, K), labels (B,), loss: mean loss of the B videos."""
         num_views = view_probs.shape[0] // max(labels.shape[0], 1)
         self.single.update(view_probs, labels.repeat_interleave(num_views))
-        self.all.update(video_probs, labels)
+        self.all.update(video_probs, labels, loss)
+
+    def record_failures(self, count: int) -> None:
+        """Count videos skipped because they failed to decode."""
+        self.all.record_failures(count)
 
     def compute(self) -> dict[str, Tensor]:
-        """{'top1': all-view top-1, ..., 'single_view/top1': ...}."""
-        out = {name: value for name, value in self.all.compute().items()}
-        out.update({f"single_view/{name}": value for name, value in self.single.compute().items()})
+        """{'top1', ..., 'loss', 'videos', 'decode_failures', 'single_view/top1', ...} over all ranks (a collective)."""
+        out = self.all.compute()
+        out["videos"] = out.pop("samples")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+            out.update({f"single_view/{name}": value for name, value in self.single.compute().items()})
         return out
 
     def reset(self) -> None:
-        """Clear both collections (between epochs)."""
+        """Clear every state (between epochs)."""
         self.single.reset()
         self.all.reset()
 

@@ -3,6 +3,7 @@ multi-view metrics, test reports, prediction)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,19 +12,26 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.losses import MixupCutmix, smooth_one_hot, soft_target_cross_entropy
 from src.metrics import (
+    EpochMetrics,
     MultiViewMetrics,
-    accuracy_collection,
     average_views,
     confusion_figure,
     write_confusion_csv,
     write_per_class_csv,
 )
 from src.optim import param_groups_weight_decay, warmup_cosine_scheduler
+
+# Epoch values are reduced over all ranks by `EpochMetrics.compute` in the epoch-end hooks (every rank, same
+# order) and then logged as plain tensors without `sync_dist`: Lightning's advice to sync them does not apply.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test)/", category=PossibleUserWarning
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,19 +114,25 @@ class VideoClassifier(pl.LightningModule):
             switch_prob=mixup_switch_prob,
             label_smoothing=label_smoothing,
         )
-        self.train_metrics = accuracy_collection(num_classes)
+        # Metric synchronisation (see docs/distributed.md): every epoch value is a torchmetrics state reduced by
+        # `compute()` in this module's epoch-end hooks, which all ranks run at the same point; nothing is logged
+        # with sync_dist, so a rank-0-only callback (the progress bar) reading the logged metrics never enters
+        # a collective.
+        self.train_metrics = EpochMetrics(num_classes)
         self.val_metrics = MultiViewMetrics(num_classes)
         self.test_metrics = MultiViewMetrics(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.consecutive_nonfinite = 0
         self.nonfinite_skips = 0
+        self.run_dir: Path | None = None  # the run folder, asked once in setup (a collective under DDP)
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         """Point the DataModule's failure lists at the run folder; load `init_from` when fitting from scratch."""
         trainer = self.trainer
         datamodule = getattr(trainer, "datamodule", None)
-        log_dir = trainer.log_dir or trainer.default_root_dir
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank runs setup
+        self.run_dir = Path(log_dir)
         if datamodule is not None and hasattr(datamodule, "failure_log_dir"):
             datamodule.failure_log_dir = log_dir
         if stage == "fit" and self.hparams.init_from and trainer.ckpt_path is None:
@@ -132,7 +146,7 @@ class VideoClassifier(pl.LightningModule):
 
         report = load_pretrained(self.backbone, source, target_classes=self.class_names)
         rank_zero_info(f"init_from {source}:\n{report}")
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        log_dir = self.run_dir
         if self.trainer.is_global_zero and log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{report}\n")
@@ -167,17 +181,17 @@ class VideoClassifier(pl.LightningModule):
         logits = self(video)
         loss = soft_target_cross_entropy(logits, targets)
         batch_size = labels.shape[0]
-        if "decode_failures" in batch:
-            self.log("train/decode_failures", batch["decode_failures"].float(), on_step=False, on_epoch=True,
-                     reduce_fx="sum", sync_dist=True, batch_size=batch_size)
+        self.train_metrics.record_failures(int(batch.get("decode_failures", 0)))
         finite = bool(torch.isfinite(loss))
-        if self.trainer.world_size > 1:  # every rank must skip together, or DDP's gradient sync hangs
+        if self.trainer.world_size > 1:
+            # a collective on every rank at every step: all ranks skip together, or DDP's gradient sync hangs
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
             return self._skip_nonfinite(loss, batch_idx)
         self.consecutive_nonfinite = 0
-        self.train_metrics.update(logits.detach(), labels)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.train_metrics.update(logits.detach(), labels, loss)
+        # step values are this rank's own (no sync_dist): the epoch values come from `train_metrics`
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
         return loss
 
@@ -198,18 +212,21 @@ class VideoClassifier(pl.LightningModule):
         return None
 
     def on_train_epoch_end(self) -> None:
-        for name, value in self.train_metrics.compute().items():
-            self.log(f"train/{name}", value)
+        """Reduce the epoch's training metrics over all ranks (every rank runs this hook) and log them."""
+        values = self.train_metrics.compute()
         self.train_metrics.reset()
+        values["loss_epoch"] = values.pop("loss")
+        values.pop("samples")
+        for name, value in values.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
 
     # ----------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Tensor], metrics: MultiViewMetrics, stage: str) -> Tensor | None:
         video, labels = batch["video"], batch["label"]
         failed = batch.get("failed_index")
         if failed is not None:
-            self.log(f"{stage}/decode_failures", float(failed.numel()), on_step=False, on_epoch=True,
-                     reduce_fx="sum", sync_dist=True, batch_size=1)
-        if video.shape[0] == 0:  # every video of this batch failed to decode
+            metrics.record_failures(failed.numel())
+        if video.shape[0] == 0:  # every video of this batch failed to decode (or the rank's shard is empty)
             return None
         if video.dim() != 6:
             raise ValueError(f"{stage} batches must hold video (B, V, 3, T, H, W), got {tuple(video.shape)}")
@@ -217,15 +234,17 @@ class VideoClassifier(pl.LightningModule):
         logits = self(video.flatten(0, 1))
         view_probs, video_probs = average_views(logits, num_views)
         loss = F.nll_loss(video_probs.clamp_min(1e-12).log(), labels)
-        metrics.update(view_probs, video_probs, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=labels.shape[0])
+        metrics.update(view_probs, video_probs, labels, loss)
         return video_probs
 
     def _log_eval_metrics(self, metrics: MultiViewMetrics, stage: str) -> dict[str, Tensor]:
-        values = metrics.compute()  # torchmetrics already reduced these over all ranks
-        for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "top1")
+        """Reduce the stage's metrics over all ranks (every rank runs the epoch-end hook) and log them."""
+        values = metrics.compute()
         metrics.reset()
+        if values["videos"] == 0:
+            values.pop("loss")  # nothing was scored on any rank: no loss to report
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "top1")
         return values
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -241,9 +260,9 @@ class VideoClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_metrics(self.test_metrics, "test")
-        matrix = self.test_confusion.compute().cpu()
+        matrix = self.test_confusion.compute().cpu()  # a collective: every rank runs this hook
         self.test_confusion.reset()
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
+        out_dir = self.run_dir or Path(self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return
         write_confusion_csv(out_dir / "confusion_matrix.csv", matrix, self.class_names)
@@ -263,6 +282,8 @@ class VideoClassifier(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}]}]."""
         video = batch["video"]
+        if video.shape[0] == 0:  # every video of this batch failed to decode
+            return []
         _, video_probs = average_views(self(video.flatten(0, 1)), video.shape[1])
         top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
         records = []

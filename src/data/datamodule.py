@@ -323,7 +323,7 @@ class VideoDataModule(LightningDataModule):
         """Record one eval batch; when the rank's shard is complete, write the failures file and log the count."""
         if self._report_key.get(split) != key or split not in self._reports:
             rank, world = self._rank_world()
-            total = len(EvalSampler(len(self._dataset(split)), rank=rank, world_size=world))
+            total = EvalSampler(len(self._dataset(split)), rank=rank, world_size=world).num_videos
             self._reports[split] = EvalReport(split, total=total)
             self._report_key[split] = key
         report = self._reports[split]
@@ -337,7 +337,8 @@ class VideoDataModule(LightningDataModule):
     def _finish_report(self, report: EvalReport, sanity: bool = False) -> None:
         if report.failed and not sanity:
             rank, world = self._rank_world()
-            folder = Path(self.failure_log_dir or (self.trainer.log_dir if self.trainer else None) or ".")
+            # never `trainer.log_dir` here: it is a broadcast under DDP, and only ranks with failures get here
+            folder = Path(self.failure_log_dir or ".")
             folder.mkdir(parents=True, exist_ok=True)
             suffix = f"_rank{rank}" if world > 1 else ""
             report.file = folder / f"failed_{report.split}{suffix}.txt"

@@ -27,6 +27,8 @@ from src.data.decoding import BACKENDS, DecodeError, probe, read_frames
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, TrainTransform
 
+EMPTY_SHARD = -1  # the index an empty evaluation shard yields (src.data.distributed): read as a placeholder
+
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -249,6 +251,8 @@ class VideoClipDataset(Dataset):
 
     # --------------------------------------------------------------------------------------- items
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if not isinstance(key, tuple) and int(key) == EMPTY_SHARD:
+            return {"placeholder": True}  # an empty evaluation shard (see EvalSampler): dropped by the collate
         index, seed = key if isinstance(key, tuple) else (int(key), sample_seed(self.seed, 0, int(key)))
         if self.mode == "train":
             return self._train_item(index, seed)
@@ -324,6 +328,7 @@ class EvalCollate:
         self.predict = predict
 
     def __call__(self, samples: list[dict]) -> dict:
+        samples = [s for s in samples if not s.get("placeholder")]
         good = [s for s in samples if not s["failed"]]
         bad = [s for s in samples if s["failed"]]
         video = torch.stack([s["video"] for s in good]) if good else torch.zeros((0, *self.view_shape))

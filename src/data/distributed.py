@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from src.data.datasets import sample_seed
+from src.data.datasets import EMPTY_SHARD, sample_seed
 
 
 class TrainSampler(Sampler):
@@ -47,7 +47,12 @@ class TrainSampler(Sampler):
 
 
 class EvalSampler(Sampler):
-    """Contiguous shard `rank` of `world_size` over `num_items`, no padding: every item exactly once overall."""
+    """Contiguous shard `rank` of `world_size` over `num_items`, no padding: every item exactly once overall.
+
+    A rank whose shard is empty (fewer items than ranks) yields `EMPTY_SHARD` once, which the dataset turns
+    into a placeholder that the collate drops: every rank then runs at least one evaluation step and its
+    epoch-end hooks, so the metric reductions there meet on all ranks instead of waiting for a missing one.
+    """
 
     def __init__(self, num_items: int, *, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
@@ -55,8 +60,13 @@ class EvalSampler(Sampler):
         self.start = rank * num_items // world_size
         self.stop = (rank + 1) * num_items // world_size
 
-    def __len__(self) -> int:
+    @property
+    def num_videos(self) -> int:
+        """How many real items this shard holds (0 for an empty shard)."""
         return self.stop - self.start
 
+    def __len__(self) -> int:
+        return max(self.num_videos, 1)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
+        return iter(range(self.start, self.stop) if self.num_videos else [EMPTY_SHARD])
