@@ -15,8 +15,10 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
+from src.hang_guard import HangGuard
 from src.task import VideoClassifier
 
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
@@ -53,11 +55,29 @@ class VideoCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_lightning_class_args(JsonLinesPredictionWriter, "predict_writer")
+        parser.add_lightning_class_args(HangGuard, "hang_guard")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(find_last_checkpoint(config))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with `hang_guard.collective_timeout` as the process-group timeout of a DDP strategy
+        named by a string (`ddp`, `ddp_spawn`, ...) or chosen by `auto`; a strategy given as a class keeps its
+        own `timeout`."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        guard = config.get("hang_guard")
+        strategy = config.get("trainer", {}).get("strategy", "auto")
+        if guard is None or "strategy" in kwargs or not isinstance(strategy, str):
+            return super().instantiate_trainer(**kwargs)
+        if strategy != "auto":
+            ddp = timed_ddp_strategy(strategy, guard.timeout)
+            return super().instantiate_trainer(**kwargs, **({"strategy": ddp} if ddp is not None else {}))
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy) is DDPStrategy:  # `auto` chose DDP (several devices or nodes): same, timed
+            trainer = super().instantiate_trainer(**kwargs, strategy=timed_ddp_strategy("ddp", guard.timeout))
+        return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # last.ckpt: the newest state after every validation / epoch, whether or not val/top1 improved
@@ -65,6 +85,17 @@ class VideoCLI(LightningCLI):
         callbacks = [*callbacks, last, LearningRateMonitor(logging_interval="step"), FirstBatchFrames(),
                      SigtermCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:
+    """The DDP-family strategy registered as `name`, built with its registered options and `timeout`;
+    None when `name` is not a DDP strategy (single device, FSDP, DeepSpeed, ...)."""
+    if name not in StrategyRegistry:
+        return None
+    entry = StrategyRegistry[name]
+    if not issubclass(entry["strategy"], DDPStrategy):
+        return None
+    return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
 
 
 def find_last_checkpoint(config: Any) -> Path:
@@ -83,12 +114,12 @@ def find_last_checkpoint(config: Any) -> Path:
     return candidates[-1]
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> VideoCLI:
-    """Build the CLI (and run the subcommand when `run`)."""
+def cli_main(args: list[str] | None = None, run: bool = True, model_class: type = VideoClassifier) -> VideoCLI:
+    """Build the CLI (and run the subcommand when `run`); `model_class`: a VideoClassifier subclass (tests)."""
     from src.data.datamodule import VideoDataModule
 
     return VideoCLI(
-        VideoClassifier,
+        model_class,
         VideoDataModule,
         save_config_callback=SaveConfigWithCheckpoints,
         trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER},

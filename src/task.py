@@ -124,6 +124,7 @@ class VideoClassifier(pl.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.consecutive_nonfinite = 0
         self.nonfinite_skips = 0
+        self._drop_gradients = False
         self.run_dir: Path | None = None  # the run folder, asked once in setup (a collective under DDP)
 
     # ----------------------------------------------------------------------------------------- setup
@@ -171,8 +172,15 @@ class VideoClassifier(pl.LightningModule):
         return self.backbone(video)
 
     # ------------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        """Mix, forward, soft-target CE; returns None (the step is skipped) when the loss is not finite."""
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Mix, forward, soft-target CE. A non-finite loss (on any rank) skips the optimiser step on every rank.
+
+        The skip keeps DDP's collectives aligned: the backward still runs on every rank (DDP reduces the same
+        gradient buckets everywhere; Lightning forbids returning None under DDP), and `on_before_optimizer_step`
+        then drops the gradients, so AdamW leaves every weight and its own state untouched. The learning-rate
+        schedule and `global_step` advance as for any step (with gradient accumulation, the whole accumulated
+        step is dropped).
+        """
         video, labels = batch["video"], batch["label"]
         if self.mixing.enabled:
             video, targets = self.mixing(video, labels)
@@ -187,7 +195,9 @@ class VideoClassifier(pl.LightningModule):
             # a collective on every rank at every step: all ranks skip together, or DDP's gradient sync hangs
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            return self._skip_nonfinite(loss, batch_idx)
+            self._skip_nonfinite(loss, batch_idx)
+            self._drop_gradients = True
+            return loss
         self.consecutive_nonfinite = 0
         self.train_metrics.update(logits.detach(), labels, loss)
         # step values are this rank's own (no sync_dist): the epoch values come from `train_metrics`
@@ -195,12 +205,19 @@ class VideoClassifier(pl.LightningModule):
         self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients of a step whose loss was not finite: the optimiser skips parameters with none."""
+        if self._drop_gradients:
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_gradients = False
+
     def _skip_nonfinite(self, loss: Tensor, batch_idx: int) -> None:
         self.consecutive_nonfinite += 1
         self.nonfinite_skips += 1
         self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
         rank_zero_info(
-            f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}: step skipped "
+            f"non-finite loss at global step {self.global_step}, batch {batch_idx} (rank {self.global_rank}'s loss: "
+            f"{loss.item()}; a rank's NaN/inf skips all): optimiser step skipped "
             f"({self.consecutive_nonfinite} in a row, {self.nonfinite_skips} in total)"
         )
         if self.consecutive_nonfinite >= self.hparams.max_nonfinite_steps:

@@ -34,6 +34,7 @@ from src.data.distributed import EvalSampler, TrainSampler
 from src.data.presets import PRESETS, get_preset
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, FlipPolicy, TrainTransform
+from src.hang_guard import forget_wakeup_fd
 
 log = logging.getLogger("lightning.pytorch").getChild("data")
 FROM_PRESET = "preset"
@@ -62,6 +63,7 @@ class EvalReport:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding and augmentation per worker; do not oversubscribe the cores
+    forget_wakeup_fd()  # a forked worker must not report its own signals to the parent's hang guard
 
 
 def default_root(preset: str) -> Path:
