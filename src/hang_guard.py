@@ -1,5 +1,5 @@
-"""Bounds what a stuck multi-process run can cost: a timeout on every collective, and an exit on SIGTERM/SIGINT
-even while the main thread is blocked inside one.
+"""Bounds what a stuck multi-process run can cost: a timeout on every collective, a SIGTERM stop that all ranks
+take at the same step, and an exit on SIGTERM/SIGINT even while the main thread is blocked in a collective.
 
 A process blocked in a collective (an all-reduce waiting for a rank that died, hangs, or runs a different
 collective) never returns to the Python interpreter, so Lightning's SIGTERM handler, which runs between two
@@ -11,6 +11,14 @@ bytecodes of the main thread, never runs either: the job sits on its allocation 
   signal handler writes at once, whatever the main thread is doing. If the run has not ended `signal_grace`
   seconds later (Lightning saves `last.ckpt` and stops between two steps, which takes seconds), the process is
   blocked: the watcher says so and ends the process with exit code 128 + the signal number.
+
+The SIGTERM stop itself: Lightning 2.6's SIGTERM handler runs a `dist.broadcast` inside the signal handler, i.e.
+at whatever point each rank happens to be (one rank inside a gradient all-reduce, another between steps, a rank
+that received the signal twice broadcasting twice): the collectives no longer pair up and the run deadlocks
+instead of saving `last.ckpt` (seen with SIGTERM sent to every process of a 2-rank run). During training this
+guard replaces that handler with one that only records the signal; at the start of every training batch all
+ranks agree on it in one all-reduce and stop together (SIGTERMException), so `SigtermCheckpoint` saves a
+consistent `last.ckpt` on every rank at the same step.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from datetime import timedelta
 import lightning.pytorch as pl
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 WATCHED = (signal.SIGTERM, signal.SIGINT)
 
@@ -66,6 +76,8 @@ class HangGuard(Callback):
         self._previous_fd = -1
         self._describe = "this process"
         self._launcher = None  # Lightning's launcher of the other local ranks, when this process started them
+        self._sigterm = False
+        self._previous_handler = None
 
     @property
     def timeout(self) -> timedelta:
@@ -92,8 +104,40 @@ class HangGuard(Callback):
         self._thread = threading.Thread(target=self._watch, args=(reader,), name="hang-guard", daemon=True)
         self._thread.start()
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Take over SIGTERM from Lightning (registered by now) with a handler that runs no collective."""
+        if threading.current_thread() is threading.main_thread() and self._previous_handler is None:
+            self._sigterm = False
+            self._previous_handler = signal.signal(signal.SIGTERM, self._record_sigterm)
+
+    def _record_sigterm(self, signum: int, frame: object) -> None:
+        if not self._sigterm and self._launcher is not None:  # the ranks this process started get it too
+            try:
+                self._launcher.kill(signum)
+            except (OSError, AttributeError, NotImplementedError):
+                pass
+        self._sigterm = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int) -> None:
+        """Every rank, every step, at the same point: stop together when any rank has received SIGTERM."""
+        stop = self._sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            rank_zero_info(f"SIGTERM: stopping all {trainer.world_size} processes at global step {trainer.global_step}")
+            raise SIGTERMException()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Stop the watcher and give the wakeup fd back to whoever had it."""
+        """Stop the watcher and give the wakeup fd and the SIGTERM handler back to whoever had them."""
+        self._restore_sigterm()
         if self._thread is None:
             return
         self._stopped.set()

@@ -244,7 +244,8 @@ def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
     args = ["fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3",
-            "--trainer.enable_progress_bar", "true", "--trainer.num_sanity_val_steps", "0"]
+            "--trainer.enable_progress_bar", "true", "--trainer.num_sanity_val_steps", "0",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"]  # its lines are parsed below
     proc = subprocess.Popen([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     seen = []

@@ -8,6 +8,7 @@ Every run is bounded: a hang kills the whole process group and fails the test wi
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -22,8 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-PROGRESS_BARS = {
-    "tqdm": [],  # the default
+PROGRESS_BARS = {  # Lightning's default is the rich bar where `rich` is installed (as here), tqdm elsewhere
+    "default": [],
+    "tqdm": ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"],
     "rich": ["--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar"],
     "none": ["--trainer.enable_progress_bar", "false"],
 }
@@ -113,7 +115,7 @@ def test_ddp_fit_finishes_with_every_progress_bar_and_gives_the_same_metrics_and
     assert [v for _, v in reference["val/videos"]] == [4.0, 4.0]  # both ranks' shards, once per epoch
     states = {bar: torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
               for bar, run in runs.items()}
-    for bar in ("tqdm", "rich"):
+    for bar in ("default", "tqdm", "rich"):
         assert scalars(runs[bar]) == reference, f"{bar} progress bar changed the logged metrics"
         assert states[bar]["global_step"] == states["none"]["global_step"] == 4  # 2 epochs x 8 clips / (2 x 2)
         for key, value in states["none"]["state_dict"].items():
@@ -218,3 +220,43 @@ def test_sigterm_while_blocked_in_a_collective_ends_the_run_with_a_message(index
     if alive:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not alive, f"processes of the run outlived it: {alive}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_to_every_process_stops_all_ranks_at_one_step_and_resumes_there(index, tmp_path):
+    """Lightning's own handler broadcast inside the signal handler and deadlocked; every rank now stops together."""
+    args = [*run_args(index, tmp_path, "preempt"), *DDP, "--data.batch_size", "1", "--trainer.max_epochs", "3",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"]
+    proc = cli("fit", *args[:-1], "--trainer.logger.init_args.version", "first", args[-1])
+    buffer: list[str] = []
+    hit = threading.Event()
+
+    def watch() -> None:  # tqdm lines end in \r: read characters; signal in the middle of epoch 1 (4 steps)
+        text = ""
+        while ch := proc.stdout.read(1):
+            buffer.append(ch)
+            text = (text + ch)[-400:]
+            if not hit.is_set() and re.search(r"Epoch 1: +\d+%\S* *\| *[12]/4", text):
+                hit.set()
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the SIGTERM'd run did not end\n" + "".join(buffer)[-4000:])
+    reader.join(timeout=10)
+    output = "".join(buffer)
+    assert hit.is_set(), output[-3000:]
+    assert "SIGTERM: stopping all 2 processes" in output and "[hang guard]" not in output, output[-4000:]
+    last = tmp_path / "preempt" / "first" / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert 4 < step < 8, step  # in the middle of epoch 1
+
+    succeed(cli("fit", *args[:-1], "--trainer.logger.init_args.version", "resumed", "--ckpt_path", str(last)))
+    resumed = torch.load(tmp_path / "preempt" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False,
+                         map_location="cpu")
+    assert resumed["global_step"] == 12 and resumed["epoch"] == 2  # 3 epochs x 4 steps, as uninterrupted

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,10 @@ class EvalReport:
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding and augmentation per worker; do not oversubscribe the cores
     forget_wakeup_fd()  # a forked worker must not report its own signals to the parent's hang guard
+    # SIGTERM reaches every process of a job (scancel, torchrun, `kill -- -PGID`). A worker that died of it
+    # made torch raise "DataLoader worker killed" inside the trainer, before Lightning could stop cleanly and
+    # save last.ckpt. Workers ignore it: their parent shuts them down, and they exit when it dies.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def default_root(preset: str) -> Path:
