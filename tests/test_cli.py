@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET_CONFIGS = ["k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"]
 TINY = ["--data.preset", "synthetic", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2",
         "--data.num_workers", "0", "--data.test_views", "[2, 1]", "--model.init_from", "null"]
-CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]  # bar and summary on
 
 
 def env() -> dict[str, str]:
@@ -143,7 +142,7 @@ def test_dataset_config_trains_and_validates_one_step_on_cpu(name, index, tmp_pa
                         *TINY, *CPU, "--data.root", str(index), "--trainer.fast_dev_run", "1",
                         "--trainer.default_root_dir", str(tmp_path)])
     assert cli.trainer.global_step == 1
-    assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+    assert math.isfinite(cli.trainer.callback_metrics["train/loss_epoch"].item())
     assert "val/top1" in cli.trainer.callback_metrics
     assert cli.model.hparams.num_classes == 14 and cli.model.class_names[0] == "move_right"  # linked from the data
 
@@ -293,13 +292,10 @@ def confusion(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_fit_and_test_like_a_single_process(fitted, tested, index):
+def test_ddp_two_processes_test_like_a_single_process(fitted, tested, index):
+    """`fit` under DDP (progress bars, workers, faults) is tested in tests/test_ddp.py."""
     runs = fitted.parent.parent
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
-    ok(run_cli("fit", *run_args(index, runs, "ddp", "fit"), *ddp, "--trainer.max_epochs", "1"))
-    last = torch.load(runs / "ddp" / "fit" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert last["global_step"] == 2  # 8 clips / (2 ranks x batch 2)
-
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
     ok(run_cli("test", *run_args(index, runs, "ddp", "test"), *ddp, "--ckpt_path", ckpt))
     assert confusion(runs / "ddp" / "test") == confusion(tested)
