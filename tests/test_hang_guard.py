@@ -7,23 +7,39 @@ is tested end to end in tests/test_ddp.py.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from lightning.pytorch.strategies import DDPStrategy
 
 from src.cli import cli_main, timed_ddp_strategy
 
-BASE = ["fit", "--config", "configs/synthetic.yaml", "--trainer.accelerator", "cpu", "--model.init_from", "null"]
+BASE = ["--config", "configs/synthetic.yaml", "--trainer.accelerator", "cpu", "--model.init_from", "null"]
 
 
-def build(tmp_path, *args: str):
-    """The CLI up to an instantiated Trainer (no process group is started)."""
-    return cli_main([*BASE, "--trainer.logger.init_args.save_dir", str(tmp_path), *args], run=False)
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> Path:
+    """The DataModule reads the class list at instantiation: a tiny synthetic index."""
+    from data_prep.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("index") / "synthetic"
+    generate_dataset(out, train=2, val=1, test=1, frames=8, size=32)
+    return out
+
+
+@pytest.fixture
+def build(index, tmp_path):
+    def run(*args: str):
+        """The CLI up to an instantiated Trainer (no process group is started)."""
+        return cli_main([*BASE, "--data.root", str(index), "--trainer.logger.init_args.save_dir", str(tmp_path),
+                         *args], run=False)
+
+    return run
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "auto", "ddp_find_unused_parameters_true"])
-def test_ddp_strategies_get_the_collective_timeout(tmp_path, strategy):
-    cli = build(tmp_path, "--trainer.devices", "2", "--trainer.strategy", strategy,
+def test_ddp_strategies_get_the_collective_timeout(build, strategy):
+    cli = build("--trainer.devices", "2", "--trainer.strategy", strategy,
                 "--hang_guard.collective_timeout", "42")
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.strategy._timeout == timedelta(seconds=42)  # what init_process_group receives
@@ -31,14 +47,14 @@ def test_ddp_strategies_get_the_collective_timeout(tmp_path, strategy):
         assert cli.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True  # registered options kept
 
 
-def test_the_default_timeout_is_ten_minutes_not_torchs_thirty(tmp_path):
-    cli = build(tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+def test_the_default_timeout_is_ten_minutes_not_torchs_thirty(build):
+    cli = build("--trainer.devices", "2", "--trainer.strategy", "ddp")
     assert cli.trainer.strategy._timeout == timedelta(minutes=10)
     assert any(type(c).__name__ == "HangGuard" for c in cli.trainer.callbacks)
 
 
-def test_a_single_device_run_keeps_its_strategy(tmp_path):
-    cli = build(tmp_path, "--trainer.devices", "1", "--trainer.strategy", "auto")
+def test_a_single_device_run_keeps_its_strategy(build):
+    cli = build("--trainer.devices", "1", "--trainer.strategy", "auto")
     assert not isinstance(cli.trainer.strategy, DDPStrategy)
 
 
@@ -49,7 +65,7 @@ def test_only_ddp_family_names_are_rebuilt():
 
 
 @pytest.mark.parametrize("option", ["--hang_guard.collective_timeout", "--hang_guard.signal_grace"])
-def test_non_positive_values_fail_at_parse_time(capsys, tmp_path, option):
+def test_non_positive_values_fail_at_parse_time(capsys, build, option):
     with pytest.raises(SystemExit):
-        build(tmp_path, option, "0")
+        build(option, "0")
     assert option.removeprefix("--") in capsys.readouterr().err
