@@ -1,10 +1,12 @@
 """Safe, all-or-nothing extraction of tar / tar.gz / zip archives, including multi-part tar.gz pieces.
 
-Every member is checked before it is written: absolute paths, `..` components, links that point outside the
-target, device files and FIFOs are refused with the member named. Members are written into a temporary folder
+Every member is checked before it is written: absolute paths, `..` components, symbolic and hard links (no
+dataset archive needs one, and links left by one archive let the next one write through them, outside the
+target), device files and FIFOs are refused with the member named. Members are written into a temporary folder
 inside the target and moved into place only after the whole archive (gzip trailer and CRC included) has been
-read, so a truncated or hostile archive never leaves half its content looking extracted. A marker file records
-finished archives so a re-run skips them.
+read, and only if the resolved destination of every file lies inside the target, whatever earlier archives
+or other programs left there; a truncated or hostile archive never leaves half its content looking extracted.
+A marker file records finished archives so a re-run skips them.
 """
 
 from __future__ import annotations
@@ -72,17 +74,16 @@ def _check_name(archive: str, name: str) -> PurePosixPath:
 
 
 def _check_tar_member(archive: str, member: tarfile.TarInfo) -> None:
-    path = _check_name(archive, member.name)
-    if member.issym():
-        target = PurePosixPath(member.linkname)
-        resolved = os.path.normpath(str(path.parent / target))
-        if target.is_absolute() or resolved == ".." or resolved.startswith("../"):
-            raise ExtractError(
-                archive, f"symlink to {member.linkname!r} points outside the target; refused", member.name
-            )
-    elif member.islnk():
-        _check_name(archive, member.linkname)
-    elif not (member.isfile() or member.isdir()):
+    _check_name(archive, member.name)
+    if member.issym() or member.islnk():
+        kind = "symbolic link" if member.issym() else "hard link"
+        raise ExtractError(
+            archive,
+            f"{kind} to {member.linkname!r} refused: dataset archives hold plain files and folders only, and a "
+            "link can lead later members or archives outside the target. Get the archive from the official source",
+            member.name,
+        )
+    if not (member.isfile() or member.isdir()):
         raise ExtractError(archive, "device file / FIFO members are refused", member.name)
 
 
@@ -91,17 +92,39 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every existing link on the way resolved, lies inside the resolved `root`."""
+    real = Path(os.path.realpath(path))
+    return real == root or root in real.parents
+
+
+def _check_destinations(label: str, src: Path, dest: Path) -> None:
+    """Refuse the whole archive if any member would land outside `dest` once links already in `dest` are
+    followed (left by an earlier archive, or by anything else)."""
+    root = Path(os.path.realpath(dest))
+    for current, dirs, files in os.walk(src):
+        rel = Path(current).relative_to(src)
+        for name in [*dirs, *files]:
+            member = rel / name
+            if (Path(current) / name).is_symlink():
+                raise ExtractError(label, "symbolic link refused", str(member))
+            target = dest / member
+            if not _inside(target.parent, root) or not _inside(target, root):
+                raise ExtractError(
+                    label,
+                    f"would be written through a link to {os.path.realpath(target)}, outside the target {root}; "
+                    "refused. Remove the links in the target folder (no dataset needs them) and extract again",
+                    str(member),
+                )
+
+
 def _move_tree(src: Path, dest: Path) -> None:
-    """Move the content of `src` into `dest`, replacing files of the same name."""
+    """Move the content of `src` into `dest`, replacing files of the same name (destinations checked first)."""
     for root, dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
             os.replace(Path(root) / name, dest / rel / name)
-        for name in list(dirs):
-            if (Path(root) / name).is_symlink():
-                os.replace(Path(root) / name, dest / rel / name)
-                dirs.remove(name)
 
 
 def _extract_tar(label: str, stream, tmp: Path, progress: bool) -> int:
@@ -177,12 +200,21 @@ def safe_extract(archive: Path | Sequence[Path], dest: Path, *, progress: bool =
     except ExtractError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    except tarfile.FilterError as err:  # tarfile's own safety filter: name the member, it is not corruption
+        shutil.rmtree(tmp, ignore_errors=True)
+        member = getattr(getattr(err, "tarinfo", None), "name", None)
+        raise ExtractError(label, f"refused by the tar safety filter: {err}", member) from err
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, OSError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExtractError(
             label,
             f"truncated or corrupt archive ({type(err).__name__}: {err}); nothing was extracted, download it again",
         ) from err
+    try:
+        _check_destinations(label, tmp, dest)
+    except ExtractError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _move_tree(tmp, dest)
     shutil.rmtree(tmp, ignore_errors=True)
     marker.write_text(f"{count} files\n", encoding="utf-8")

@@ -66,8 +66,9 @@ def test_split_parts_of_one_tar_gz_are_read_as_one_archive(tmp_path):
         ("../evil.txt", None, "'..'"),
         ("ok/../../evil.txt", None, "'..'"),
         ("/tmp/evil.txt", None, "absolute path"),
-        ("link", "../../outside", "points outside"),
-        ("link", "/etc/passwd", "points outside"),
+        ("link", "../../outside", "symbolic link to '../../outside' refused"),
+        ("link", "/etc/passwd", "symbolic link to '/etc/passwd' refused"),
+        ("inside", "good.txt", "symbolic link to 'good.txt' refused"),
     ],
 )
 def test_hostile_members_are_refused_by_name_and_nothing_is_written(tmp_path, member, target, message):
@@ -82,12 +83,38 @@ def test_hostile_members_are_refused_by_name_and_nothing_is_written(tmp_path, me
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "deep" / "evil.txt").exists()
 
 
-def test_a_symlink_inside_the_target_is_allowed(tmp_path):
-    archive = _tar(
-        tmp_path / "a.tar", [("d/real.txt", b"r", None), ("d/alias.txt", None, "real.txt")], mode="w"
-    )
-    safe_extract(archive, tmp_path / "out")
-    assert (tmp_path / "out" / "d" / "alias.txt").read_bytes() == b"r"
+def test_a_link_chain_in_one_archive_is_refused_naming_the_member_not_as_corruption(tmp_path):
+    archive = _tar(tmp_path / "chain.tar", [("l1", None, "."), ("l1/l2", None, ".."), ("l1/l2/x", b"x", None)], "w")
+    with pytest.raises(ExtractError, match="symbolic link to '.' refused") as err:
+        safe_extract(archive, tmp_path / "out")
+    assert err.value.member == "l1" and "corrupt" not in str(err.value)
+
+
+def test_hard_links_are_refused(tmp_path):
+    path = tmp_path / "hard.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"a"))
+        link = tarfile.TarInfo("b.txt")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.txt"
+        tar.addfile(link)
+    with pytest.raises(ExtractError, match="hard link to 'a.txt' refused") as err:
+        safe_extract(path, tmp_path / "out")
+    assert err.value.member == "b.txt"
+
+
+def test_links_already_in_the_target_are_never_written_through(tmp_path):
+    """A link left in the target (by an older version, by hand) must not carry an archive's files outside."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "videos").symlink_to(outside, target_is_directory=True)
+    archive = _tar(tmp_path / "a.tar.gz", [("videos/x.mp4", b"x", None)])
+    with pytest.raises(ExtractError, match="outside the target") as err:
+        safe_extract(archive, out)
+    assert err.value.member == "videos"
+    assert list(outside.iterdir()) == []
 
 
 def test_hostile_zip_members_are_refused(tmp_path):

@@ -212,3 +212,49 @@ def test_deleted_archives_are_not_fetched_again_on_a_rerun(mirror, tmp_path):
     kinetics.main(args)
     assert not [path for path, _ in mirror.requests if path.endswith((".tar.gz", ".tgz"))]
     assert _index(out) == first
+
+
+def _link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _hostile_parts(www: Path, outside: Path, parts: int) -> None:
+    """Parts that each pass a per-archive check but together write outside the target: A holds `l1 -> .`,
+    B `l1/.../up -> ../../..` deep enough to reach `/`, C `up/<absolute path of outside>/pwned`. With two
+    parts, A and B merge (the deep link written through the first)."""
+    depth = len(Path(outside).resolve().parts) + 8  # more levels than the target has: `up` reaches `/`
+    chain = "/".join(["l1"] * depth)  # on disk `l1 -> .` folds the chain back to the target itself
+    members = [[_link("l1", ".")], [_link(f"{chain}/up", "/".join([".."] * depth))]]  # inside, in B's own view
+    if parts == 2:
+        members = [members[0] + members[1]]
+    payload = tarfile.TarInfo("up/" + str(Path(outside).resolve()).lstrip("/") + "/pwned")
+    payload.size = 5
+    for i, part in enumerate(members):
+        with tarfile.open(www / "train" / f"part_{i}.tar.gz", "w:gz") as tar:
+            for info in part:
+                tar.addfile(info)
+    with tarfile.open(www / "train" / f"part_{len(members)}.tar.gz", "w:gz") as tar:
+        import io
+
+        tar.addfile(payload, io.BytesIO(b"pwned"))
+    names = "".join(f"part_{i}.tar.gz\n" for i in range(len(members) + 1))
+    (www / "train" / "k400_train_path.txt").write_text(names)
+
+
+@pytest.mark.parametrize("parts", [3, 2])
+def test_archives_that_together_escape_the_target_write_nothing_outside(mirror, tmp_path, parts):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "pwned").write_text("original")  # an existing file there must not be overwritten either
+    _hostile_parts(tmp_path / "www", outside, parts)
+    out = tmp_path / "k400"
+    code = subprocess.run([sys.executable, "-m", "data_prep.kinetics", "--out", str(out), "--base-url", mirror.url,
+                           "--workers", "1", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert code.returncode != 0
+    assert "symbolic link to '.' refused" in code.stderr + code.stdout, (code.stdout + code.stderr)[-3000:]
+    assert "l1" in code.stderr + code.stdout
+    assert (outside / "pwned").read_text() == "original"
+    assert not list(out.rglob("pwned"))
+    assert not [p for p in out.rglob("*") if p.is_symlink()]
