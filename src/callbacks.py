@@ -108,7 +108,8 @@ class SigtermCheckpoint(Callback):
 
 
 class JsonLinesPredictionWriter(BasePredictionWriter):
-    """Writes one JSON object per predicted video ({"path", "top5": [{"class", "prob"}, ...]}) to `output`.
+    """Writes one JSON object per video to `output`: {"path", "top5": [{"class", "index", "prob"}, ...]} for a
+    predicted video, {"path", "error"} for one that failed to decode; ends with "predicted N of M videos".
 
     `output` None means `<run log dir>/predictions.jsonl`. Every rank writes its own shard file when
     several processes predict (`predictions.rank1.jsonl`, ...).
@@ -118,6 +119,7 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output = output
         self._path: Path | None = None
+        self._counts = [0, 0]  # predicted, failed (this rank)
 
     def path_for(self, trainer: pl.Trainer) -> Path:
         """Where this rank writes."""
@@ -130,6 +132,7 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         self._path = self.path_for(trainer)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._path.write_text("")
+        self._counts = [0, 0]
 
     def write_on_batch_end(
         self,
@@ -142,9 +145,19 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         assert self._path is not None
-        with open(self._path, "a") as f:
+        with open(self._path, "a", encoding="utf-8") as f:
             for record in prediction:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self._counts["error" in record] += 1
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rank_zero_info(f"predictions written to {self._path}")
+        """Print "predicted N of M videos; K failed" over all ranks (every rank runs this hook: one all-reduce)."""
+        counts = torch.tensor(self._counts, dtype=torch.long, device=pl_module.device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        predicted, failed = (int(v) for v in counts.tolist())
+        where = f"{self._path}" + (f" (and .rank<r> files of the other {trainer.world_size - 1} ranks)" if trainer.world_size > 1 else "")
+        rank_zero_info(
+            f"predicted {predicted} of {predicted + failed} videos; {failed} failed (listed with their error) — "
+            f"written to {where}"
+        )

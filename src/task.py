@@ -297,16 +297,18 @@ class VideoClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}]}]."""
+        """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}]}], plus
+        {"path", "error"} for each video of the batch that failed to decode (nothing is lost silently)."""
         video = batch["video"]
-        if video.shape[0] == 0:  # every video of this batch failed to decode
-            return []
-        _, video_probs = average_views(self(video.flatten(0, 1)), video.shape[1])
-        top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
         records = []
-        for path, probs, indices in zip(batch["path"], top.values.tolist(), top.indices.tolist()):
-            top5 = [{"class": self.class_names[i], "index": i, "prob": round(p, 6)} for p, i in zip(probs, indices)]
-            records.append({"path": str(path), "top5": top5})
+        if video.shape[0] > 0:  # a batch of videos that all failed to decode has none to score
+            _, video_probs = average_views(self(video.flatten(0, 1)), video.shape[1])
+            top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
+            for path, probs, indices in zip(batch["path"], top.values.tolist(), top.indices.tolist()):
+                top5 = [{"class": self.class_names[i], "index": i, "prob": round(p, 6)} for p, i in zip(probs, indices)]
+                records.append({"path": str(path), "top5": top5})
+        for path, reason in zip(batch.get("failed_path", []), batch.get("failed_reason", [])):
+            records.append({"path": str(path), "error": str(reason)})
         return records
 
     # ------------------------------------------------------------------------------------ optimiser

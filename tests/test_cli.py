@@ -239,6 +239,35 @@ def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
     assert all(a["prob"] >= b["prob"] for a, b in zip(top5, top5[1:])) and sum(t["prob"] for t in top5) <= 1 + 1e-5
 
 
+@pytest.mark.slow
+def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, index, tmp_path):
+    """A bad file alone in its batch crashed predict and lost the rest of the folder; now every file gets a line."""
+    import shutil
+
+    folder = tmp_path / "my clips"
+    folder.mkdir()
+    videos = sorted(index.rglob("*.mp4"))[:2]
+    shutil.copy(videos[0], folder / "a clip ü 1.mp4")  # spaces and non-ASCII in the name
+    (folder / "b broken.mp4").write_bytes(b"not a video at all")
+    shutil.copy(videos[1], folder / "c.mp4")
+    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    out = tmp_path / "predictions.jsonl"
+    result = ok(run_cli("predict", *run_args(index, tmp_path, "pred"), "--ckpt_path", ckpt, "--data.batch_size", "1",
+                        "--data.predict_path", str(folder), "--predict_writer.output", str(out)))
+    records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    assert sorted(records) == ["a clip ü 1.mp4", "b broken.mp4", "c.mp4"]
+    assert len(records["a clip ü 1.mp4"]["top5"]) == 5 and len(records["c.mp4"]["top5"]) == 5
+    assert "top5" not in records["b broken.mp4"] and records["b broken.mp4"]["error"]
+    assert "predicted 2 of 3 videos; 1 failed" in result.stdout + result.stderr
+
+    single = tmp_path / "single.jsonl"
+    result = ok(run_cli("predict", *run_args(index, tmp_path, "pred1"), "--ckpt_path", ckpt,
+                        "--data.predict_path", str(folder / "b broken.mp4"), "--predict_writer.output", str(single)))
+    (record,) = map(json.loads, single.read_text(encoding="utf-8").splitlines())
+    assert record["path"].endswith("b broken.mp4") and record["error"]
+    assert "predicted 0 of 1 videos; 1 failed" in result.stdout + result.stderr
+
+
 # ------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
