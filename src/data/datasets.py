@@ -214,6 +214,12 @@ class VideoClipDataset(Dataset):
                 info = probe(entry.path)
                 num_frames, fps = info.num_frames, info.fps
             if entry.segment is not None:
+                if not fps:
+                    raise DecodeError(
+                        entry.path,
+                        f"row {index} gives a segment {entry.segment} in seconds but the source has no frame rate "
+                        "(a JPEG-frame folder): remove start/end from the row or give its fps in the index",
+                    )
                 first = max(0, round((entry.start or 0.0) * fps))
                 last = num_frames if entry.end is None else min(num_frames, round(entry.end * fps))
                 num_frames = last - first
@@ -246,6 +252,9 @@ class VideoClipDataset(Dataset):
                 error = err
                 if "longer than decode_timeout" in err.reason or "does not exist" in err.reason:
                     break  # a hung or missing file will not recover on retry
+            except Exception as err:  # anything else about this row (a bad value, a decoder bug): same policy
+                error = row_error(entry.path, index, err)
+                break
         assert error is not None
         raise error
 
@@ -264,6 +273,7 @@ class VideoClipDataset(Dataset):
         for _ in range(self.max_substitutes + 1):
             try:
                 frames = self._decode_robustly(index, lambda n: self.sampler.train(n, rng), retry_same=True)
+                clips, labels = self._augment(frames, self.entries[index].label, seed, index)
                 break
             except DecodeError as err:
                 failures += 1
@@ -274,21 +284,27 @@ class VideoClipDataset(Dataset):
                 self.entries[index].path,
                 f"{self.max_substitutes + 1} videos in a row failed to decode: check the data root and the decoders",
             )
-        label = self.entries[index].label
-        clips, labels = [], []
-        for repeat in range(self.num_repeats):
-            # one decode, independent augmentations; torch's global RNG is restored afterwards
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(seed, repeat, 1))
-                clip, clip_label = self.train_transform(frames, label)
-            clips.append(clip)
-            labels.append(clip_label)
         return {
             "video": torch.stack(clips),
             "label": torch.tensor(labels, dtype=torch.long),
             "index": index,
             "decode_failures": failures,
         }
+
+    def _augment(self, frames: torch.Tensor, label: int, seed: int, index: int) -> tuple[list, list]:
+        """`num_repeats` augmentations of one decode; an error here is the row's failure (a DecodeError)."""
+        clips, labels = [], []
+        try:
+            for repeat in range(self.num_repeats):
+                # one decode, independent augmentations; torch's global RNG is restored afterwards
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed(seed, repeat, 1))
+                    clip, clip_label = self.train_transform(frames, label)
+                clips.append(clip)
+                labels.append(clip_label)
+        except Exception as err:
+            raise row_error(self.entries[index].path, index, err) from err
+        return clips, labels
 
     def _eval_item(self, index: int) -> dict:
         entry = self.entries[index]
@@ -301,12 +317,23 @@ class VideoClipDataset(Dataset):
 
         try:
             frames = self._decode_robustly(index, choose, retry_same=False)
+            position = {i: k for k, i in enumerate(sorted({i for clip in clips for i in clip}))}
+            try:
+                views = [self.eval_transform(frames[[position[i] for i in clip]]) for clip in clips]
+            except Exception as err:
+                raise row_error(entry.path, index, err) from err
         except DecodeError as err:
             log.warning("%s: skipping %s (%s)", self.mode, err.path, err.reason)
             return {"failed": True, "index": index, "path": str(entry.path), "reason": err.reason}
-        position = {i: k for k, i in enumerate(sorted({i for clip in clips for i in clip}))}
-        views = [self.eval_transform(frames[[position[i] for i in clip]]) for clip in clips]
         return {"failed": False, "video": torch.cat(views), "label": entry.label, "index": index, "path": str(entry.path)}
+
+
+def row_error(path: Path | str, index: int, err: BaseException) -> DecodeError:
+    """Any per-sample exception as a DecodeError naming the row, so the failure policy (count, substitute in
+    training, skip and list in evaluation) sees it instead of the DataLoader worker dying."""
+    if isinstance(err, DecodeError):
+        return err
+    return DecodeError(path, f"row {index}: {type(err).__name__}: {err}")
 
 
 def collate_train(samples: list[dict]) -> dict:

@@ -166,6 +166,53 @@ def test_evaluation_skips_broken_videos_and_writes_their_ids(tmp_path: Path, cap
     assert lines[0].split("\t")[1].endswith("test_bad_0_zero.mp4") and "empty" in lines[0]
 
 
+def _segment_on_frames_index(root: Path) -> Path:
+    """4 train / 3 val clips plus, in each split, a JPEG-frame folder row with start/end: frames have no fps,
+    and the row raised TypeError inside the DataLoader worker (before any DecodeError), killing the run."""
+    from tests.helpers.videos import write_test_frames
+
+    root.mkdir(parents=True)
+    write_test_frames(root / "frames_row", 12, (40, 48))
+    splits = {}
+    for split, count in (("train", 4), ("val", 3)):
+        rows = []
+        for i in range(count):
+            write_test_video(root / f"{split}_{i}.mp4", 12, (40, 48), fps=25)
+            rows.append(IndexRow(f"{split}_{i}.mp4", i % 3))
+        splits[split] = [*rows, IndexRow("frames_row", 1, start=0.5, end=1.5)]
+    write_index(root, dataset="tiny", classes=["a", "b", "c"], splits=splits, version="test")
+    return root
+
+
+@pytest.mark.timeout(300)
+def test_any_per_row_error_goes_through_the_failure_policy_in_real_workers(tmp_path: Path) -> None:
+    root = _segment_on_frames_index(tmp_path / "idx")
+    dm = VideoDataModule(root=str(root), max_failure_rate=1.0, **{**TINY, "num_workers": 2})
+    dm.failure_log_dir = tmp_path / "failures"
+    model = TinyClassifier(dm.num_classes)
+    tiny_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(model, datamodule=dm)
+    assert 4 not in set(model.seen["train"]) and model.decode_failures >= 1  # substituted and counted
+    assert model.failed["val"] == [3]  # skipped and listed
+    (line,) = (tmp_path / "failures" / "failed_val.txt").read_text().splitlines()
+    assert line.startswith("3\t") and "row 3" in line and "no frame rate" in line
+
+
+def test_an_unexpected_error_in_a_transform_names_the_row(tmp_path: Path) -> None:
+    from src.data.datasets import VideoClipDataset
+
+    root = build_index(tmp_path / "idx", train=2, val=1)
+    dm = VideoDataModule(root=str(root), **TINY)
+    dm.setup("validate")
+    dataset: VideoClipDataset = dm.datasets["val"]
+
+    def broken(frames):
+        raise ValueError("a transform bug")
+
+    dataset.eval_transform = broken
+    item = dataset[0]
+    assert item["failed"] and item["reason"] == "row 0: ValueError: a transform bug"
+
+
 def test_a_hung_decoder_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
     root = build_index(tmp_path / "idx", train=1, val=2, broken={"val": ["hang"]})
     try:
