@@ -91,6 +91,13 @@ def test_print_config_shows_the_ssv2_recipe_of_the_paper(capsys):
     assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (16, "segment", [1, 3], "off")
 
 
+@pytest.mark.parametrize("key", ["data.num_frames", "data.crop_size", "data.limit", "data.decode_timeout"])
+def test_zero_is_refused_at_parse_time_not_replaced_by_the_preset(capsys, key):
+    """0 used to run with the preset's value while config.yaml recorded 0 (or, for the timeout, fail every decode)."""
+    code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", f"--{key}", "0", "--print_config")
+    assert code != 0 and f'Parser key "{key}"' in err and "v>0" in err
+
+
 def test_unknown_keys_fail_at_parse_time_naming_the_key(capsys, tmp_path):
     code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", "--model.learning_rate", "0.1")
     assert code != 0 and "learning_rate" in err

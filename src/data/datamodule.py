@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -62,6 +63,22 @@ class EvalReport:
         return text
 
 
+POSITIVE = ("num_frames", "sampling_rate", "crop_size", "batch_size", "num_repeats", "decode_timeout", "limit",
+            "prefetch_factor", "eval_batch_size")
+
+
+def _check_ranges(arguments: dict) -> None:
+    """A value outside its range is an error naming the key, never silently replaced by the preset's."""
+    for name in POSITIVE:
+        value = arguments.get(name)
+        if value is not None and not value > 0:
+            raise ValueError(f"data.{name} must be > 0 (or null for the preset's value), got {value}")
+    if arguments["num_workers"] < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {arguments['num_workers']}")
+    if not 0 <= arguments["max_failure_rate"] <= 1:
+        raise ValueError(f"data.max_failure_rate must be in [0, 1], got {arguments['max_failure_rate']}")
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding and augmentation per worker; do not oversubscribe the cores
     forget_wakeup_fd()  # a forked worker must not report its own signals to the parent's hang guard
@@ -89,19 +106,19 @@ class VideoDataModule(LightningDataModule):
         self,
         root: str | None = None,
         preset: str = "synthetic",
-        num_frames: int | None = None,
+        num_frames: PositiveInt | None = None,
         sampling: str | None = None,
-        sampling_rate: int | None = None,
-        crop_size: int | None = None,
+        sampling_rate: PositiveInt | None = None,
+        crop_size: PositiveInt | None = None,
         test_views: tuple[int, int] | None = None,
         flip: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 2,
+        batch_size: PositiveInt = 8,
+        num_workers: NonNegativeInt = 2,
         backend: str = "decord",
-        num_repeats: int = 1,
-        max_failure_rate: float = 0.01,
-        decode_timeout: float | None = 30.0,
-        limit: int | None = None,
+        num_repeats: PositiveInt = 1,
+        max_failure_rate: ClosedUnitInterval = 0.01,
+        decode_timeout: PositiveFloat | None = 30.0,
+        limit: PositiveInt | None = None,
         predict_path: str | None = None,
         train_crop: str | None = None,
         crop_scale: tuple[float, float] | None = None,
@@ -111,17 +128,18 @@ class VideoDataModule(LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        eval_batch_size: int | None = None,
+        prefetch_factor: PositiveInt | None = None,
+        eval_batch_size: PositiveInt | None = None,
     ) -> None:
         super().__init__()
+        _check_ranges(locals())  # the CLI refuses these at parse time; this covers calls from Python
         p = get_preset(preset)
         self.preset = preset
         self.root = Path(root) if root else default_root(preset)
-        self.num_frames = num_frames or p.num_frames
+        self.num_frames = p.num_frames if num_frames is None else num_frames
         self.sampling = sampling or p.sampling
-        self.sampling_rate = sampling_rate or p.sampling_rate
-        self.crop_size = crop_size or p.crop_size
+        self.sampling_rate = p.sampling_rate if sampling_rate is None else sampling_rate
+        self.crop_size = p.crop_size if crop_size is None else crop_size
         self.test_views = tuple(test_views or p.test_views)
         self.flip = flip or p.flip
         self.train_crop = train_crop or p.train_crop
@@ -143,6 +161,7 @@ class VideoDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
         self.failure_log_dir: Path | None = None
+        self._warned_empty_val = False
         self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
         if len(self.test_views) != 2 or self.test_views[1] not in (1, 3) or self.test_views[0] < 1:
             raise ValueError(f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}")
@@ -277,8 +296,21 @@ class VideoDataModule(LightningDataModule):
         drop_last = len(sampler) > self.batch_size
         return self._loader(dataset, sampler, self.batch_size, collate_train, drop_last=drop_last)
 
-    def _eval_loader(self, split: str, predict: bool = False) -> DataLoader:
+    def _eval_loader(self, split: str, predict: bool = False) -> DataLoader | list:
         dataset = self._dataset(split)
+        if len(dataset) == 0 and not predict:
+            csv_file = self.root / f"{self._eval_split_name(split)}.csv"
+            fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+            if not (split == "val" and fitting):
+                raise IndexContractError(
+                    f"{csv_file} holds no videos (after data.limit and quarantine.txt): nothing to evaluate. "
+                    "Prepare the split again, or check the quarantine list"
+                )
+            if not self._warned_empty_val:
+                self._warned_empty_val = True
+                log.warning("%s holds no videos: training runs without validation (no val metrics, no best "
+                            "checkpoint; last.ckpt is still saved after every epoch)", csv_file)
+            return []
         rank, world = self._rank_world()
         clips, crops = self.test_views
         view_shape = (clips * crops, 3, self.num_frames, self.crop_size, self.crop_size)

@@ -297,3 +297,39 @@ def test_ddp_evaluation_scores_every_video_exactly_once(tmp_path: Path) -> None:
     per_rank = torch.load(out)
     assert [len(s) for s in per_rank] == [3, 4]
     assert sorted(per_rank[0] + per_rank[1]) == list(range(7)), "each video once, no padded duplicates"
+
+
+def _index_with_empty(root: Path, empty: str) -> Path:
+    """2 train clips, 2 in the other evaluation split, none in `empty` ("val" or "test")."""
+    root.mkdir(parents=True)
+    splits = {}
+    for split in ("train", "val", "test"):
+        rows = []
+        for i in range(0 if split == empty else 2):
+            write_test_video(root / f"{split}_{i}.mp4", 12, (40, 48), fps=25)
+            rows.append(IndexRow(f"{split}_{i}.mp4", i % 3))
+        splits[split] = rows
+    write_index(root, dataset="tiny", classes=["a", "b", "c"], splits=splits, version="test")
+    return root
+
+
+def test_fit_with_an_empty_validation_split_says_so_once_and_trains(tmp_path: Path, caplog) -> None:
+    dm = VideoDataModule(root=str(_index_with_empty(tmp_path / "idx", "val")), **TINY)
+    model = TinyClassifier(dm.num_classes)
+    with caplog.at_level("WARNING"):
+        tiny_trainer(tmp_path, max_epochs=2, num_sanity_val_steps=2).fit(model, datamodule=dm)
+    assert caplog.text.count("val.csv holds no videos: training runs without validation") == 1
+    assert model.seen["train"] and not model.seen.get("val")
+
+
+def test_testing_an_empty_split_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    root = _index_with_empty(tmp_path / "idx", "test")
+    dm = VideoDataModule(root=str(root), **TINY)
+    with pytest.raises(IndexContractError, match=r"test\.csv holds no videos"):
+        tiny_trainer(tmp_path).test(TinyClassifier(dm.num_classes), datamodule=dm)
+
+
+@pytest.mark.parametrize("name", ["num_frames", "crop_size", "limit", "decode_timeout", "batch_size"])
+def test_out_of_range_values_are_errors_not_the_presets_value(name: str) -> None:
+    with pytest.raises(ValueError, match=f"data.{name} must be > 0"):
+        VideoDataModule(**{**TINY, name: 0})
