@@ -93,13 +93,17 @@ class VideoClassifier(pl.LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         max_nonfinite_steps: int = 10,
+        ignore_class_mismatch: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(backbone, dict):
             backbone = BackboneConfig(**backbone)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-        self.save_hyperparameters()
+        # not a hyper-parameter of the model: kept out of checkpoints, whose hparams LightningCLI applies over
+        # the command line with --ckpt_path (a saved False would silently undo --model.ignore_class_mismatch)
+        self.save_hyperparameters(ignore=["ignore_class_mismatch"])
+        self.ignore_class_mismatch = ignore_class_mismatch
         self.hparams["backbone"] = asdict(backbone)  # plain dict: readable in hparams.yaml and checkpoints
 
         from src.models import build_model
@@ -151,6 +155,25 @@ class VideoClassifier(pl.LightningModule):
         if self.trainer.is_global_zero and log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{report}\n")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose class list differs from this run's (the index's classes.txt): its head
+        would score every video against the wrong names. `model.ignore_class_mismatch` overrides."""
+        trained = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+        if trained is None or self.ignore_class_mismatch:
+            return
+        trained, current = [str(c) for c in trained], list(self.class_names)
+        if trained == current:
+            return
+        first = next((i for i, (a, b) in enumerate(zip(trained, current)) if a != b), min(len(trained), len(current)))
+        mine = repr(trained[first]) if first < len(trained) else "(no class)"
+        theirs = repr(current[first]) if first < len(current) else "(no class)"
+        raise ValueError(
+            f"the checkpoint's class list differs from this run's ({len(trained)} vs {len(current)} classes from "
+            f"the index's classes.txt): first difference at label {first}: checkpoint {mine}, index {theirs}. "
+            "Per-class results would be wrong. Use the index the checkpoint was trained on, or pass "
+            "--model.ignore_class_mismatch true if the difference is intended (e.g. renamed classes)."
+        )
 
     def on_fit_start(self) -> None:
         """Print the effective global batch and the learning rate: the two numbers a recipe depends on."""

@@ -275,6 +275,22 @@ def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, inde
     assert "predicted 0 of 1 videos; 1 failed" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
+def test_a_checkpoint_tested_on_an_index_with_other_class_order_is_refused(fitted, index, tmp_path):
+    import shutil
+
+    other = tmp_path / "reordered"
+    shutil.copytree(index, other)
+    names = (other / "classes.txt").read_text().split("\n")
+    names[:2] = names[1::-1]  # the same names, the first two swapped
+    (other / "classes.txt").write_text("\n".join(names))
+    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    result = run_cli("test", *run_args(other, tmp_path, "swap"), "--ckpt_path", ckpt)
+    assert result.returncode != 0
+    assert "first difference at label 0: checkpoint 'move_right', index 'move_left'" in result.stderr, result.stderr[-3000:]
+    ok(run_cli("test", *run_args(other, tmp_path, "swap2"), "--ckpt_path", ckpt, "--model.ignore_class_mismatch", "true"))
+
+
 # ------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
