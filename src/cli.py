@@ -9,6 +9,7 @@ checkpoints/best-*.ckpt and last.ckpt, test reports). `--ckpt_path last` resumes
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
 from src.hang_guard import HangGuard
+from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
 from src.task import VideoClassifier
 
+log = logging.getLogger("lightning.pytorch").getChild("cli")
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -57,10 +60,20 @@ class VideoCLI(LightningCLI):
         parser.add_lightning_class_args(JsonLinesPredictionWriter, "predict_writer")
         parser.add_lightning_class_args(HangGuard, "hang_guard")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = str(find_last_checkpoint(config))
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check `ckpt_path` before anything reads it: `last` becomes the newest intact checkpoint
+        of the run, and a refused or corrupt file is an error naming it (not torch's traceback)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if subcommand else None
+        try:
+            if ckpt_path == "last":
+                config["ckpt_path"] = str(find_last_checkpoint(config))
+            elif ckpt_path:
+                load_checkpoint_file(ckpt_path, mmap=True)
+        except (CheckpointFileError, FileNotFoundError) as err:
+            parser.error(f"--ckpt_path: {err}")  # exit 2 with the message, no traceback
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with `hang_guard.collective_timeout` as the process-group timeout of a DDP strategy
@@ -99,7 +112,10 @@ def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:
 
 
 def find_last_checkpoint(config: Any) -> Path:
-    """The newest `last.ckpt` under `<logger save_dir>/<name>/version_*/checkpoints/` of this config."""
+    """The newest intact `last.ckpt` under `<logger save_dir>/<name>/version_*/checkpoints/` of this config.
+
+    A newest file that is truncated or corrupt (a write cut short by a full disk) is reported and skipped for
+    the newest intact checkpoint of the run's versions (last or best)."""
     logger = config.get("trainer.logger")
     init = getattr(logger, "init_args", None) or {}
     save_dir = Path(init.get("save_dir") or config.get("trainer.default_root_dir") or "runs")
@@ -111,7 +127,19 @@ def find_last_checkpoint(config: Any) -> Path:
             f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints/; "
             "give a checkpoint path or check trainer.logger.init_args.save_dir / name"
         )
-    return candidates[-1]
+    newest = candidates[-1]
+    fallbacks = sorted(root.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in fallbacks:
+        try:
+            load_checkpoint_file(candidate, mmap=True)
+        except CheckpointFileError as err:
+            log.warning("--ckpt_path last: skipping %s", err)
+            continue
+        if candidate != newest:
+            log.warning("--ckpt_path last: %s is corrupt; resuming from the newest intact checkpoint %s instead",
+                        newest, candidate)
+        return candidate
+    raise CheckpointFileError(f"--ckpt_path last: no intact checkpoint under {root}/version_*/checkpoints/")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True, model_class: type = VideoClassifier) -> VideoCLI:

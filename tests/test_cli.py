@@ -325,11 +325,46 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(in
     assert resumed["epoch"] == 2
 
 
-def test_ckpt_path_last_without_a_previous_run_names_where_it_looked(index, tmp_path):
-    from src.cli import cli_main
+def test_ckpt_path_last_without_a_previous_run_names_where_it_looked(index, tmp_path, capsys):
+    code, _, err = parse_only(capsys, "fit", *run_args(index, tmp_path, "fresh"), "--ckpt_path", "last")
+    assert code != 0 and re.search(r"no last.ckpt under .*fresh", err)
 
-    with pytest.raises(FileNotFoundError, match=r"no last.ckpt under .*fresh"):
-        cli_main(["fit", *run_args(index, tmp_path, "fresh"), "--ckpt_path", "last"])
+
+@pytest.mark.slow
+def test_a_refused_or_truncated_ckpt_path_is_named_with_the_fix(fitted, index, tmp_path):
+    good = fitted / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    result = run_cli("test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(truncated))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{truncated}: truncated or corrupt" in result.stderr
+
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "hook": Path("/")}, hostile)  # a pickled object: loading it would run code
+    result = run_cli("test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(hostile))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{hostile}: refused by the safe checkpoint loader" in result.stderr and "PosixPath" in result.stderr
+    assert "weights_only=False" not in result.stderr  # never suggest turning the protection off
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_skips_a_corrupt_newest_last_ckpt(fitted, index, tmp_path):
+    import shutil
+
+    older = tmp_path / "resume" / "version_0" / "checkpoints"
+    newer = tmp_path / "resume" / "version_1" / "checkpoints"
+    older.mkdir(parents=True)
+    newer.mkdir(parents=True)
+    shutil.copy(fitted / "checkpoints" / "last.ckpt", older / "last.ckpt")
+    time.sleep(0.05)
+    (newer / "last.ckpt").write_bytes((older / "last.ckpt").read_bytes()[:4096])  # a save cut short by a full disk
+    result = ok(run_cli("fit", *run_args(index, tmp_path, "resume", "version_2"), "--ckpt_path", "last",
+                        "--trainer.max_epochs", "3"))
+    assert f"{newer / 'last.ckpt'} is corrupt; resuming from the newest intact checkpoint {older / 'last.ckpt'}" in (
+        result.stdout + result.stderr)
+    resumed = torch.load(tmp_path / "resume" / "version_2" / "checkpoints" / "last.ckpt", weights_only=False,
+                         map_location="cpu")
+    assert resumed["global_step"] == 12  # the 8 steps of the intact checkpoint + one more epoch of 4
 
 
 # ------------------------------------------------------------------------------------- DDP on CPU

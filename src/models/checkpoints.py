@@ -12,9 +12,14 @@ checkpoint from the internet must not be able to run code.
 
 from __future__ import annotations
 
+import argparse
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +67,43 @@ class LoadReport:
         return "\n".join(lines)
 
 
+# Python classes a checkpoint may hold besides tensors and containers: the official UniFormer image training
+# script stores its `args` (an argparse.Namespace of plain values) in every checkpoint. Nothing broader.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that is refused (it holds code objects) or cannot be read (truncated, corrupt)."""
+
+
+def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` with `SAFE_GLOBALS` allowed and errors that name the file and the fix.
+
+    A file that holds other Python objects is refused, never loaded with the protection off (unpickling them can
+    run code from the file); a truncated or corrupt file says so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"a Python object of type {found.group(1)}" if found else "Python objects other than tensors"
+        raise CheckpointFileError(
+            f"{path}: refused by the safe checkpoint loader: it holds {what}, which loading would have to execute. "
+            "Re-save only its tensors where it was made, e.g. torch.save({'state_dict': model.state_dict()}, "
+            "'clean.ckpt'), and use that file."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0].split(". ")[0][:200] if str(err) else type(err).__name__
+        raise CheckpointFileError(
+            f"{path}: truncated or corrupt ({reason}); not a complete checkpoint. Use another checkpoint of the "
+            "run (checkpoints/best-*.ckpt, last.ckpt) or save it again."
+        ) from None
+
+
 def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], str]:
     """The flat tensor state dict of a checkpoint file or dict, with containers and prefixes removed."""
     label = "<dict>"
@@ -70,13 +112,7 @@ def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], st
         if not path.is_file():
             raise FileNotFoundError(f"load_pretrained: checkpoint {path} does not exist; pass a .pth/.ckpt file")
         label = str(path)
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # weights_only refuses pickled code: say so plainly
-            raise ValueError(
-                f"load_pretrained: cannot read {path} as a weights-only checkpoint ({err}); "
-                "re-save it as a plain state dict of tensors"
-            ) from err
+        source = load_checkpoint_file(path)
     state = dict(source)
     for key in _CONTAINER_KEYS:
         if key in state and isinstance(state[key], Mapping):

@@ -102,7 +102,22 @@ def test_head_is_remapped_by_class_name():
 def test_checkpoints_are_read_weights_only(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "hook": Path("/")}, path)  # a pickled non-tensor object
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="refused by the safe checkpoint loader: it holds a Python object of type"):
         load_pretrained(build_model("structvit_xs"), path)
     with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
         load_pretrained(build_model("structvit_xs"), tmp_path / "missing.pth")
+
+
+def test_the_official_uniformer_args_namespace_is_allowed_and_nothing_broader(tmp_path):
+    """UniFormer's image training script saves `args: argparse.Namespace` beside the model."""
+    import argparse
+
+    model = build_model("structvit_xs")
+    path = tmp_path / "uniformer_official.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(lr=1e-3, model="uniformer_small")}, path)
+    report = load_pretrained(build_model("structvit_xs"), path)
+    assert report.clean
+    other = tmp_path / "other.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.FileType("r")}, other)
+    with pytest.raises(ValueError, match="argparse.FileType"):
+        load_pretrained(build_model("structvit_xs"), other)
