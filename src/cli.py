@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
+from src.checkpoint_io import AtomicCheckpointIO
 from src.hang_guard import HangGuard
 from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
 from src.task import VideoClassifier
@@ -80,6 +81,8 @@ class VideoCLI(LightningCLI):
         named by a string (`ddp`, `ddp_spawn`, ...) or chosen by `auto`; a strategy given as a class keeps its
         own `timeout`."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config.get("trainer", {}).get("plugins") is None and "plugins" not in kwargs:
+            kwargs["plugins"] = [AtomicCheckpointIO()]  # checkpoints written beside their target, renamed into place
         guard = config.get("hang_guard")
         strategy = config.get("trainer", {}).get("strategy", "auto")
         if guard is None or "strategy" in kwargs or not isinstance(strategy, str):

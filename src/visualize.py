@@ -592,13 +592,13 @@ def load_model(
         model = build_model(model_name, num_classes=num_classes or 400, **overrides)
         return LoadedModel(model.eval(), model_name, None, None, None)
 
-    from src.models.checkpoints import load_pretrained, read_state_dict
+    from src.models.checkpoints import load_checkpoint_file, load_pretrained, read_state_dict
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
     try:
-        payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+        payload = load_checkpoint_file(ckpt)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise ValueError(f"--ckpt {ckpt}: cannot be read as a PyTorch checkpoint ({err})") from err
     hparams = payload.get("hyper_parameters", {}) if isinstance(payload, dict) else {}
