@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import re
 import shutil
@@ -25,14 +26,19 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from data_prep.download import DownloadItem, download
+
+log = logging.getLogger(__name__)
+
 
 class ExtractError(RuntimeError):
     """An archive that was refused or could not be read; names the archive, the member and the reason."""
 
-    def __init__(self, archive: str | Path, reason: str, member: str | None = None):
+    def __init__(self, archive: str | Path, reason: str, member: str | None = None, corrupt: bool = False):
         where = f" (member {member!r})" if member else ""
         super().__init__(f"{archive}{where}: {reason}")
         self.archive, self.member, self.reason = str(archive), member, reason
+        self.corrupt = corrupt  # truncated or unreadable (a new download may help), not refused as hostile
 
 
 class MultiPartReader(io.RawIOBase):
@@ -209,6 +215,7 @@ def safe_extract(archive: Path | Sequence[Path], dest: Path, *, progress: bool =
         raise ExtractError(
             label,
             f"truncated or corrupt archive ({type(err).__name__}: {err}); nothing was extracted, download it again",
+            corrupt=True,
         ) from err
     try:
         _check_destinations(label, tmp, dest)
@@ -219,3 +226,38 @@ def safe_extract(archive: Path | Sequence[Path], dest: Path, *, progress: bool =
     shutil.rmtree(tmp, ignore_errors=True)
     marker.write_text(f"{count} files\n", encoding="utf-8")
     return count
+
+
+def extract_downloads(jobs: Sequence[tuple[DownloadItem, Path]], *, delete_archives: bool = False, **download_kw) -> None:
+    """Extract each downloaded archive `item.dest` into its folder; one that turns out truncated or corrupt is
+    deleted and fetched again once. An archive still bad after that is deleted too (a re-run, once the mirror is
+    fixed, fetches it afresh instead of reusing it) and, after all the others are extracted, one ExtractError
+    lists every bad part. Hostile archives stop at once."""
+    bad: list[str] = []
+    for item, folder in jobs:
+        archive = Path(item.dest)
+        try:
+            try:
+                safe_extract(archive, folder)
+            except ExtractError as err:
+                if not err.corrupt:
+                    raise
+                log.warning("%s; fetching %s again", err, item.url)
+                archive.unlink(missing_ok=True)
+                download(item, **download_kw)
+                safe_extract(archive, folder)
+        except ExtractError as err:
+            if not err.corrupt:
+                raise
+            archive.unlink(missing_ok=True)
+            bad.append(f"{item.url} ({err.reason})")
+            continue
+        if delete_archives:
+            archive.unlink(missing_ok=True)
+    if bad:
+        raise ExtractError(
+            "download",
+            f"{len(bad)} archive(s) truncated or corrupt even after a fresh download (deleted, so a re-run fetches "
+            "them again once the mirror serves them whole):\n  " + "\n  ".join(bad),
+            corrupt=True,
+        )

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from data_prep.common import Item, add_common_args, finish_index, setup_logging, transcode_items
 from data_prep.download import DownloadError, DownloadItem, download, download_many
-from data_prep.extract import safe_extract
+from data_prep.extract import extract_downloads
 
 log = logging.getLogger("data_prep.kinetics")
 SPLITS = ("train", "val", "test")
@@ -139,15 +139,10 @@ def prepare(
             log.warning("%s; continuing without the replacement videos (or pass --no-replacement)", err)
             replacement = False
 
-    for split, paths in archives.items():
-        for path in paths:
-            safe_extract(path, out / "videos" / split)
-            if delete_archives:
-                path.unlink(missing_ok=True)
+    jobs = [(item, out / "videos" / Path(item.dest).parent.name) for item in pending]
     if replacement and "train" in splits:
-        safe_extract(replacement_archive, out / "videos" / "replacement")
-        if delete_archives:
-            replacement_archive.unlink(missing_ok=True)
+        jobs.append((DownloadItem(f"{base}/{REPLACEMENT}", replacement_archive), out / "videos" / "replacement"))
+    extract_downloads(jobs, delete_archives=delete_archives, **kw)
 
     split_items: dict[str, list[Item]] = {}
     label_of = {name: i for i, name in enumerate(classes)}

@@ -258,3 +258,22 @@ def test_archives_that_together_escape_the_target_write_nothing_outside(mirror, 
     assert (outside / "pwned").read_text() == "original"
     assert not list(out.rglob("pwned"))
     assert not [p for p in out.rglob("*") if p.is_symlink()]
+
+
+def test_truncated_parts_are_fetched_again_listed_together_and_not_reused_after_the_mirror_is_fixed(mirror, tmp_path):
+    www = tmp_path / "www" / "train"
+    whole = {name: (www / name).read_bytes() for name in ("part_0.tar.gz", "part_1.tar.gz")}
+    for name, data in whole.items():  # the mirror serves both parts cut short (Content-Length matches)
+        (www / name).write_bytes(data[: len(data) // 2])
+    out = tmp_path / "k400"
+    args = ["--out", str(out), "--base-url", mirror.url, "--workers", "1", "--quiet"]
+    with pytest.raises(Exception, match=r"2 archive\(s\) truncated or corrupt") as err:
+        kinetics.main(args)
+    assert "train/part_0.tar.gz" in str(err.value) and "train/part_1.tar.gz" in str(err.value)
+    fetched = [path for path, _ in mirror.requests if path == "/train/part_0.tar.gz"]
+    assert len(fetched) == 2  # the bad download was verified by extraction and fetched again once
+
+    for name, data in whole.items():  # the mirror is fixed
+        (www / name).write_bytes(data)
+    assert kinetics.main(args) == 0
+    assert (out / "train.csv").read_text().count("\n") >= 3
