@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data_prep.common import Item, add_common_args, finish_index, setup_logging
 from data_prep.download import DownloadItem, download_many
-from data_prep.extract import safe_extract
+from data_prep.extract import extract_downloads, safe_extract
 
 log = logging.getLogger("data_prep.diving48")
 ARCHIVE = "Diving48_rgb.tar.gz"
@@ -96,7 +96,9 @@ def prepare(
     classes = parse_vocab(json.loads((source / VOCAB).read_text(encoding="utf-8")))
     if len(classes) != 48:
         log.warning("%s has %d classes (Diving-48 has 48)", source / VOCAB, len(classes))
-    if not extracted:
+    if not extracted and base_url:  # a download that turns out truncated is fetched again, then reported
+        extract_downloads([(DownloadItem(f"{base_url.rstrip('/')}/{ARCHIVE}", source / ARCHIVE), out / "videos")])
+    elif not extracted:
         safe_extract(source / ARCHIVE, out / "videos", progress=progress)
     videos = out / "videos" / "rgb"
     rows = {
