@@ -60,9 +60,31 @@ def parse_annotations(text: str, source: str = "annotations") -> list[dict]:
     return rows
 
 
+CANONICAL_CLASSES = Path(__file__).with_name("k400_classes.txt")  # the 400 names of the official annotations, sorted
+
+
+def canonical_classes() -> list[str]:
+    """Kinetics-400's 400 class names in the official label order (alphabetical), shipped with data_prep."""
+    return CANONICAL_CLASSES.read_text(encoding="utf-8").splitlines()
+
+
 def class_list(annotations: dict[str, list[dict]]) -> list[str]:
-    """All label names of the labelled splits, alphabetical (the K400 convention: 400 classes)."""
+    """All label names of the labelled splits, alphabetical (the names that occur, not the label order)."""
     return sorted({r["label"] for rows in annotations.values() for r in rows if r["label"] is not None})
+
+
+def check_classes(annotations: dict[str, list[dict]], classes: list[str], source: str) -> list[str]:
+    """Refuse label names outside Kinetics-400's list; return the canonical classes no annotation row uses."""
+    found = class_list(annotations)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{source}: {len(unknown)} label(s) not among Kinetics-400's 400 classes ({CANONICAL_CLASSES.name}): "
+            + ", ".join(repr(u) for u in unknown[:10])
+            + (" ..." if len(unknown) > 10 else "")
+            + ". These are not Kinetics-400 annotations (Kinetics-600/700?), or the file is damaged"
+        )
+    return sorted(set(classes) - set(found))
 
 
 def parse_url_list(text: str) -> list[str]:
@@ -113,9 +135,12 @@ def prepare(
             DownloadItem(f"{base}/annotations/{split}.csv", downloads / "annotations" / f"{split}.csv"), **kw
         )
         annotations[split] = parse_annotations(path.read_text(encoding="utf-8"), str(path))
-    classes = class_list(annotations)
-    if len(classes) != 400:
-        log.warning("found %d classes in the annotations (Kinetics-400 has 400)", len(classes))
+    # labels always index the canonical list: a partial mirror keeps the official label ids (and a K400 head)
+    classes = canonical_classes()
+    absent = check_classes(annotations, classes, str(downloads / "annotations"))
+    if absent:
+        log.warning("%d of the 400 classes have no annotated video in %s (kept, with their official label ids): %s",
+                    len(absent), ", ".join(splits), ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""))
 
     archives: dict[str, list[Path]] = {}
     items = []
@@ -180,7 +205,7 @@ def prepare(
         workers=workers,
         progress=progress,
         failed=failed,
-        extra={"source": base},
+        extra={"source": base, "classes_without_videos": absent},
     )
 
 

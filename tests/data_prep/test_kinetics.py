@@ -103,7 +103,10 @@ def test_prepare_k400_builds_the_index_and_reports_the_missing_video(mirror, tmp
     out = tmp_path / "k400"
     assert kinetics.main(["--out", str(out), "--base-url", mirror.url, "--workers", "2", "--quiet"]) == 0
     index = _index(out)
-    assert index["files"]["classes.txt"].splitlines() == sorted(CLASSES)
+    official = kinetics.canonical_classes()
+    assert index["files"]["classes.txt"].splitlines() == official  # always the 400, whatever the mirror holds
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["classes_without_videos"]) == sorted(set(official) - set(CLASSES))
     assert index["counts"] == {"train": 4, "val": 2, "test": 1}
     probe = json.loads((out / "manifest.json").read_text())["probe"]
     assert probe == {"probed": 7, "codecs": {"h264": 7}, "sizes": {"64x48": 7}, "fps": {"25.0": 7}}
@@ -112,8 +115,9 @@ def test_prepare_k400_builds_the_index_and_reports_the_missing_video(mirror, tmp
     assert "train: 4 indexed, 1 missing" in capsys.readouterr().out
     train = index["files"]["train.csv"].splitlines()
     assert train[0] == "path,label,num_frames,fps"
-    assert "videos/train/part_0/-b6gqj_mZOs_000009_000019.mp4,1,24,25" in train
-    assert "videos/replacement/replacement/fixedXYZ123_000000_000010.mp4,1,24,25" in train  # the fixed copy
+    football = official.index("passing American football (in game)")  # the official label id, not 1 of 3
+    assert f"videos/train/part_0/-b6gqj_mZOs_000009_000019.mp4,{football},24,25" in train
+    assert f"videos/replacement/replacement/fixedXYZ123_000000_000010.mp4,{football},24,25" in train  # the fixed copy
     assert index["files"]["test.csv"].splitlines()[1].endswith(",-1,24,25")  # no label column: -1
     # every indexed path exists relative to the index folder
     for split in ("train", "val", "test"):
@@ -277,3 +281,16 @@ def test_truncated_parts_are_fetched_again_listed_together_and_not_reused_after_
         (www / name).write_bytes(data)
     assert kinetics.main(args) == 0
     assert (out / "train.csv").read_text().count("\n") >= 3
+
+
+def test_the_shipped_class_list_is_the_official_400(real_annotations):
+    shipped = kinetics.canonical_classes()
+    assert len(shipped) == 400 == len(set(shipped)) and shipped == sorted(shipped)
+    assert shipped == (real_annotations / "k400_classes.txt").read_text().splitlines()
+
+
+def test_labels_outside_kinetics_400_are_an_error_naming_them(mirror, tmp_path):
+    annotations = tmp_path / "www" / "annotations" / "val.csv"
+    annotations.write_text(annotations.read_text() + "dancing the robot,zzzzzzzzzzz,0,10,val,0\n")
+    with pytest.raises(ValueError, match=r"1 label\(s\) not among Kinetics-400's 400 classes.*'dancing the robot'"):
+        kinetics.main(["--out", str(tmp_path / "k400"), "--base-url", mirror.url, "--workers", "1", "--quiet"])
