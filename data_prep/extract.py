@@ -126,7 +126,7 @@ def _check_destinations(label: str, src: Path, dest: Path) -> None:
 
 def _move_tree(src: Path, dest: Path) -> None:
     """Move the content of `src` into `dest`, replacing files of the same name (destinations checked first)."""
-    for root, dirs, files in os.walk(src):
+    for root, _dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
