@@ -106,16 +106,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _check_destinations(label: str, src: Path, dest: Path) -> None:
     """Refuse the whole archive if any member would land outside `dest` once links already in `dest` are
-    followed (left by an earlier archive, or by anything else)."""
+    followed (left by an earlier archive, or by anything else). Folders are what a write goes through, so each
+    folder of the archive is resolved (SSv1 has 11 M files but 110 k folders); a file itself is replaced by an
+    atomic rename, which replaces a link of the same name instead of following it."""
     root = Path(os.path.realpath(dest))
-    for current, dirs, files in os.walk(src):
+    for current, dirs, _files in os.walk(src):
         rel = Path(current).relative_to(src)
-        for name in [*dirs, *files]:
+        for name in dirs:
             member = rel / name
-            if (Path(current) / name).is_symlink():
-                raise ExtractError(label, "symbolic link refused", str(member))
             target = dest / member
-            if not _inside(target.parent, root) or not _inside(target, root):
+            if not _inside(target, root):
                 raise ExtractError(
                     label,
                     f"would be written through a link to {os.path.realpath(target)}, outside the target {root}; "
