@@ -111,11 +111,8 @@ class HangGuard(Callback):
             self._previous_handler = signal.signal(signal.SIGTERM, self._record_sigterm)
 
     def _record_sigterm(self, signum: int, frame: object) -> None:
-        if not self._sigterm and self._launcher is not None:  # the ranks this process started get it too
-            try:
-                self._launcher.kill(signum)
-            except (OSError, AttributeError, NotImplementedError):
-                pass
+        if not self._sigterm:
+            self._signal_started_ranks(signum)  # the ranks this process started get it too
         self._sigterm = True
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int) -> None:
@@ -161,14 +158,15 @@ class HangGuard(Callback):
                 "the last checkpoint with --ckpt_path last.\n"
             )
             sys.stderr.flush()
-            self._end_started_ranks()
+            self._signal_started_ranks(signal.SIGKILL)
 
-    def _end_started_ranks(self) -> None:
-        """SIGKILL the ranks this process launched (`--trainer.devices N` without torchrun): a rank left waiting
-        for a collective that will never come would keep the allocation (torchrun does this for its own)."""
+    def _signal_started_ranks(self, signum: int) -> None:
+        """Send `signum` to the ranks this process launched (`--trainer.devices N` without torchrun). SIGKILL
+        ends them when this process gives up: a rank left waiting for a collective that will never come would
+        keep the allocation (torchrun does this for its own)."""
         if self._launcher is not None:
             try:
-                self._launcher.kill(signal.SIGKILL)
+                self._launcher.kill(signum)
             except (OSError, AttributeError, NotImplementedError):
                 pass
 
@@ -196,5 +194,5 @@ class HangGuard(Callback):
             "(hang_guard.signal_grace sets this delay.)\n"
         )
         sys.stderr.flush()
-        self._end_started_ranks()
+        self._signal_started_ranks(signal.SIGKILL)
         os._exit(128 + signum)

@@ -51,6 +51,15 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
     return output
 
 
+def wait_or_fail(proc: subprocess.Popen, timeout: float, what: str, output: list[str]) -> None:
+    """Wait for `proc` whose output another thread collects; on a hang kill its process group and fail."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{what}\n" + "".join(output)[-4000:])
+
+
 def succeed(proc: subprocess.Popen, timeout: float = 240) -> str:
     output = finish(proc, timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{output[-5000:]}"
@@ -205,11 +214,7 @@ def test_sigterm_while_blocked_in_a_collective_ends_the_run_with_a_message(index
     time.sleep(3)  # rank 0 is now waiting in a collective for rank 1
     signalled = time.time()
     os.killpg(proc.pid, signal.SIGTERM)  # as SLURM and torchrun do: every process of the job
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("SIGTERM did not end the blocked run\n" + "".join(lines)[-4000:])
+    wait_or_fail(proc, 60, "SIGTERM did not end the blocked run", lines)
     reader.join(timeout=10)
     output = "".join(lines)
     assert time.time() - signalled < 30
@@ -244,11 +249,7 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step_and_resumes_there(
 
     reader = threading.Thread(target=watch, daemon=True)
     reader.start()
-    try:
-        proc.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the SIGTERM'd run did not end\n" + "".join(buffer)[-4000:])
+    wait_or_fail(proc, 300, "the SIGTERM'd run did not end", buffer)
     reader.join(timeout=10)
     output = "".join(buffer)
     assert hit.is_set(), output[-3000:]
