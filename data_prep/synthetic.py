@@ -35,10 +35,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 
+from data_prep import dots
+from data_prep.dots import render_dots
 from data_prep.index import SPLITS, IndexRow, write_index
 
 DATASET = "synthetic"
@@ -46,6 +49,13 @@ GENERATOR_VERSION = "2"  # bump when the rendering changes, so cached folders ar
 FPS = 8
 CRF = 18  # near-lossless at this size; keeps colours and edges clean for the tiny models
 PRESET = "ultrafast"  # x264: 40% less encoding time than veryfast, faster decoding (no CABAC), 2x larger
+
+Task = Literal["shapes", "dots"]
+TASKS: tuple[str, ...] = ("shapes", "dots")
+# the dots task: an 8x8 grid, encoded losslessly (4:4:4 chroma, CRF 0) so that no dot bleeds into its neighbours
+DOTS_GRID = 8
+DOTS_CRF = 0
+DOTS_PIX_FMT = "yuv444p"
 
 CLASSES: tuple[str, ...] = (
     "move_right", "move_left",
@@ -381,17 +391,17 @@ def render_clip(class_index: int, rng: np.random.Generator, frames: int = 16, si
 # ----------------------------------------------------------------------------------------------- files
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) mp4, through a temporary file and a rename."""
+def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS, crf: int = CRF, pix_fmt: str = "yuv420p") -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 mp4, through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     container = av.open(str(tmp), mode="w", format="mp4")
     try:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         # one encoder thread: the workers already fill the cores, and x264 is bit-exact with one thread
-        stream.options = {"crf": str(CRF), "preset": PRESET, "threads": "1"}
+        stream.options = {"crf": str(crf), "preset": PRESET, "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -415,10 +425,16 @@ class _Job:
     path: str  # relative to the index folder
 
 
-def _run_job(job: _Job, out_dir: str, frames: int, size: int, seed: int) -> tuple[_Job, str | None]:
+def _run_job(job: _Job, out_dir: str, frames: int, size: int, seed: int, task: str = "shapes"
+             ) -> tuple[_Job, str | None]:
     """Render and encode one clip; returns the job and an error message or None."""
     try:
-        write_mp4(Path(out_dir) / job.path, render_clip(job.label, clip_rng(seed, job.split, job.row), frames, size))
+        rng = clip_rng(seed, job.split, job.row)
+        if task == "dots":
+            clip = render_dots(job.label, rng, frames=frames, grid=DOTS_GRID, cell=size // DOTS_GRID)
+            write_mp4(Path(out_dir) / job.path, clip, crf=DOTS_CRF, pix_fmt=DOTS_PIX_FMT)
+        else:
+            write_mp4(Path(out_dir) / job.path, render_clip(job.label, rng, frames, size))
         return job, None
     except Exception as exc:  # recorded in the manifest's failed list, never silently dropped
         return job, f"{type(exc).__name__}: {exc}"
@@ -428,8 +444,12 @@ def _star_run_job(args: tuple) -> tuple[_Job, str | None]:
     return _run_job(*args)
 
 
-def _generation_options(**sizes: int) -> dict:
+def _generation_options(task: str = "shapes", **sizes: int) -> dict:
     """Everything the clips depend on; recorded in the manifest and compared for the cache."""
+    if task == "dots":
+        return {"task": "dots", **sizes, "fps": FPS, "codec": "h264", "crf": DOTS_CRF, "pix_fmt": DOTS_PIX_FMT,
+                "preset": PRESET, "grid": DOTS_GRID, "generator_version": GENERATOR_VERSION}
+    # the moving-shapes options carry no "task" key, so folders generated before the dots task stay cached
     return {**sizes, "fps": FPS, "codec": "h264", "crf": CRF, "preset": PRESET,
             "generator_version": GENERATOR_VERSION}
 
@@ -472,6 +492,7 @@ def generate_dataset(
     workers: int = 1,
     force: bool = False,
     progress: bool = False,
+    task: Task = "shapes",
 ) -> dict:
     """Generate the synthetic motion benchmark into `out_dir` (index contract) and return its manifest.
 
@@ -479,21 +500,30 @@ def generate_dataset(
     Labels cycle through the classes, so every split is balanced to within one clip per class.
     `workers > 1` renders in spawned processes (safe beside torch threads); call it from code under an
     `if __name__ == "__main__":` guard, as `python -m data_prep.synthetic` does.
+    `task="dots"` writes random-dot kinematograms instead (`data_prep.dots`; 8 direction classes; `size` a
+    multiple of 8: an 8x8 grid of size/8-pixel dots), lossless (H.264 4:4:4, CRF 0: decoded pixels within
+    1 of the rendered ones), so the dots survive the codec.
     """
     out_dir = Path(out_dir)
     counts = {"train": train, "val": val, "test": test}
     for name, value in counts.items():
         if value < 0:
             raise ValueError(f"--{name} must be >= 0, got {value}")
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     if size % 2 or size < 16:
         raise ValueError(f"--size must be even and >= 16 (H.264 yuv420p needs even sides), got {size}")
+    if task == "dots" and size % DOTS_GRID:
+        raise ValueError(f"--size must be a multiple of {DOTS_GRID} for --task dots (an {DOTS_GRID}x{DOTS_GRID} "
+                         f"grid of dots), got {size}")
     if frames < 2:
         raise ValueError(f"--frames must be >= 2 to show motion, got {frames}")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0 (numpy seeds are non-negative), got {seed}")
-    options = _generation_options(train=train, val=val, test=test, frames=frames, size=size, seed=seed)
+    options = _generation_options(task, train=train, val=val, test=test, frames=frames, size=size, seed=seed)
+    classes, pairs = (dots.CLASSES, dots.REVERSED_PAIRS) if task == "dots" else (CLASSES, REVERSED_PAIRS)
     if not force:
         cached = _cached_manifest(out_dir, options)
         if cached is not None:
@@ -505,11 +535,11 @@ def generate_dataset(
     for split, n in counts.items():
         (out_dir / clips_dir / split).mkdir(parents=True, exist_ok=True)
         for row in range(n):
-            label = row % len(CLASSES)
-            jobs.append(_Job(split, row, label, f"{clips_dir}/{split}/{row:05d}_{CLASSES[label]}.mp4"))
+            label = row % len(classes)
+            jobs.append(_Job(split, row, label, f"{clips_dir}/{split}/{row:05d}_{classes[label]}.mp4"))
 
     start = time.perf_counter()
-    args = [(job, str(out_dir), frames, size, seed) for job in jobs]
+    args = [(job, str(out_dir), frames, size, seed, task) for job in jobs]
     results: dict[_Job, str | None] = {}
     if workers == 1:
         stream = map(_star_run_job, args)
@@ -537,9 +567,9 @@ def generate_dataset(
             failed.setdefault(job.split, []).append({"id": job.path, "reason": results[job]})
     _remove_stale_clips(out_dir, keep=clips_dir)
     return write_index(
-        out_dir, dataset=DATASET, classes=CLASSES, splits=splits, version=GENERATOR_VERSION, failed=failed,
+        out_dir, dataset=DATASET, classes=classes, splits=splits, version=GENERATOR_VERSION, failed=failed,
         extra={
-            "reversed_pairs": [list(pair) for pair in REVERSED_PAIRS],
+            "reversed_pairs": [list(pair) for pair in pairs],
             "generation": options,
             "generation_seconds": round(seconds, 2),
             "generation_workers": workers,
@@ -566,13 +596,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same clips (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching cache exists")
+    parser.add_argument("--task", choices=TASKS, default="shapes",
+                        help="shapes: the moving-shapes benchmark (default); dots: random-dot kinematograms, "
+                             "a motion-only task (8 directions; e.g. --frames 4 --size 32)")
     a = parser.parse_args(argv)
-    options = _generation_options(train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size, seed=a.seed)
+    options = _generation_options(a.task, train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size,
+                                  seed=a.seed)
     start = time.perf_counter()
     try:
         cached = not a.force and _cached_manifest(a.out, options) is not None
         manifest = generate_dataset(a.out, train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size,
-                                    seed=a.seed, workers=a.workers, force=a.force, progress=True)
+                                    seed=a.seed, workers=a.workers, force=a.force, progress=True, task=a.task)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

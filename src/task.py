@@ -46,8 +46,11 @@ class BackboneConfig:
     kv_stride: S, the spatial stride of keys/values; drop_path_rate: stochastic depth;
     checkpoint_stages: stages (1..4) run under activation checkpointing; attn_fp32: attention in float32
     under mixed precision; stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions,
-    structvit_xs's default); num_frames / crop_size: input size, for the pytorchvideo baselines (x3d_m,
-    mvit_b_16x4) only, whose heads depend on it.
+    structvit_xs's default); struct_init: how StructSA's key/value filters start when training from scratch
+    ("shifted": D distinct delta taps, the default; "random"; "noisy_identity"; "identity": plain attention
+    exactly; BENCHMARKS.md "Motion" has the evidence); pos_embed: learned position embedding of
+    pure_attention_tiny ("none" / "learned"); num_frames / crop_size: input size, for the pytorchvideo
+    baselines (x3d_m, mvit_b_16x4) and pure_attention_tiny only, whose heads / embeddings depend on it.
     """
 
     variant: str = "structvit_s"
@@ -57,6 +60,8 @@ class BackboneConfig:
     checkpoint_stages: list[int] | None = None
     attn_fp32: bool | None = None
     stem: Literal["patch", "conv"] | None = None
+    struct_init: Literal["shifted", "random", "noisy_identity", "identity"] | None = None
+    pos_embed: Literal["none", "learned"] | None = None
     num_frames: int | None = None
     crop_size: int | None = None
 
@@ -81,6 +86,7 @@ class VideoClassifier(pl.LightningModule):
         class_names: list[str] | None = None,
         data_fingerprint: str = "",
         init_from: str | None = None,
+        init_struct_filters: Literal["identity", "shifted", "random", "noisy_identity"] = "identity",
         lr: float = 2e-4,
         min_lr: float = 1e-6,
         warmup_start_lr: float = 1e-6,
@@ -149,7 +155,8 @@ class VideoClassifier(pl.LightningModule):
             raise FileNotFoundError(f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null")
         from src.models.checkpoints import load_pretrained
 
-        report = load_pretrained(self.backbone, source, target_classes=self.class_names)
+        report = load_pretrained(self.backbone, source, target_classes=self.class_names,
+                                 struct_init=self.hparams.init_struct_filters)
         rank_zero_info(f"init_from {source}:\n{report}")
         log_dir = self.run_dir
         if self.trainer.is_global_zero and log_dir:

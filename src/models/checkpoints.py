@@ -5,8 +5,10 @@ Official UniFormer ImageNet checkpoints keep the weights under `model`, SlowFast
 are. 2-D kernels are inflated to 3-D (UniFormer's way: repeat over time and divide by the temporal size,
 or `centre`: the 2-D kernel at the central tap, zeros elsewhere). The classifier is dropped when the class
 count differs, or remapped row by row when both class lists are known. StructSA filters missing from the
-source (a plain-attention checkpoint) are set by `init_identity()`, so the network starts out computing
-exactly what the source computed (with S = 1). Files are read with `torch.load(weights_only=True)`: a
+source (a plain-attention checkpoint) are set by `struct_init`: "identity" (the default) makes the network
+start out computing exactly what the source computed (with S = 1); "shifted" keeps filter 0 the identity and
+starts the others at neighbouring taps (a start that breaks the symmetry of the D filters, at the cost of
+a function gap at step 0; BENCHMARKS.md "Motion"). Files are read with `torch.load(weights_only=True)`: a
 checkpoint from the internet must not be able to run code.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .structsa import StructSA
+from .structsa import STRUCT_INITS, StructSA
 
 _CONTAINER_KEYS = ("state_dict", "model_state", "model")
 _PREFIXES = ("backbone.", "model.", "module.")
@@ -43,7 +45,8 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     head_dropped: bool = False  # classifier left at its fresh init (class count differs)
     head_remapped: int | None = None  # classes copied by name when both class lists were given
-    identity_init: list[str] = field(default_factory=list)  # StructSA modules set by init_identity()
+    identity_init: list[str] = field(default_factory=list)  # StructSA modules whose filters the source lacked
+    struct_init: str = "identity"  # how those filters were set
 
     @property
     def clean(self) -> bool:
@@ -58,7 +61,7 @@ class LoadReport:
         if self.head_remapped is not None:
             lines.append(f"  head: {self.head_remapped} classes copied by name, the rest freshly initialised")
         if self.identity_init:
-            lines.append(f"  StructSA filters set to identity (source has none): {len(self.identity_init)} modules")
+            lines.append(f"  StructSA filters set to {self.struct_init} (source has none): {len(self.identity_init)} modules")
         for title, keys in (("missing", self.missing), ("unexpected (ignored)", self.unexpected)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else ""))
@@ -159,8 +162,14 @@ def load_pretrained(
     target_classes: list[str] | None = None,
     source_classes: list[str] | None = None,
     temporal_inflation: str = "average",
+    struct_init: str = "identity",
 ) -> LoadReport:
-    """Load a checkpoint into model (in place) and return the report of what was loaded, inflated or left out."""
+    """Load a checkpoint into model (in place) and return the report of what was loaded, inflated or left out.
+
+    `struct_init` sets the StructSA filters the source lacks (see the module docstring and `STRUCT_INITS`).
+    """
+    if struct_init not in STRUCT_INITS:
+        raise ValueError(f"load_pretrained: struct_init={struct_init!r}; use one of {', '.join(STRUCT_INITS)}")
     if temporal_inflation not in _INFLATIONS:
         raise ValueError(f"load_pretrained: temporal_inflation={temporal_inflation!r}; use 'average' or 'centre'")
     state, label = read_state_dict(source)
@@ -189,13 +198,14 @@ def load_pretrained(
         report.loaded.append(key)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in new_state.items()}, strict=False)
 
-    # StructSA filters the source lacks: start from the identity, i.e. from what the source computed.
+    # StructSA filters the source lacks: by default the identity, i.e. what the source computed.
     for name, module in model.named_modules():
         if isinstance(module, StructSA) and module.k_struct is not None:
             keys = [f"{name}.k_struct.weight", f"{name}.v_struct.weight"]
             if not any(k in new_state for k in keys):
-                module.init_identity()
+                module.reset_struct_parameters(struct_init)
                 report.identity_init.append(name)
+    report.struct_init = struct_init
     identity = {f"{n}.{p}.weight" for n in report.identity_init for p in ("k_struct", "v_struct")}
     report.missing = [k for k in own if k not in new_state and k not in identity
                       and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))

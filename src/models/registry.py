@@ -18,8 +18,13 @@ convolutions instead of the 4x4 patchify): trained from scratch at 32x32 on the 
 patchify stem reached 6, 22, 42, 50 % validation top-1 after epochs 1-4 and the conv stem 31, 79, 90, 90 %
 (same clips, recipe and seed; `python -m benchmarks.stem_synthetic`, BENCHMARKS.md "Stem").
 
+pure_attention_tiny (src.models.pure_attention) is the motion ablation's network: no convolution across
+frames outside StructSA, so what it learns about motion comes from the attention (overrides: structure_dim,
+kv_stride, struct_init, attn_fp32, pos_embed "none"/"learned", num_frames, crop_size).
+
 Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
-checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"). The
+checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"), struct_init
+(how StructSA's structure filters start: "shifted", "random", "noisy_identity" or "identity"). The
 pytorchvideo baselines x3d_m and mvit_b_16x4 accept num_frames and crop_size (their heads / position
 embeddings depend on the input size).
 """
@@ -30,13 +35,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .pure_attention import PureAttentionNet
 from .structvit import StructViT
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _UNIFORMER_OVERRIDES = frozenset(
-    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image", "stem"}
+    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image", "stem", "struct_init"}
 )
 _BASELINE_OVERRIDES = frozenset({"num_frames", "crop_size"})
+_PURE_OVERRIDES = frozenset({"structure_dim", "kv_stride", "struct_init", "attn_fp32", "pos_embed", "num_frames",
+                             "crop_size"})
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -117,6 +125,13 @@ def uniformer_s(num_classes: int = 400, **overrides) -> StructViT:
 def uniformer_b(num_classes: int = 400, **overrides) -> StructViT:
     """UniFormer-B: StructViT-B with D = 0."""
     return _uniformer_family("uniformer_b", num_classes, overrides, **_B, structure_dim=0, drop_path_rate=0.3)
+
+
+@register_model
+def pure_attention_tiny(num_classes: int = 8, **overrides) -> PureAttentionNet:
+    """Motion-ablation network: per-frame 4x4 patches, 2 pre-norm StructSA + MLP blocks, dim 64, 2 heads, D=4."""
+    _check_overrides("pure_attention_tiny", overrides, _PURE_OVERRIDES)
+    return PureAttentionNet(num_classes=num_classes, dim=64, depth=2, num_heads=2, patch_size=4, **overrides)
 
 
 @register_model

@@ -12,6 +12,7 @@ to prove the fast form right; `StructSA.reference_maps` exposes the reference pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 from .depthwise import DepthwiseConv3d
 
 Grid = tuple[int, int, int]
+StructInit = Literal["shifted", "random", "noisy_identity", "identity"]
+STRUCT_INITS: tuple[str, ...] = get_args(StructInit)
 
 
 @dataclass
@@ -57,6 +60,31 @@ def _triple(value: int | tuple[int, ...], name: str) -> tuple[int, int, int]:
     return value  # type: ignore[return-value]
 
 
+def shifted_taps(kernel_size: tuple[int, int, int], count: int) -> list[tuple[int, int, int]]:
+    """The `count` distinct kernel taps (t, y, x) of the "shifted" init, nearest the centre first.
+
+    Order: the centre; the previous and next frame at the centre; the four spatial neighbours (up, down, left,
+    right); the four diagonals; then every remaining tap by distance from the centre (time before space, then
+    raster order). Taps outside the kernel (e.g. temporal ones of an image kernel, kT = 1) are left out.
+    """
+    kt, kh, kw = kernel_size
+    if count > kt * kh * kw:
+        raise ValueError(f"StructSA: shifted init needs D <= {kt * kh * kw} taps of a {kernel_size} kernel, got D={count}")
+    centre = (kt // 2, kh // 2, kw // 2)
+    first = [(0, 0, 0), (-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1),
+             (0, -1, -1), (0, -1, 1), (0, 1, -1), (0, 1, 1)]
+    rest = sorted(
+        ((t - centre[0], y - centre[1], x - centre[2]) for t in range(kt) for y in range(kh) for x in range(kw)),
+        key=lambda o: (o[0] ** 2 + o[1] ** 2 + o[2] ** 2, abs(o[0]) == 0, o),
+    )
+    taps: list[tuple[int, int, int]] = []
+    for o in first + rest:
+        tap = (centre[0] + o[0], centre[1] + o[1], centre[2] + o[2])
+        if all(0 <= v < k for v, k in zip(tap, kernel_size)) and tap not in taps:
+            taps.append(tap)
+    return taps[:count]
+
+
 class StructSA(nn.Module):
     """Structural self-attention over (B, N, C) tokens laid out on a (T, H, W) grid.
 
@@ -72,11 +100,15 @@ class StructSA(nn.Module):
             cast the result back, because half-precision attention over thousands of video tokens is a
             known source of NaN losses.
 
-    Random init of the filters: every filter is the identity (centre tap 1) plus normal noise of std 0.02
-    truncated at ±2 std. The identity makes the module start as vanilla attention, the start from which attention
-    networks are known to train stably; the noise makes the D key/value copies differ, so their gradients
-    differ and the D filters can specialise. `init_identity()` removes the noise (exact vanilla attention
-    with S = 1), which is what loading a plain-attention checkpoint uses.
+    struct_init chooses how the D key/value filters start (`STRUCT_INITS`; `reset_struct_parameters`):
+        "shifted" (default): filter d is a delta at tap d of `shifted_taps` (centre, previous frame, next
+            frame, the four spatial neighbours, ...), the same tap for its key and value filter; filter 0 is
+            the identity, so D = 1 starts as vanilla attention and D > 1 starts with D distinct structures.
+        "random": truncated normal, std 1/sqrt(kT·kH·kW) (fan-in of one filter), cut at ±2 std.
+        "noisy_identity": every filter the identity plus truncated-normal noise of std 0.02; the D filters
+            start almost equal and, trained from scratch, mostly stay so (BENCHMARKS.md "Motion").
+        "identity": every filter the centre tap; with S = 1 the module is exactly vanilla attention, which is
+            what loading a plain-attention checkpoint uses (`init_identity()`).
     """
 
     def __init__(
@@ -88,8 +120,11 @@ class StructSA(nn.Module):
         kv_stride: int = 1,
         qkv_bias: bool = True,
         attn_fp32: bool = False,
+        struct_init: StructInit = "shifted",
     ) -> None:
         super().__init__()
+        if struct_init not in STRUCT_INITS:
+            raise ValueError(f"StructSA: struct_init={struct_init!r}; choose one of {', '.join(STRUCT_INITS)}")
         if dim % num_heads != 0:
             raise ValueError(f"StructSA: dim={dim} is not divisible by num_heads={num_heads}; pick heads dividing C")
         if structure_dim < 0:
@@ -108,6 +143,7 @@ class StructSA(nn.Module):
         self.kernel_size = _triple(kernel_size, "kernel_size")
         self.kv_stride = kv_stride
         self.attn_fp32 = attn_fp32
+        self.struct_init = struct_init
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -127,24 +163,35 @@ class StructSA(nn.Module):
             self.v_struct = None
 
     # ------------------------------------------------------------------ initialisation
-    @torch.no_grad()
     def init_identity(self) -> None:
         """Set every key/value filter to the centre tap: with S = 1 the module is exactly vanilla attention."""
-        for conv in (self.k_struct, self.v_struct):
-            if conv is None:
-                continue
-            conv.weight.zero_()
-            kt, kh, kw = self.kernel_size
-            conv.weight[:, 0, kt // 2, kh // 2, kw // 2] = 1.0
+        self.reset_struct_parameters("identity")
 
     @torch.no_grad()
-    def reset_struct_parameters(self, noise_std: float = 0.02) -> None:
-        """Random init of the filters: identity plus truncated-normal noise (see the class docstring)."""
-        self.init_identity()
+    def reset_struct_parameters(self, init: StructInit | None = None, noise_std: float = 0.02) -> None:
+        """(Re)initialise the key/value filters with `init` (default: the module's `struct_init`)."""
+        init = self.struct_init if init is None else init
+        if init not in STRUCT_INITS:
+            raise ValueError(f"StructSA: init={init!r}; choose one of {', '.join(STRUCT_INITS)}")
         for conv in (self.k_struct, self.v_struct):
-            if conv is not None and not conv.weight.is_meta:
-                noise = torch.empty_like(conv.weight)
-                conv.weight.add_(nn.init.trunc_normal_(noise, std=noise_std, a=-2 * noise_std, b=2 * noise_std))
+            if conv is None or conv.weight.is_meta:
+                continue
+            w = conv.weight  # (C·D, 1, kT, kH, kW); out channel c·D + d is filter d of channel c
+            if init == "random":
+                std = (w[0].numel()) ** -0.5
+                nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+                continue
+            w.zero_()
+            if init == "shifted":
+                taps = shifted_taps(self.kernel_size, self.structure_dim)
+                for d, (t, y, x) in enumerate(taps):
+                    w[d :: self.structure_dim, 0, t, y, x] = 1.0
+            else:
+                kt, kh, kw = self.kernel_size
+                w[:, 0, kt // 2, kh // 2, kw // 2] = 1.0
+            if init == "noisy_identity":
+                noise = torch.empty_like(w)
+                w.add_(nn.init.trunc_normal_(noise, std=noise_std, a=-2 * noise_std, b=2 * noise_std))
 
     # ------------------------------------------------------------------ helpers
     def _check(self, x: Tensor, grid: Grid) -> None:
@@ -272,8 +319,8 @@ class StructSA(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.num_heads}, D={self.structure_dim}, kernel={self.kernel_size}, "
-            f"kv_stride={self.kv_stride}, attn_fp32={self.attn_fp32}"
+            f"kv_stride={self.kv_stride}, attn_fp32={self.attn_fp32}, struct_init={self.struct_init}"
         )
 
 
-__all__ = ["Grid", "ReferenceMaps", "StructSA"]
+__all__ = ["STRUCT_INITS", "Grid", "ReferenceMaps", "StructInit", "StructSA", "shifted_taps"]

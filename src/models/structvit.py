@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .depthwise import DepthwiseConv3d
-from .structsa import StructSA
+from .structsa import StructInit, StructSA
 
 
 class DropPath(nn.Module):
@@ -127,12 +127,13 @@ class AttentionBlock(nn.Module):
     """UniFormer's global block (stages 3-4) with StructSA: CPE, LN + StructSA, LN + MLP over T·H·W tokens."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, video: bool,
-                 structure_dim: int, kv_stride: int, qkv_bias: bool, attn_fp32: bool) -> None:
+                 structure_dim: int, kv_stride: int, qkv_bias: bool, attn_fp32: bool,
+                 struct_init: StructInit = "shifted") -> None:
         super().__init__()
         self.pos_embed = _dwconv(dim, 3, video)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = StructSA(dim, num_heads, structure_dim=structure_dim, kernel_size=(3 if video else 1, 3, 3),
-                             kv_stride=kv_stride, qkv_bias=qkv_bias, attn_fp32=attn_fp32)
+                             kv_stride=kv_stride, qkv_bias=qkv_bias, attn_fp32=attn_fp32, struct_init=struct_init)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -186,6 +187,7 @@ class StructViT(nn.Module):
         attn_fp32: StructSA maths in float32 under autocast.
         image: build the image network (temporal kernel size 1 everywhere; inputs (B, 3, H, W)).
         stem: "patch" (UniFormer's 4x4 patchify convolution) or "conv" (ConvStem: two 3x3x3 convolutions).
+        struct_init: how StructSA's key/value filters start (see `StructSA`; "identity" = UniFormer exactly).
         mlp_ratio, qkv_bias, in_chans: as in UniFormer.
 
     Input (B, 3, T, H, W) or (B, 3, H, W); output logits (B, num_classes).
@@ -204,6 +206,7 @@ class StructViT(nn.Module):
         attn_fp32: bool = False,
         image: bool = False,
         stem: str = "patch",
+        struct_init: StructInit = "shifted",
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         in_chans: int = 3,
@@ -240,7 +243,7 @@ class StructViT(nn.Module):
             else:
                 blocks = [
                     AttentionBlock(dim, dim // head_dim, mlp_ratio, rates[start + j], not image, structure_dim,
-                                   kv_stride, qkv_bias, attn_fp32)
+                                   kv_stride, qkv_bias, attn_fp32, struct_init)
                     for j in range(depth)
                 ]
             setattr(self, f"blocks{stage}", nn.ModuleList(blocks))

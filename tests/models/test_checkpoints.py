@@ -41,10 +41,11 @@ def test_uniformer_image_checkpoint_loads_into_video_structvit_with_a_clean_repo
     assert "inflated" in str(report) and "identity" in str(report)
 
 
-def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(image_checkpoint):
-    struct = build_model("structvit_s", num_classes=400)
+@pytest.mark.parametrize("init", [{}, {"struct_init": "identity"}])
+def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(image_checkpoint, init):
+    struct = build_model("structvit_s", num_classes=400)  # built with the from-scratch default (shifted)
     uni = build_model("uniformer_s", num_classes=400)
-    load_pretrained(struct, image_checkpoint)
+    assert load_pretrained(struct, image_checkpoint, **init).struct_init == "identity"
     load_pretrained(uni, image_checkpoint)
     struct.head.load_state_dict(uni.head.state_dict())  # both heads are fresh: make them the same
     struct.eval()
@@ -52,6 +53,23 @@ def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(
     x = torch.randn(1, 3, 4, 64, 64)
     with torch.no_grad():
         assert torch.allclose(struct(x), uni(x), atol=1e-5)
+
+
+def test_a_symmetry_breaking_start_from_a_uniformer_checkpoint_keeps_filter_0_and_changes_the_function(
+        image_checkpoint):
+    uni = build_model("uniformer_s", num_classes=400)
+    load_pretrained(uni, image_checkpoint)
+    struct = build_model("structvit_s", num_classes=400, struct_init="identity")
+    report = load_pretrained(struct, image_checkpoint, struct_init="shifted")
+    assert report.struct_init == "shifted" and "set to shifted" in str(report)
+    w = struct.structsa_modules()[0].k_struct.weight.reshape(320, 4, 27)
+    assert torch.all(w[:, 0, 13] == 1) and torch.all(w[:, 1, 4] == 1)  # centre, then the previous frame
+    struct.head.load_state_dict(uni.head.state_dict())
+    x = torch.randn(1, 3, 4, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(struct.eval()(x), uni.eval()(x), atol=1e-3)
+    with pytest.raises(ValueError, match="struct_init='diagonal'"):
+        load_pretrained(struct, image_checkpoint, struct_init="diagonal")
 
 
 def test_average_inflation_keeps_the_response_to_a_static_clip_in_the_interior():

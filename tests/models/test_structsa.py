@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.models.structsa import StructSA
+from src.models.structsa import StructSA, shifted_taps
 
 # (grid (T, H, W), D, S, heads, kernel): video, image (T = 1), odd grids, every D and stride.
 CASES = [
@@ -81,13 +81,47 @@ def test_identity_init_with_stride_one_is_vanilla_attention(d):
     assert torch.allclose(m(x, (2, 4, 3)), _plain_attention(m, x), atol=1e-12)
 
 
-def test_default_random_init_is_identity_plus_small_noise_that_differs_across_filters():
-    m = StructSA(32, 2, structure_dim=4)
+def test_noisy_identity_init_is_identity_plus_small_noise_that_differs_across_filters():
+    m = StructSA(32, 2, structure_dim=4, struct_init="noisy_identity")
     w = m.k_struct.weight.reshape(32, 4, 27)
     assert torch.allclose(w[:, :, 13], torch.ones(32, 4), atol=0.05)  # centre tap ≈ 1
     assert w[:, :, :13].abs().max() < 0.05 and w[:, :, :13].abs().max() > 0
     assert not torch.allclose(w[:, 0], w[:, 1])  # the D copies differ
     assert not torch.equal(m.k_struct.weight, m.v_struct.weight)
+
+
+def test_default_init_is_shifted_deltas_at_distinct_taps_centre_first():
+    m = StructSA(32, 2, structure_dim=8)
+    assert m.struct_init == "shifted"
+    taps = shifted_taps((3, 3, 3), 8)
+    assert taps[:7] == [(1, 1, 1), (0, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 1), (1, 1, 0), (1, 1, 2)]
+    assert len(set(taps)) == 8
+    for conv in (m.k_struct, m.v_struct):
+        w = conv.weight.reshape(32, 8, 3, 3, 3)
+        for d, tap in enumerate(taps):
+            assert torch.all(w[(slice(None), d, *tap)] == 1) and w[:, d].abs().sum() == 32  # one delta per filter
+    # D = 1 shifted is the identity, so a D = 1 StructSA starts as vanilla attention
+    one = _module(16, 2, 1, 1)
+    one.reset_struct_parameters("shifted")
+    x = torch.randn(2, 2 * 4 * 3, 16, dtype=torch.float64)
+    assert torch.allclose(one(x, (2, 4, 3)), _plain_attention(one, x), atol=1e-12)
+
+
+def test_shifted_taps_stay_inside_an_image_kernel_and_refuse_too_many():
+    assert shifted_taps((1, 3, 3), 5) == [(0, 1, 1), (0, 0, 1), (0, 2, 1), (0, 1, 0), (0, 1, 2)]
+    assert len(set(shifted_taps((3, 3, 3), 27))) == 27
+    with pytest.raises(ValueError, match="D <= 9"):
+        StructSA(16, 2, structure_dim=10, kernel_size=(1, 3, 3))
+
+
+def test_random_init_is_fan_in_scaled_and_unknown_inits_are_refused():
+    torch.manual_seed(0)
+    m = StructSA(64, 2, structure_dim=4, struct_init="random")
+    w = m.k_struct.weight
+    assert abs(w.std().item() - 27 ** -0.5 * 0.88) < 0.02  # a normal cut at ±2 std keeps 88 % of its std
+    assert w.abs().max() <= 2 * 27 ** -0.5 + 1e-6
+    with pytest.raises(ValueError, match="struct_init='zeros'"):
+        StructSA(16, 2, structure_dim=4, struct_init="zeros")
 
 
 def test_structsa_sees_spatial_structure_vanilla_attention_does_not():
