@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablation_synthetic import write_section
+from benchmarks.tables import write_section
 from data_prep.synthetic import generate_dataset
 from src.data.decoding import read_frames
 from src.data.transforms import MEAN, STD

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from benchmarks.tables import write_section
 from src.demo import CONFIG, REPO, best_checkpoint, next_version, prepare_data, run_cli, test_results
 
 SECTION = "## Ablation"
@@ -214,18 +214,6 @@ def effective_budget(budget: list[str]) -> dict[str, Any]:
     for flag, value in zip(budget[::2], budget[1::2]):
         values[keys[flag]] = int(value)
     return values
-
-
-def write_section(doc: Path, text: str, section: str = SECTION) -> None:
-    """Replace (or append) the `section` heading's section of `doc` (default `## Ablation`), up to the next `## `."""
-    content = doc.read_text() if doc.is_file() else ""
-    block = f"{section}\n\n{text.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: block + "\n", content, count=1).rstrip() + "\n"
-    else:
-        content = content.rstrip() + "\n\n" + block
-    doc.write_text(content)
 
 
 def section_text(results: list[RunResult], costs: dict, budget: dict, command: str, seconds: float) -> str:

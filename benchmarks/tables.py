@@ -244,6 +244,18 @@ def update_document(doc: Path, suite: str, tables: str) -> None:
     doc.write_text(text)
 
 
+def write_section(doc: Path, text: str, section: str = "## Ablation") -> None:
+    """Replace (or append) the `section` heading's section of `doc` (default `## Ablation`), up to the next `## `."""
+    content = doc.read_text() if doc.is_file() else ""
+    block = f"{section}\n\n{text.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(content):
+        content = pattern.sub(lambda _: block + "\n", content, count=1).rstrip() + "\n"
+    else:
+        content = content.rstrip() + "\n\n" + block
+    doc.write_text(content)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Re-render a saved results file (and optionally update its section of a document)."""
     parser = argparse.ArgumentParser(description="render benchmark tables from a results JSON")
