@@ -260,25 +260,57 @@ def main(argv: list[str] | None = None) -> int:
     generate_dataset(index, task="dots", workers=max(a.jobs, 1), **sizes)
     load_split(index, "train")
     load_split(index, "test")  # decode once here, not in every worker
-    jobs = [(arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every) for arm in a.arms for seed in a.seeds]
-    print(f"ablation-motion: {len(jobs)} trainings, {a.jobs} at a time", file=sys.stderr, flush=True)
-    if a.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(a.jobs) as pool:
-            results = pool.map(_train_job, jobs, chunksize=1)
-    else:
-        results = [_train_job(job) for job in jobs]
+    # every finished training is appended to <out>.partial.jsonl at once, and a rerun with the same budget skips
+    # the (arm, seed) pairs found there: an interrupted ablation loses at most the trainings in flight
+    partial = a.out.with_suffix(".partial.jsonl")
+    budget = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "dataset": sizes}
+    done = [r for r in _read_partial(partial) if r.get("budget") == budget]
+    finished = {(r["arm"], r["seed"]) for r in done}
+    jobs = [(arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every) for arm in a.arms for seed in a.seeds
+            if (arm, seed) not in finished]
+    print(f"ablation-motion: {len(jobs)} trainings ({len(finished)} found in {partial}), {a.jobs} at a time",
+          file=sys.stderr, flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    results = [r for r in done if r["arm"] in a.arms and r["seed"] in a.seeds]
+    pool = multiprocessing.get_context("spawn").Pool(a.jobs) if a.jobs > 1 and jobs else None
+    try:
+        stream = pool.imap_unordered(_train_job, jobs, chunksize=1) if pool else map(_train_job, jobs)
+        with open(partial, "a") as f:
+            for result in stream:
+                result["budget"] = budget
+                f.write(json.dumps(result) + "\n")
+                f.flush()
+                results.append(result)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    order = {(arm, seed): i for i, (arm, seed) in enumerate((x, y) for x in a.arms for y in a.seeds)}
+    results.sort(key=lambda r: order[(r["arm"], r["seed"])])
     seconds = time.perf_counter() - start
     command = "python -m benchmarks.ablation_motion " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"command": command, "seconds": round(seconds), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "dataset": sizes, "steps": a.steps, "batch": a.batch, "lr": a.lr,
               "results": results}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=1))
     text = table(results, a.arms)
     print(text)
     if a.doc:
         write_section(a.doc, section_text(report, text), SECTION)
     return 0
+
+
+def _read_partial(path: Path) -> list[dict]:
+    """The results already appended to `path` (a line cut short by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return results
 
 
 def section_text(report: dict, text: str) -> str:
