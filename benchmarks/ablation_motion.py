@@ -162,7 +162,21 @@ def mean_filter_accuracy(model: torch.nn.Module, clips: torch.Tensor, labels: to
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: float, eval_every: int) -> Result:
+def save_model(model: torch.nn.Module, arm: Arm, path: Path, manifest: dict) -> None:
+    """Write `model` as a checkpoint that `python -m src.visualize --ckpt` reads (weights + how to rebuild it)."""
+    frames, size = manifest["generation"]["frames"], manifest["generation"]["size"]
+    classes = (Path(manifest["root"]) / "classes.txt").read_text().split() if "root" in manifest else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"backbone": {"variant": MODEL, **arm.overrides(), "num_frames": frames, "crop_size": size},
+                             "num_classes": manifest["num_classes"], "class_names": classes},
+        "datamodule_hyper_parameters": {"num_frames": frames, "crop_size": size},
+    }, path)
+
+
+def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: float, eval_every: int,
+              save_dir: Path | None = None) -> Result:
     """Train `arm` from scratch with `seed` and measure it (one torch thread; called in a worker process)."""
     torch.set_num_threads(1)
     train_x, train_y = load_split(index, "train")
@@ -190,6 +204,8 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
         train_seconds += time.perf_counter() - start
         if step % eval_every == 0 or step == steps:
             curve.append((step, accuracy(model, test_x, test_y)))
+    if save_dir is not None:
+        save_model(model, arm, save_dir / f"{arm.name}_seed{seed}.ckpt", {**manifest, "root": str(index)})
     return Result(
         arm=arm.name, seed=seed, top1=curve[-1][1], curve=curve, seconds_per_step=train_seconds / steps,
         key_filter_cosine=filter_cosine(model, "k_struct"), value_filter_cosine=filter_cosine(model, "v_struct"),
@@ -199,8 +215,9 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
 
 
 def _train_job(args: tuple) -> dict:
-    arm, seed, index, steps, batch, lr, eval_every = args
-    result = train_arm(ARMS[arm], seed, Path(index), steps, batch, lr, eval_every)
+    arm, seed, index, steps, batch, lr, eval_every, save_dir = args
+    result = train_arm(ARMS[arm], seed, Path(index), steps, batch, lr, eval_every,
+                       Path(save_dir) if save_dir else None)
     print(f"  {arm} seed {seed}: top-1 {100 * result.top1:.1f} %, {1000 * result.seconds_per_step:.0f} ms/step",
           file=sys.stderr, flush=True)
     return asdict(result)
@@ -250,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time, one torch thread each")
     parser.add_argument("--dataset", default=None, help="train,val,test,frames,size of the dots index "
                         "(default 8000,1000,1000,4,32)")
+    parser.add_argument("--save-models", type=Path, default=None,
+                        help="write each trained model to DIR/<arm>_seed<n>.ckpt (for python -m src.visualize)")
     parser.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file's '## Motion'")
     a = parser.parse_args(argv)
     sizes = dict(DATASET)
@@ -264,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     # the (arm, seed) pairs found there: an interrupted ablation loses at most the trainings in flight
     partial = a.out.with_suffix(".partial.jsonl")
     budget = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "dataset": sizes}
-    done = [r for r in _read_partial(partial) if r.get("budget") == budget]
+    latest = {(r["arm"], r["seed"]): r for r in _read_partial(partial) if r.get("budget") == budget}
+    done = list(latest.values())
     finished = {(r["arm"], r["seed"]) for r in done}
-    jobs = [(arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every) for arm in a.arms for seed in a.seeds
-            if (arm, seed) not in finished]
+    if a.save_models:  # the models are wanted: train every pair again
+        done, finished = [], set()
+    jobs = [(arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every, a.save_models and str(a.save_models))
+            for arm in a.arms for seed in a.seeds if (arm, seed) not in finished]
     print(f"ablation-motion: {len(jobs)} trainings ({len(finished)} found in {partial}), {a.jobs} at a time",
           file=sys.stderr, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,17 @@
 
 `python -m src.visualize --model structvit_xs --video clip.mp4 --out figs/` (random weights) or
 `--ckpt run/checkpoints/last.ckpt` (a trained model) writes PNG files for one attention layer
-(`--stage`, `--block`), one head (`--head`) and one query token (`--query t,y,x` on that layer's token grid):
+(`--stage`, `--block`; models without stages, such as pure_attention_tiny, take `--block` only), one head
+(`--head`) and one query token (`--query t,y,x` on that layer's token grid):
 
 1. `correlation.png`: the query-key correlation q_i . k_j over the whole clip, one panel per token frame,
    over the input frames (the paper's Fig. 1b).
 2. `structural_attention.png`: the D maps A_{i,j,d} of the query with the shared colour scale of the
    joint softmax over (j, d) (Fig. 2a).
 3. `aggregators.png`: the D learned context aggregators H_V of the head (`v_struct` filters, averaged over
-   the head's channels) as 3x3x3 kernels (Fig. 2b).
+   the head's channels) as 3x3x3 kernels (Fig. 2b); `key_filters.png`: the D key filters H_K (`k_struct`),
+   the structures the query's correlation map is matched against (e.g. "the same colour one frame later,
+   one cell to the right" in a model trained on moving dots).
 4. `dynamic_kernel.png`: the dynamic kernel kappa_{i,i} = sum_d A_{i,i,d} H_V[:, d, c] of the query's own
    neighbourhood, averaged over the head's channels (Fig. 3).
 5. `vanilla_attention.png`: the attention map of the same query in a D = 0 twin of the model (every
@@ -50,6 +53,7 @@ FIGURE_NAMES = (
     "correlation",
     "structural_attention",
     "aggregators",
+    "key_filters",
     "dynamic_kernel",
     "vanilla_attention",
     "overview",
@@ -80,6 +84,7 @@ class StructureMaps:
     aggregators: Tensor
     dynamic_kernel: Tensor
     vanilla: Tensor | None = None
+    key_filters: Tensor | None = None  # (D, kT, kH, kW): H_K of the head averaged over its channels
     title: str = ""
 
     @property
@@ -93,9 +98,17 @@ class StructureMaps:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def attention_blocks(model: nn.Module, stage: int) -> nn.ModuleList | None:
+    """The blocks of stage `stage` (UniFormer names: `blocks{stage}`), or `blocks` of a model without stages."""
+    blocks = getattr(model, f"blocks{stage}", None)
+    if blocks is None and not hasattr(model, "blocks1"):
+        blocks = getattr(model, "blocks", None)  # e.g. pure_attention_tiny: one list of attention blocks
+    return blocks
+
+
 def attention_module(model: nn.Module, stage: int, block: int) -> nn.Module:
     """The attention module of block `block` of stage `stage` (UniFormer names: `blocks{stage}[block].attn`)."""
-    blocks = getattr(model, f"blocks{stage}", None)
+    blocks = attention_blocks(model, stage)
     if blocks is None:
         raise ValueError(f"stage {stage}: the model has no `blocks{stage}`; stages are 1..4 (attention in 3 and 4)")
     if not -len(blocks) <= block < len(blocks):
@@ -186,7 +199,7 @@ def compute_structure_maps(
     if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
         raise ValueError(f"video must be (1, 3, T, H, W), got {tuple(video.shape)}")
     attn, x, grid, logits = capture_attention_input(model, video, stage, block)
-    block = block % len(getattr(model, f"blocks{stage}"))
+    block = block % len(attention_blocks(model, stage))
     if not hasattr(attn, "reference_maps"):
         raise TypeError(f"stage {stage} block {block}: {type(attn).__name__} has no reference_maps (not a StructSA)")
     num_heads = int(attn.num_heads)
@@ -205,6 +218,7 @@ def compute_structure_maps(
         j = flat_index(key_position(pos, grid, key_grid), key_grid)
         kappa = ref.dynamic_kernels(i)[0, head, j].mean(0)  # (kT, kH, kW), mean over the head's channels
         aggregators = ref.value_filters[head].mean(1)  # (D, kT, kH, kW)
+        key_filters = attn._head_filters(attn.k_struct)[head].mean(1) if attn.k_struct is not None else None
 
     vanilla = None
     if vanilla_model is not None:
@@ -227,6 +241,7 @@ def compute_structure_maps(
         aggregators=aggregators.float().cpu(),
         dynamic_kernel=kappa.float().cpu(),
         vanilla=vanilla,
+        key_filters=None if key_filters is None else key_filters.float().cpu(),
         title=f"stage {stage} block {block} head {head}, query (t,y,x)={pos}; prediction: {name} ({probs[top]:.2f})",
     )
 
@@ -372,19 +387,31 @@ def _kernel_row(axes: Sequence[plt.Axes], kernel: Tensor, label: str, lim: float
     return image
 
 
-def plot_aggregators(maps: StructureMaps) -> Figure:
-    """The D context aggregators H_V of the head (mean over its channels) as 3-D kernels (Fig. 2b)."""
-    d_count, kt = maps.aggregators.shape[:2]
+def _plot_filters(maps: StructureMaps, filters: Tensor, symbol: str, what: str) -> Figure:
+    """D filters (D, kT, kH, kW) of the head as rows of kT panels, one shared colour scale."""
+    d_count, kt = filters.shape[:2]
     fig, axes = _grid_axes(d_count, kt)
-    lim = float(maps.aggregators.abs().max()) or 1.0
+    lim = float(filters.abs().max()) or 1.0
     image = None
     for d in range(d_count):
-        image = _kernel_row(axes[d], maps.aggregators[d], f"H_V d={d}", lim)
+        image = _kernel_row(axes[d], filters[d], f"{symbol} d={d}", lim)
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"dt={t - kt // 2}", fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
-    fig.suptitle(f"context aggregators, stage {maps.stage} block {maps.block} head {maps.head}", fontsize=8)
+    fig.suptitle(f"{what}, stage {maps.stage} block {maps.block} head {maps.head}", fontsize=8)
     return fig
+
+
+def plot_aggregators(maps: StructureMaps) -> Figure:
+    """The D context aggregators H_V of the head (mean over its channels) as 3-D kernels (Fig. 2b)."""
+    return _plot_filters(maps, maps.aggregators, "H_V", "context aggregators")
+
+
+def plot_key_filters(maps: StructureMaps) -> Figure:
+    """The D key filters H_K of the head (mean over its channels): the structures a query is matched against."""
+    if maps.key_filters is None:
+        raise ValueError("key filters: the layer has D = 0 (plain attention), so it has none")
+    return _plot_filters(maps, maps.key_filters, "H_K", "key filters (structures of the query-key correlation)")
 
 
 def plot_dynamic_kernel(maps: StructureMaps) -> Figure:
@@ -474,6 +501,8 @@ def make_figures(maps: StructureMaps) -> dict[str, Figure]:
         "aggregators": plot_aggregators(maps),
         "dynamic_kernel": plot_dynamic_kernel(maps),
     }
+    if maps.key_filters is not None:
+        figures["key_filters"] = plot_key_filters(maps)
     if maps.vanilla is not None:
         figures["vanilla_attention"] = plot_vanilla(maps)
     figures["overview"] = plot_overview(maps)
@@ -610,7 +639,10 @@ def load_model(
     if not variant:
         raise ValueError(f"--ckpt {ckpt}: the checkpoint does not name its model variant; pass --model NAME")
     head = next((v for k, v in state.items() if k.endswith("head.weight")), None)
-    overrides: dict[str, Any] = {}
+    backbone = hparams.get("backbone") if isinstance(hparams, dict) else None
+    # the options the run was built with (pos_embed, num_frames, ...); D and the stride are checked below
+    overrides: dict[str, Any] = {k: v for k, v in backbone.items() if k in _REBUILD_KEYS and v is not None} \
+        if isinstance(backbone, dict) else {}
     structure_dim = _structure_dim(state)
     if structure_dim is not None:
         overrides["structure_dim"] = structure_dim
@@ -634,6 +666,9 @@ def load_model(
         int(frames) if isinstance(frames, int) else None,
         int(crop) if isinstance(crop, int) else None,
     )
+
+
+_REBUILD_KEYS = ("stem", "pos_embed", "num_frames", "crop_size")
 
 
 def _structure_dim(state: dict[str, Tensor]) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.ablation_motion import ARMS, main
+from src.visualize import main as visualize
 
 
 def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its_section(tmp_path):
@@ -12,7 +13,8 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
     doc.write_text("# Benchmarks\n\n## Motion\n\nold\n\n## Stem\n\nkept\n")
     out = tmp_path / "motion.json"
     rc = main(["--data-root", str(tmp_path), "--out", str(out), "--arms", "D0", "D4-shifted", "--seeds", "0", "1",
-               "--steps", "4", "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32", "--doc", str(doc)])
+               "--steps", "4", "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32", "--doc", str(doc),
+               "--save-models", str(tmp_path / "models")])
     assert rc == 0
     report = json.loads(out.read_text())
     results = {(r["arm"], r["seed"]): r for r in report["results"]}
@@ -26,3 +28,16 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
     assert "old" not in text and "kept" in text and "| D4-shifted | 4 | shifted |" in text
     assert (tmp_path / "dots" / "manifest.json").is_file()
     assert ARMS["D0-pos"].pos_embed == "learned"
+
+    # a saved model is what `python -m src.visualize --ckpt` draws: key filters and structural attention
+    clip = sorted((tmp_path / "dots").glob("clips_*/test/*.mp4"))[0]
+    paths = visualize([
+        "--ckpt", str(tmp_path / "models" / "D4-shifted_seed0.ckpt"), "--video", str(clip), "--out",
+        str(tmp_path / "figs"), "--block", "-1", "--query", "1,3,3", "--only", "key_filters", "structural_attention"])
+    assert sorted(p.name for p in paths) == ["key_filters.png", "structural_attention.png"]
+
+    # a rerun with the same budget finds every training in the partial results and trains nothing
+    assert main(["--data-root", str(tmp_path), "--out", str(out), "--arms", "D0", "--seeds", "1", "--steps", "4",
+                 "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32"]) == 0
+    rerun = json.loads(out.read_text())["results"]
+    assert len(rerun) == 1 and rerun[0]["curve"] == results[("D0", 1)]["curve"]
