@@ -33,6 +33,7 @@ import yaml
 
 from benchmarks.tables import write_section
 from src.demo import CONFIG, REPO, best_checkpoint, next_version, prepare_data, run_cli, test_results
+from src.models.structsa import STRUCT_INITS
 
 SECTION = "## Ablation"
 
@@ -79,6 +80,7 @@ class Arm:
     label: str
     structure_dim: int
     shuffle: bool = False
+    struct_init: str | None = None  # StructSA filter init (None: the config's / variant's default)
 
 
 @dataclass
@@ -98,12 +100,15 @@ class RunResult:
     test_seconds: float
 
 
-def arms(dims: list[int], control: bool) -> list[Arm]:
+def arms(dims: list[int], control: bool, struct_init: str | None = None) -> list[Arm]:
     """The table's rows: D = 0 (UniFormer attention), 1 (ConvSA), 4 (StructSA), ..., then the control."""
     names = {0: "D=0 (plain attention, UniFormer)", 1: "D=1 (ConvSA)"}
-    rows = [Arm(names.get(d, f"D={d} (StructSA)"), d) for d in dims]
+    init = f", {struct_init} init" if struct_init else ""
+    rows = [Arm(names.get(d, f"D={d} (StructSA)") + (init if d else ""), d, struct_init=struct_init if d else None)
+            for d in dims]
     if control:
-        rows.append(Arm(f"D={max(dims)}, frames shuffled in time", max(dims), shuffle=True))
+        rows.append(Arm(f"D={max(dims)}{init}, frames shuffled in time", max(dims), shuffle=True,
+                        struct_init=struct_init))
     return rows
 
 
@@ -125,8 +130,9 @@ def budget_args(epochs: int | None, limit: int | None, frames: int | None, size:
 
 
 def run_name(arm: Arm) -> str:
-    """The run folder's name of an arm: D<d>, or D<d>_shuffled for the control."""
-    return f"D{arm.structure_dim}" + ("_shuffled" if arm.shuffle else "")
+    """The run folder's name of an arm: D<d>[_<init>], with _shuffled for the control."""
+    init = f"_{arm.struct_init}" if arm.struct_init else ""
+    return f"D{arm.structure_dim}{init}" + ("_shuffled" if arm.shuffle else "")
 
 
 def plan_versions(plan: list[tuple[Arm, int]], runs: Path) -> list[int]:
@@ -149,6 +155,8 @@ def run_one(arm: Arm, seed: int, version: int, index: Path, runs: Path, pairs: l
     fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common,
            "--trainer.logger.init_args.version", str(version), "--model.backbone.structure_dim", str(arm.structure_dim),
            "--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", "false", *budget]
+    if arm.struct_init:
+        fit += ["--model.backbone.struct_init", arm.struct_init]
     if arm.shuffle:
         spec = {"class_path": "benchmarks.ablation_synthetic.ShuffleFrames", "init_args": {"seed": seed}}
         fit += [f"--trainer.callbacks+={json.dumps(spec)}"]
@@ -253,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-seeds", type=int, nargs="+", default=None,
                         help="seeds of the shuffled-frames control (default: the same as --seeds)")
     parser.add_argument("--no-control", action="store_true", help="skip the shuffled-frames control")
+    parser.add_argument("--struct-init", choices=STRUCT_INITS, default=None,
+                        help="StructSA filter init of the D >= 1 runs (default: the variant's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: configs/synthetic.yaml)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N clips of each split (data.limit), to fit a smaller budget")
@@ -275,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     index, manifest, _ = prepare_data(args.data_root, fast=False, workers=os.cpu_count() or 1)
     runs = args.runs.resolve()
     budget = budget_args(args.epochs, args.limit, args.frames, args.size, args.num_workers)
-    plan = [(arm, seed) for arm in arms(args.dims, not args.no_control)
+    plan = [(arm, seed) for arm in arms(args.dims, not args.no_control, args.struct_init)
             for seed in (args.control_seeds or args.seeds if arm.shuffle else args.seeds)]
     versions = plan_versions(plan, runs)
     print(f"ablation: {len(plan)} trainings into {runs}, {args.jobs} at a time", flush=True)
