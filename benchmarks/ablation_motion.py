@@ -51,6 +51,9 @@ class Arm:
     structure_dim: int
     struct_init: str = "identity"
     pos_embed: str = "none"
+    # fine-tuning: start from the saved model of arm `init_from` with the same seed (--save-models folder); the
+    # StructSA filters it lacks are set with `struct_init`
+    init_from: str | None = None
 
     def overrides(self) -> dict:
         return dict(structure_dim=self.structure_dim, struct_init=self.struct_init, pos_embed=self.pos_embed)
@@ -66,6 +69,9 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("D4-noisy_identity", 4, "noisy_identity"),
     Arm("D4-shifted", 4, "shifted"),
     Arm("D4-random", 4, "random"),
+    # from a trained plain-attention model (with positions: the only plain one that learns the task at all)
+    Arm("D4-pos-from-D0-pos-identity", 4, "identity", "learned", init_from="D0-pos"),
+    Arm("D4-pos-from-D0-pos-shifted", 4, "shifted", "learned", init_from="D0-pos"),
 )}
 DEFAULT_ARMS = ("D0", "D0-pos", "D1-identity", "D1-random", "D4-identity", "D4-noisy_identity", "D4-shifted",
                 "D4-random")
@@ -78,7 +84,7 @@ class Result:
     arm: str
     seed: int
     top1: float
-    curve: list[tuple[int, float]]  # (step, test top-1)
+    curve: list[tuple[int, float]]  # (step, test top-1); step 0 only for a fine-tuned arm
     seconds_per_step: float
     key_filter_cosine: float | None = None  # mean pairwise cosine of each channel's D key filters
     value_filter_cosine: float | None = None
@@ -175,6 +181,28 @@ def save_model(model: torch.nn.Module, arm: Arm, path: Path, manifest: dict) -> 
     }, path)
 
 
+@torch.no_grad()
+def start_from(model: torch.nn.Module, arm: Arm, seed: int, save_dir: Path | None, test_x: torch.Tensor) -> dict:
+    """Load the saved model of `arm.init_from` (same seed) into `model`; return the function gap at step 0."""
+    from src.models.checkpoints import load_checkpoint_file, load_pretrained, read_state_dict
+
+    path = (save_dir or Path()) / f"{arm.init_from}_seed{seed}.ckpt"
+    if save_dir is None or not path.is_file():
+        raise FileNotFoundError(f"{arm.name} starts from {path}: train arm {arm.init_from} with --save-models first")
+    state, _ = read_state_dict(load_checkpoint_file(path))
+    load_pretrained(model, state, struct_init=arm.struct_init)
+    source = build_model(MODEL, num_classes=model.num_classes, **{
+        **ARMS[arm.init_from].overrides(), "num_frames": model.grid[0], "crop_size": model.grid[1] * model.patch_size})
+    source.load_state_dict({k.removeprefix("backbone."): v for k, v in load_checkpoint_file(path)["state_dict"].items()})
+    x = to_input(test_x[:250])
+    model.eval()
+    source.eval()
+    new, old = model(x), source(x)
+    model.train()
+    return {"source": str(path), "step0_max_logit_gap": (new - old).abs().max().item(),
+            "step0_prediction_agreement": (new.argmax(1) == old.argmax(1)).float().mean().item()}
+
+
 def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: float, eval_every: int,
               save_dir: Path | None = None) -> Result:
     """Train `arm` from scratch with `seed` and measure it (one torch thread; called in a worker process)."""
@@ -186,10 +214,14 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
     torch.manual_seed(seed)
     model = build_model(MODEL, num_classes=manifest["num_classes"], num_frames=frames, crop_size=size,
                         **arm.overrides())
+    extra: dict = {}
+    curve: list[tuple[int, float]] = []
+    if arm.init_from:
+        extra = start_from(model, arm, seed, save_dir, test_x)
+        curve.append((0, accuracy(model, test_x, test_y)))
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05, model.no_weight_decay()), lr=lr)
     order = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(len(train_y), generator=order), 0
-    curve: list[tuple[int, float]] = []
     train_seconds = 0.0
     for step in range(1, steps + 1):
         if pos + batch > len(perm):
@@ -210,7 +242,7 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
         arm=arm.name, seed=seed, top1=curve[-1][1], curve=curve, seconds_per_step=train_seconds / steps,
         key_filter_cosine=filter_cosine(model, "k_struct"), value_filter_cosine=filter_cosine(model, "v_struct"),
         top1_mean_filters=mean_filter_accuracy(model, test_x, test_y),
-        params=sum(p.numel() for p in model.parameters()),
+        params=sum(p.numel() for p in model.parameters()), extra=extra,
     )
 
 
@@ -240,7 +272,8 @@ def table(results: list[dict], arms: list[str]) -> str:
         if not rows:
             continue
         arm = ARMS[name]
-        at = [_pct([dict(map(tuple, r["curve"]))[s] for r in rows]) for s in steps[:-1]]
+        curves = [dict(map(tuple, r["curve"])) for r in rows]
+        at = [_pct([c[s] for c in curves]) if all(s in c for c in curves) else "–" for s in steps[:-1]]
         cos_k = [r["key_filter_cosine"] for r in rows if r["key_filter_cosine"] is not None]
         cos_v = [r["value_filter_cosine"] for r in rows if r["value_filter_cosine"] is not None]
         mean_f = [r["top1_mean_filters"] for r in rows if r["top1_mean_filters"] is not None]
@@ -252,6 +285,22 @@ def table(results: list[dict], arms: list[str]) -> str:
             f"{1000 * statistics.median(r['seconds_per_step'] for r in rows):.0f}",
         ]) + " |")
     return "\n".join(lines)
+
+
+def finetune_table(results: list[dict], arms: list[str]) -> str:
+    """Markdown for the fine-tuned arms: the function gap to the source model at step 0, then the curve."""
+    lines = ["| arm | start of the filters the source lacks | seeds | max abs logit change at step 0 | "
+             "predictions kept at step 0 (%) | test top-1 by step (%) |", "|---|---|---|---|---|---|"]
+    for name in arms:
+        rows = [r for r in results if r["arm"] == name and r["extra"]]
+        if not rows:
+            continue
+        steps = sorted({s for r in rows for s, _ in r["curve"]})
+        curve = ", ".join(f"{s}: {_pct([dict(map(tuple, r['curve']))[s] for r in rows])}" for s in steps)
+        gap = statistics.fmean(r["extra"]["step0_max_logit_gap"] for r in rows)
+        kept = _pct([r["extra"]["step0_prediction_agreement"] for r in rows])
+        lines.append(f"| {name} | {ARMS[name].struct_init} | {len(rows)} | {gap:.2g} | {kept} | {curve} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
               "results": results}
     a.out.write_text(json.dumps(report, indent=1))
     text = table(results, a.arms)
+    finetune = finetune_table(results, a.arms)
+    if finetune:
+        text += "\n\nFine-tuned from a saved model (step 0 = the loaded model, before any update):\n\n" + finetune
     print(text)
     if a.doc:
         write_section(a.doc, section_text(report, text), SECTION)

@@ -41,3 +41,15 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
                  "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32"]) == 0
     rerun = json.loads(out.read_text())["results"]
     assert len(rerun) == 1 and rerun[0]["curve"] == results[("D0", 1)]["curve"]
+
+    # fine-tuning StructSA from a saved plain-attention model: identity filters keep its function exactly
+    common = ["--data-root", str(tmp_path), "--jobs", "1", "--dataset", "32,8,16,4,32", "--eval-every", "2",
+              "--save-models", str(tmp_path / "models"), "--seeds", "0"]
+    assert main([*common, "--out", str(tmp_path / "src.json"), "--arms", "D0-pos", "--steps", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "ft.json"), "--steps", "2",
+                 "--arms", "D4-pos-from-D0-pos-identity", "D4-pos-from-D0-pos-shifted"]) == 0
+    tuned = {r["arm"]: r for r in json.loads((tmp_path / "ft.json").read_text())["results"]}
+    exact = tuned["D4-pos-from-D0-pos-identity"]["extra"]
+    assert exact["step0_max_logit_gap"] < 1e-5 and exact["step0_prediction_agreement"] == 1.0
+    assert tuned["D4-pos-from-D0-pos-shifted"]["extra"]["step0_max_logit_gap"] > 1e-5
+    assert [s for s, _ in tuned["D4-pos-from-D0-pos-identity"]["curve"]] == [0, 2]
