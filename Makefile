@@ -25,9 +25,11 @@ GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
 PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP_ARGS=--transcode (ssv2)
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
+DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tiny shapes)
+GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
-        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu ablation-synthetic tensorboard clean
+        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu gpu-check ablation-synthetic tensorboard clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -88,6 +90,9 @@ bench-quick: install ## Run a quick benchmark subset (under 2 min)
 
 bench-gpu: install ## Run the GPU benchmark set (CUDA, flash attention, bf16)
 	$(PY) -m benchmarks.run --suite gpu --doc BENCHMARKS.md
+
+gpu-check: install ## The GPU check (<= 8 min, one H100/H200): CUDA tests, CLI fit+test (bf16, ddp/NCCL), benchmarks; DEVICE=cpu: dry run (< 2 min)
+	$(PY) -m benchmarks.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)
 
 ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4} x 3 seeds + frame-shuffle control
 	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation --doc BENCHMARKS.md $(ABLATION_ARGS)
