@@ -25,11 +25,13 @@ GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
 PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP_ARGS=--transcode (ssv2)
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
+MOTION_ARGS   ?=# extra options of python -m benchmarks.ablation_motion, e.g. --arms D0 D4-shifted --seeds 0 --jobs 1
 DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tiny shapes)
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
-        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu gpu-check ablation-synthetic tensorboard clean
+        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
+        tensorboard clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -96,6 +98,9 @@ gpu-check: install ## The GPU check (<= 8 min, one H100/H200): CUDA tests, CLI f
 
 ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4} x 3 seeds + frame-shuffle control
 	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation --doc BENCHMARKS.md $(ABLATION_ARGS)
+
+ablation-motion: install ## Motion-only ablation: random-dot kinematograms, pure-attention model, D x filter init x 3 seeds
+	$(PY) -m benchmarks.ablation_motion --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(MOTION_ARGS)
 
 tensorboard: install ## Open TensorBoard on the runs folder ($(RUNS))
 	$(VENV)/bin/tensorboard --logdir $(RUNS) --bind_all
