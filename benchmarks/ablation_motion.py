@@ -287,6 +287,37 @@ def table(results: list[dict], arms: list[str]) -> str:
     return "\n".join(lines)
 
 
+def step_times(arms: list[str], batch: int = 16, reps: int = 5) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, AdamW) per arm, one thread, on random clips.
+
+    Each arm is timed with `torch.utils.benchmark.Timer` (`blocked_autorange`), the arms interleaved `reps`
+    times so that a change in the machine's load touches them alike; the training runs' own step times are
+    measured under whatever else the machine runs and are only indicative.
+    """
+    from torch.utils.benchmark import Timer
+
+    torch.set_num_threads(1)
+    steps = {}
+    for name in arms:
+        arm = ARMS[name]
+        model = build_model(MODEL, num_classes=8, **arm.overrides())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x, y = torch.randn(batch, 3, 4, 32, 32), torch.randint(0, 8, (batch,))
+
+        def step(model=model, optimizer=optimizer, x=x, y=y) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        step()
+        steps[name] = step
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(reps):
+        for name in arms:
+            times[name].append(Timer("step()", globals={"step": steps[name]}).blocked_autorange(min_run_time=1.0).median)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def finetune_table(results: list[dict], arms: list[str]) -> str:
     """Markdown for the fine-tuned arms: the function gap to the source model at step 0, then the curve."""
     lines = ["| arm | start of the filters the source lacks | seeds | max abs logit change at step 0 | "
@@ -318,8 +349,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 8000,1000,1000,4,32)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="write each trained model to DIR/<arm>_seed<n>.ckpt (for python -m src.visualize)")
+    parser.add_argument("--time-steps", action="store_true",
+                        help="only time one training step per arm (interleaved, median of 5) and print the ratios")
     parser.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file's '## Motion'")
     a = parser.parse_args(argv)
+    if a.time_steps:
+        times = step_times(a.arms, a.batch)
+        base = times.get("D0") or min(times.values())
+        for name, seconds in times.items():
+            print(f"{name:32s} {1000 * seconds:7.1f} ms / step  {seconds / base:5.2f}x")
+        return 0
     sizes = dict(DATASET)
     if a.dataset:
         sizes = dict(zip(("train", "val", "test", "frames", "size"), map(int, a.dataset.split(","))))

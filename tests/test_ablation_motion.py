@@ -53,3 +53,10 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
     assert exact["step0_max_logit_gap"] < 1e-5 and exact["step0_prediction_agreement"] == 1.0
     assert tuned["D4-pos-from-D0-pos-shifted"]["extra"]["step0_max_logit_gap"] > 1e-5
     assert [s for s, _ in tuned["D4-pos-from-D0-pos-identity"]["curve"]] == [0, 2]
+
+
+def test_step_timing_gives_a_positive_median_per_arm():
+    from benchmarks.ablation_motion import step_times
+
+    times = step_times(["D0", "D4-shifted"], batch=2, reps=1)
+    assert set(times) == {"D0", "D4-shifted"} and all(t > 0 for t in times.values())
