@@ -1,6 +1,6 @@
 """The index writer: train/val/test CSVs, classes.txt and manifest.json, the contract read by src.data.
 
-Layout (see DESIGN.md): `classes.txt` (line number = label), `<split>.csv` with header `path,label` plus the
+Layout: `classes.txt` (line number = label), `<split>.csv` with header `path,label` plus the
 optional columns `start,end` (seconds inside a longer file) and `num_frames,fps` (cached probe results),
 `manifest.json` (counts, missing/failed items with reasons, fingerprint of the CSVs, tool version).
 Every file is written to a temporary name and renamed, so a killed run never leaves a half index.

@@ -1,6 +1,6 @@
 """`VideoClipDataset`: clips from any dataset prepared to the index contract, with the failure policy.
 
-Index contract (DESIGN.md): `classes.txt`, `<split>.csv` (`path,label[,start,end][,num_frames,fps]`, paths
+Index contract (`data_prep.index`, README "Data"): `classes.txt`, `<split>.csv` (`path,label[,start,end][,num_frames,fps]`, paths
 relative to the index folder), `manifest.json`, optional `quarantine.txt` (`path<TAB>reason`, skipped).
 
 Failure policy. Training never dies on one bad video: the decode is retried once, then tried with the other
