@@ -47,7 +47,7 @@ class BackboneConfig:
     checkpoint_stages: stages (1..4) run under activation checkpointing; attn_fp32: attention in float32
     under mixed precision; stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions,
     structvit_xs's default); struct_init: how StructSA's key/value filters start when training from scratch
-    ("shifted": D distinct delta taps, the default; "random"; "noisy_identity"; "identity": plain attention
+    ("random", the default; "shifted": D distinct delta taps; "noisy_identity"; "identity": plain attention
     exactly; BENCHMARKS.md "Motion" has the evidence); pos_embed: learned position embedding of
     pure_attention_tiny ("none" / "learned"); num_frames / crop_size: input size, for the pytorchvideo
     baselines (x3d_m, mvit_b_16x4) and pure_attention_tiny only, whose heads / embeddings depend on it.

@@ -54,7 +54,7 @@ class PureAttentionNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 8, dim: int = 64, depth: int = 2, num_heads: int = 2, mlp_ratio: float = 4.0,
-                 patch_size: int = 4, structure_dim: int = 4, kv_stride: int = 1, struct_init: StructInit = "shifted",
+                 patch_size: int = 4, structure_dim: int = 4, kv_stride: int = 1, struct_init: StructInit = "random",
                  attn_fp32: bool = False, pos_embed: PosEmbed = "none", num_frames: int = 4, crop_size: int = 32,
                  in_chans: int = 3) -> None:
         super().__init__()

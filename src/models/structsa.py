@@ -101,14 +101,17 @@ class StructSA(nn.Module):
             known source of NaN losses.
 
     struct_init chooses how the D key/value filters start (`STRUCT_INITS`; `reset_struct_parameters`):
-        "shifted" (default): filter d is a delta at tap d of `shifted_taps` (centre, previous frame, next
-            frame, the four spatial neighbours, ...), the same tap for its key and value filter; filter 0 is
-            the identity, so D = 1 starts as vanilla attention and D > 1 starts with D distinct structures.
-        "random": truncated normal, std 1/sqrt(kT·kH·kW) (fan-in of one filter), cut at ±2 std.
+        "random" (default): truncated normal, std 1/sqrt(kT·kH·kW) (fan-in of one filter), cut at ±2 std.
+            D distinct random structures; trained from scratch on a motion-only task it learned fastest and
+            as well as any other start (BENCHMARKS.md "Motion").
+        "shifted": filter d is a delta at tap d of `shifted_taps` (centre, previous frame, next frame, the
+            four spatial neighbours, ...), the same tap for its key and value filter; filter 0 is the
+            identity, so D = 1 starts as vanilla attention and D > 1 starts with D distinct structures.
         "noisy_identity": every filter the identity plus truncated-normal noise of std 0.02; the D filters
-            start almost equal and, trained from scratch, mostly stay so (BENCHMARKS.md "Motion").
+            start almost equal and, trained from scratch, mostly stay so.
         "identity": every filter the centre tap; with S = 1 the module is exactly vanilla attention, which is
-            what loading a plain-attention checkpoint uses (`init_identity()`).
+            what loading a plain-attention checkpoint uses (`init_identity()`); the D filters get equal
+            gradients and stay equal.
     """
 
     def __init__(
@@ -120,7 +123,7 @@ class StructSA(nn.Module):
         kv_stride: int = 1,
         qkv_bias: bool = True,
         attn_fp32: bool = False,
-        struct_init: StructInit = "shifted",
+        struct_init: StructInit = "random",
     ) -> None:
         super().__init__()
         if struct_init not in STRUCT_INITS:

@@ -128,7 +128,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, video: bool,
                  structure_dim: int, kv_stride: int, qkv_bias: bool, attn_fp32: bool,
-                 struct_init: StructInit = "shifted") -> None:
+                 struct_init: StructInit = "random") -> None:
         super().__init__()
         self.pos_embed = _dwconv(dim, 3, video)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -206,7 +206,7 @@ class StructViT(nn.Module):
         attn_fp32: bool = False,
         image: bool = False,
         stem: str = "patch",
-        struct_init: StructInit = "shifted",
+        struct_init: StructInit = "random",
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         in_chans: int = 3,

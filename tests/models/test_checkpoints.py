@@ -43,7 +43,7 @@ def test_uniformer_image_checkpoint_loads_into_video_structvit_with_a_clean_repo
 
 @pytest.mark.parametrize("init", [{}, {"struct_init": "identity"}])
 def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(image_checkpoint, init):
-    struct = build_model("structvit_s", num_classes=400)  # built with the from-scratch default (shifted)
+    struct = build_model("structvit_s", num_classes=400)  # built with the from-scratch default (random)
     uni = build_model("uniformer_s", num_classes=400)
     assert load_pretrained(struct, image_checkpoint, **init).struct_init == "identity"
     load_pretrained(uni, image_checkpoint)

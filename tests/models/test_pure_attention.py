@@ -17,7 +17,7 @@ def test_builds_from_the_registry_and_returns_logits():
     m = build_model("pure_attention_tiny", num_classes=8).eval()
     assert m(_clip()).shape == (2, 8)
     assert [a.structure_dim for a in m.structsa_modules()] == [4, 4]
-    assert m.structsa_modules()[0].struct_init == "shifted"
+    assert m.structsa_modules()[0].struct_init == "random"
     with pytest.raises(TypeError, match="stem"):
         build_model("pure_attention_tiny", stem="conv")
 

@@ -90,9 +90,8 @@ def test_noisy_identity_init_is_identity_plus_small_noise_that_differs_across_fi
     assert not torch.equal(m.k_struct.weight, m.v_struct.weight)
 
 
-def test_default_init_is_shifted_deltas_at_distinct_taps_centre_first():
-    m = StructSA(32, 2, structure_dim=8)
-    assert m.struct_init == "shifted"
+def test_shifted_init_is_deltas_at_distinct_taps_centre_first():
+    m = StructSA(32, 2, structure_dim=8, struct_init="shifted")
     taps = shifted_taps((3, 3, 3), 8)
     assert taps[:7] == [(1, 1, 1), (0, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 1), (1, 1, 0), (1, 1, 2)]
     assert len(set(taps)) == 8
@@ -111,12 +110,13 @@ def test_shifted_taps_stay_inside_an_image_kernel_and_refuse_too_many():
     assert shifted_taps((1, 3, 3), 5) == [(0, 1, 1), (0, 0, 1), (0, 2, 1), (0, 1, 0), (0, 1, 2)]
     assert len(set(shifted_taps((3, 3, 3), 27))) == 27
     with pytest.raises(ValueError, match="D <= 9"):
-        StructSA(16, 2, structure_dim=10, kernel_size=(1, 3, 3))
+        StructSA(16, 2, structure_dim=10, kernel_size=(1, 3, 3), struct_init="shifted")
 
 
-def test_random_init_is_fan_in_scaled_and_unknown_inits_are_refused():
+def test_default_init_is_random_fan_in_scaled_and_unknown_inits_are_refused():
     torch.manual_seed(0)
-    m = StructSA(64, 2, structure_dim=4, struct_init="random")
+    m = StructSA(64, 2, structure_dim=4)
+    assert m.struct_init == "random" and not torch.equal(m.k_struct.weight, m.v_struct.weight)
     w = m.k_struct.weight
     assert abs(w.std().item() - 27 ** -0.5 * 0.88) < 0.02  # a normal cut at ±2 std keeps 88 % of its std
     assert w.abs().max() <= 2 * 27 ** -0.5 + 1e-6
