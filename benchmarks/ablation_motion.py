@@ -426,15 +426,23 @@ def _read_partial(path: Path) -> list[dict]:
     return results
 
 
+def _train_minutes(report: dict) -> float:
+    """Minutes spent in training steps over every result (evaluation excluded), summed over the trainings."""
+    return sum(r["seconds_per_step"] for r in report["results"]) * report["steps"] / 60
+
+
 def section_text(report: dict, text: str) -> str:
     """The BENCHMARKS.md section: the setup, the command, the table (the reading is written by hand below it)."""
     return "\n".join([
-        f"Command: `{report['command']}` ({len(report['results'])} trainings, {report['seconds'] / 60:.0f} min in all on "
-        f"{report['cpu_count']} CPU cores, torch {report['torch']}, {report['date']}). Task: random-dot kinematograms "
+        f"Command: `{report['command']}` ({len(report['results'])} trainings, {_train_minutes(report):.0f} min of training "
+        f"steps in all, two at a time on {report['cpu_count']} CPU cores; torch {report['torch']}, {report['date']}; a "
+        f"rerun with the same budget resumes from `<out>.partial.jsonl`). Task: random-dot kinematograms "
         f"({report['dataset']['frames']} frames, 8x8 dots of 4 px, half coherent, 8 directions; "
         f"{report['dataset']['train']} train / {report['dataset']['test']} test clips, lossless H.264, decoded by "
         f"the project's decoder). Model: `{MODEL}`. Budget: {report['steps']} steps of batch {report['batch']}, "
-        f"AdamW lr {report['lr']}. Columns @N: test top-1 after N steps. Chance: 12.5 %.",
+        f"AdamW lr {report['lr']}. Columns @N: test top-1 after N steps. Chance: 12.5 %. ms / step: the median "
+        f"over the arm's trainings, measured while other trainings shared the machine (indicative only; the "
+        f"interleaved timing below is the one to compare).",
         "",
         text,
     ])
