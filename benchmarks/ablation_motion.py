@@ -18,6 +18,7 @@ uses D distinct structures loses much; one that uses a single structure loses li
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import multiprocessing
 import os
@@ -39,6 +40,8 @@ from src.models import build_model
 from src.optim import param_groups_weight_decay
 
 SECTION = "## Motion"
+_MEAN = torch.tensor(MEAN).view(1, 3, 1, 1, 1)
+_STD = torch.tensor(STD).view(1, 3, 1, 1, 1)
 MODEL = "pure_attention_tiny"
 DATASET = dict(train=8000, val=1000, test=1000, frames=4, size=32)
 
@@ -101,8 +104,6 @@ def load_split(index: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if cache.is_file():
         data = np.load(cache)
         return torch.from_numpy(data["clips"]), torch.from_numpy(data["labels"])
-    import csv
-
     with open(index / f"{split}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     frames = manifest["generation"]["frames"]
@@ -117,9 +118,7 @@ def load_split(index: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def to_input(clips: torch.Tensor) -> torch.Tensor:
     """uint8 (N, T, H, W, 3) -> normalised float (N, 3, T, H, W), the project's mean and std."""
     x = clips.permute(0, 4, 1, 2, 3).float().div_(255)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1, 1)
-    return (x - mean) / std
+    return (x - _MEAN) / _STD
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -189,11 +188,11 @@ def start_from(model: torch.nn.Module, arm: Arm, seed: int, save_dir: Path | Non
     path = (save_dir or Path()) / f"{arm.init_from}_seed{seed}.ckpt"
     if save_dir is None or not path.is_file():
         raise FileNotFoundError(f"{arm.name} starts from {path}: train arm {arm.init_from} with --save-models first")
-    state, _ = read_state_dict(load_checkpoint_file(path))
+    state, _ = read_state_dict(load_checkpoint_file(path))  # the backbone's tensors, prefix removed
     load_pretrained(model, state, struct_init=arm.struct_init)
     source = build_model(MODEL, num_classes=model.num_classes, **{
         **ARMS[arm.init_from].overrides(), "num_frames": model.grid[0], "crop_size": model.grid[1] * model.patch_size})
-    source.load_state_dict({k.removeprefix("backbone."): v for k, v in load_checkpoint_file(path)["state_dict"].items()})
+    source.load_state_dict(state)
     x = to_input(test_x[:250])
     model.eval()
     source.eval()
