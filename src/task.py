@@ -136,6 +136,8 @@ class VideoClassifier(pl.LightningModule):
         self.nonfinite_skips = 0
         self._drop_gradients = False
         self.run_dir: Path | None = None  # the run folder, asked once in setup (a collective under DDP)
+        self.eval_protocol = None  # set by src.trained.load_trained: the protocol the checkpoint was saved with
+        self.source_checkpoint: Path | None = None  # the file load_trained read, if any
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -182,6 +184,16 @@ class VideoClassifier(pl.LightningModule):
             "--model.ignore_class_mismatch true if the difference is intended (e.g. renamed classes)."
         )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the DataModule's evaluation protocol, so that the file alone can predict and export
+        (`src.trained.load_trained`); a checkpoint loaded that way carries its own protocol forward."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        protocol = getattr(datamodule, "eval_protocol", None) or self.eval_protocol
+        if protocol is not None:
+            from src.data.protocol import CHECKPOINT_KEY
+
+            checkpoint[CHECKPOINT_KEY] = protocol.to_dict()
+
     def on_fit_start(self) -> None:
         """Print the effective global batch and the learning rate: the two numbers a recipe depends on."""
         trainer = self.trainer
@@ -200,6 +212,18 @@ class VideoClassifier(pl.LightningModule):
     def forward(self, video: Tensor) -> Tensor:
         """(B, 3, T, H, W) clips -> (B, K) logits."""
         return self.backbone(video)
+
+    @property
+    def has_embeddings(self) -> bool:
+        """Whether the backbone exposes pre-logit features (StructViT, UniFormer, pure attention do)."""
+        return hasattr(self.backbone, "forward_features") and hasattr(self.backbone, "forward_head")
+
+    def embed_and_classify(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, T, H, W) clips -> ((B, C) pre-logit embeddings, (B, K) logits), one forward pass."""
+        if not self.has_embeddings:
+            raise TypeError(f"{type(self.backbone).__name__} has no pre-logit features (forward_features / forward_head)")
+        features = self.backbone.forward_features(video)
+        return self.backbone.forward_head(features, pre_logits=True), self.backbone.forward_head(features)
 
     # ------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -327,16 +351,28 @@ class VideoClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}]}], plus
-        {"path", "error"} for each video of the batch that failed to decode (nothing is lost silently)."""
+        """Mean softmax over the test views of each video -> [{"path", "top5": [{"class", "prob"}], "embedding"}],
+        plus {"path", "error"} for each video of the batch that failed to decode (nothing is lost silently).
+
+        `embedding` (a float32 CPU tensor, the pre-logit features averaged over the views) is there when the
+        backbone has pre-logit features; the prediction writer takes it out of the JSON lines."""
         video = batch["video"]
         records = []
         if video.shape[0] > 0:  # a batch of videos that all failed to decode has none to score
-            _, video_probs = average_views(self(video.flatten(0, 1)), video.shape[1])
+            num_views = video.shape[1]
+            embeddings = None
+            if self.has_embeddings:
+                features, logits = self.embed_and_classify(video.flatten(0, 1))
+                embeddings = features.float().unflatten(0, (-1, num_views)).mean(1).cpu()
+            else:
+                logits = self(video.flatten(0, 1))
+            _, video_probs = average_views(logits, num_views)
             top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
-            for path, probs, indices in zip(batch["path"], top.values.tolist(), top.indices.tolist()):
-                top5 = [{"class": self.class_names[i], "index": i, "prob": round(p, 6)} for p, i in zip(probs, indices)]
+            for i, (path, probs, indices) in enumerate(zip(batch["path"], top.values.tolist(), top.indices.tolist())):
+                top5 = [{"class": self.class_names[k], "index": k, "prob": round(p, 6)} for p, k in zip(probs, indices)]
                 records.append({"path": str(path), "top5": top5})
+                if embeddings is not None:
+                    records[-1]["embedding"] = embeddings[i]
         for path, reason in zip(batch.get("failed_path", []), batch.get("failed_reason", [])):
             records.append({"path": str(path), "error": str(reason)})
         return records

@@ -34,8 +34,9 @@ from src.data.datasets import (
 from src.data.decoding import decord_used_in_this_process
 from src.data.distributed import EvalSampler, TrainSampler
 from src.data.presets import PRESETS, get_preset
+from src.data.protocol import EvalProtocol
 from src.data.sampling import ClipSampler
-from src.data.transforms import EvalTransform, FlipPolicy, TrainTransform
+from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform
 from src.hang_guard import forget_wakeup_fd
 
 log = logging.getLogger("lightning.pytorch").getChild("data")
@@ -100,6 +101,10 @@ class VideoDataModule(LightningDataModule):
     Val/test batches: `video` (B, V, 3, T, H, W) with V = clips x crops of each video, `label`, `index` (row in
     the split), `failed_index` (rows that failed to decode and were skipped), `failed_reason`.
     Predict batches: `video` (B, V, 3, T, H, W), `path`.
+
+    `mean` / `std` normalise every clip; `class_names` replaces classes.txt where there is no index
+    (predicting from a checkpoint sets it from the checkpoint) and must equal it where there is one.
+    `eval_protocol` is what checkpoints store so that a model can be used without this module.
     """
 
     def __init__(
@@ -130,6 +135,9 @@ class VideoDataModule(LightningDataModule):
         persistent_workers: bool = False,
         prefetch_factor: PositiveInt | None = None,
         eval_batch_size: PositiveInt | None = None,
+        mean: tuple[float, float, float] = MEAN,
+        std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = STD,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         _check_ranges(locals())  # the CLI refuses these at parse time; this covers calls from Python
@@ -160,6 +168,8 @@ class VideoDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
+        self.mean = tuple(mean)
+        self.std = tuple(std)
         self.failure_log_dir: Path | None = None
         self._warned_empty_val = False
         self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
@@ -167,7 +177,8 @@ class VideoDataModule(LightningDataModule):
             raise ValueError(f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}")
         FlipPolicy(self.flip)  # validates the policy name early
         self.datasets: dict[str, VideoClipDataset] = {}
-        self._classes: list[str] | None = None
+        self._classes: list[str] | None = list(class_names) if class_names is not None else None
+        self._classes_given = class_names is not None
         self._failures = {"train_epoch": 0, "train_total": 0, "epoch": -1}
         self._reports: dict[str, EvalReport] = {}
         self._report_key: dict[str, tuple] = {}
@@ -184,11 +195,25 @@ class VideoDataModule(LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names from the index's classes.txt (line number = label)."""
+        """Class names (label = position): `data.class_names` when given, else the index's classes.txt."""
         if self._classes is None:
             self._require_index()
             self._classes = read_classes(self.root)
         return self._classes
+
+    def _check_given_classes(self) -> None:
+        """Labels in the CSVs index classes.txt: given class names that disagree with it would rename them."""
+        if self._classes_given and read_classes(self.root) != self._classes:
+            raise IndexContractError(
+                f"data.class_names ({len(self._classes)} names) differ from {self.root / 'classes.txt'}; "
+                "the CSV labels index classes.txt: drop data.class_names or fix the index"
+            )
+
+    @property
+    def eval_protocol(self) -> EvalProtocol:
+        """How this module makes evaluation clips, as stored in checkpoints for prediction and export."""
+        return EvalProtocol(self.num_frames, self.sampling, self.sampling_rate, self.crop_size,
+                            self.test_views, self.mean, self.std)
 
     @property
     def num_classes(self) -> int:
@@ -197,12 +222,19 @@ class VideoDataModule(LightningDataModule):
 
     @property
     def fingerprint(self) -> str:
-        """The index fingerprint from manifest.json (hash of the CSVs and classes)."""
+        """The index fingerprint (hash of classes.txt and the CSVs): manifest.json's, or computed the same way
+        for a hand-made index without one; "" when there is no index (predicting with given class names)."""
+        if self._classes_given and not (self.root / "classes.txt").is_file():
+            return ""
         self._require_index()
         path = self.root / "manifest.json"
-        if not path.is_file():
-            raise IndexContractError(f"{path} not found: re-run `make {get_preset(self.preset).make_target}`")
-        return str(json.loads(path.read_text(encoding="utf-8")).get("fingerprint", ""))
+        if path.is_file():
+            return str(json.loads(path.read_text(encoding="utf-8")).get("fingerprint", ""))
+        from data_prep.index import SPLITS, fingerprint_of
+
+        texts = [(self.root / "classes.txt").read_text(encoding="utf-8")]
+        texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in SPLITS if (self.root / f"{s}.csv").is_file()]
+        return fingerprint_of(texts)
 
     @property
     def failure_counts(self) -> dict[str, int]:
@@ -225,7 +257,7 @@ class VideoDataModule(LightningDataModule):
         return stage_split
 
     def _build(self, split: str) -> VideoClipDataset:
-        clips, crops = self.test_views
+        clips = self.test_views[0]
         common = dict(
             sampler=self.clip_sampler, backend=self.backend, decode_timeout=self.decode_timeout, seed=self.seed
         )
@@ -234,9 +266,10 @@ class VideoDataModule(LightningDataModule):
                 raise ValueError("set data.predict_path (a video, a frame folder or a folder of videos) to predict")
             entries = predict_entries(Path(self.predict_path))
             return VideoClipDataset(
-                entries, mode="predict", eval_transform=EvalTransform(self.crop_size, crops), num_clips=clips, **common
+                entries, mode="predict", eval_transform=self.eval_protocol.transform(), num_clips=clips, **common
             )
         self._require_index()
+        self._check_given_classes()
         file_split = self._eval_split_name(split) if split != "train" else "train"
         entries, _ = read_split(self.root, file_split, self.num_classes, limit=self.limit)
         if split == "train":
@@ -248,12 +281,14 @@ class VideoDataModule(LightningDataModule):
                 rand_augment=self.rand_augment,
                 erase_prob=self.erase_prob,
                 flip=FlipPolicy(self.flip, self.class_names),
+                mean=self.mean,
+                std=self.std,
             )
             return VideoClipDataset(
                 entries, mode="train", train_transform=transform, num_repeats=self.num_repeats, **common
             )
         return VideoClipDataset(
-            entries, mode="eval", eval_transform=EvalTransform(self.crop_size, crops), num_clips=clips, **common
+            entries, mode="eval", eval_transform=self.eval_protocol.transform(), num_clips=clips, **common
         )
 
     def setup(self, stage: str | None = None) -> None:

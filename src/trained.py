@@ -1,0 +1,158 @@
+"""A trained model from its checkpoint file alone: the one place that rebuilds a model for prediction,
+feature extraction, export and visualisation.
+
+A checkpoint written by `src.cli fit` holds the model's hyper-parameters (backbone variant and options,
+class names), its weights and the evaluation protocol (frames, sampling, views, crop, normalisation), so
+nothing else is needed: no dataset, no run folder, no guessing from weight shapes.
+
+    from src.trained import load_trained
+    trained = load_trained("runs/demo/version_0/checkpoints/best.ckpt")
+    views = trained.read_views("clip.mp4")            # (V, 3, T, H, W), the checkpoint's protocol
+    probs = trained.module(views).softmax(-1).mean(0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from src.data.protocol import CHECKPOINT_KEY, EvalProtocol
+from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
+from src.task import VideoClassifier
+
+NOT_TRAINED_HERE = (
+    "not a checkpoint written by this project's `src.cli fit` (it has no {missing}). Backbone weights such as the "
+    "official UniFormer .pth files initialise a run with --model.init_from, or are drawn by "
+    "`python -m src.visualize --model <variant> --weights <file>`"
+)
+
+
+@dataclass
+class CheckpointCard:
+    """What a checkpoint says about its model, read without building it."""
+
+    path: Path
+    hyper_parameters: dict[str, Any]
+    protocol: EvalProtocol
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.hyper_parameters.get("class_names")
+        return [str(n) for n in names] if names else [str(i) for i in range(int(self.hyper_parameters["num_classes"]))]
+
+    @property
+    def variant(self) -> str:
+        return str(self.hyper_parameters.get("backbone", {}).get("variant", "?"))
+
+
+@dataclass
+class TrainedModel:
+    """A classifier in eval mode on the CPU, its class names and the protocol its clips must follow."""
+
+    module: VideoClassifier
+    protocol: EvalProtocol
+    path: Path
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.module.class_names)
+
+    @property
+    def variant(self) -> str:
+        return str(self.module.hparams.backbone["variant"])
+
+    def read_views(self, video: str | Path, backend: str = "decord") -> Tensor:
+        """All test views of one video (file or JPEG-frame folder) as the protocol makes them: (V, 3, T, H, W).
+
+        Raises `DecodeError` naming the file when it cannot be decoded."""
+        from src.data.datasets import Entry, VideoClipDataset
+        from src.data.decoding import DecodeError
+
+        dataset = VideoClipDataset(
+            [Entry(Path(video), -1)], mode="predict", sampler=self.protocol.clip_sampler(),
+            eval_transform=self.protocol.transform(), num_clips=self.protocol.test_views[0], backend=backend,
+        )
+        item = dataset[0]
+        if item.get("failed"):
+            raise DecodeError(Path(video), str(item.get("reason", "could not be decoded")))
+        return item["video"]
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint: `<run>/checkpoints/x.ckpt` -> `<run>`, otherwise the file's folder."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _payload(path: Path) -> dict:
+    payload = load_checkpoint_file(path)
+    missing = [k for k in ("hyper_parameters", "state_dict") if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise CheckpointFileError(f"{path}: " + NOT_TRAINED_HERE.format(missing=" or ".join(missing)))
+    return payload
+
+
+def _protocol(path: Path, payload: dict) -> EvalProtocol:
+    """The stored protocol; for a checkpoint written before it was stored, the DataModule's arguments
+    (`datamodule_hyper_parameters`) resolved through their preset, as that run's DataModule did."""
+    if CHECKPOINT_KEY in payload:
+        return EvalProtocol.from_dict(payload[CHECKPOINT_KEY])
+    data = payload.get("datamodule_hyper_parameters")
+    if isinstance(data, dict):
+        from src.data.datamodule import VideoDataModule
+
+        known = inspect.signature(VideoDataModule).parameters
+        return VideoDataModule(**{k: v for k, v in data.items() if k in known}).eval_protocol
+    keys = ", ".join(f"'{k}': ..." for k in ("num_frames", "sampling", "sampling_rate", "crop_size", "test_views"))
+    raise CheckpointFileError(
+        f"{path}: holds no evaluation protocol (no '{CHECKPOINT_KEY}' and no datamodule_hyper_parameters), so the "
+        f"clips it expects are unknown. Add it once: ckpt = torch.load(path); ckpt['{CHECKPOINT_KEY}'] = "
+        f"{{{keys}}}; torch.save(ckpt, path) (the values of the run that trained it)"
+    )
+
+
+def _hyper_parameters(path: Path, payload: dict) -> dict[str, Any]:
+    hparams = {k: v for k, v in dict(payload["hyper_parameters"]).items() if not k.startswith("_")}
+    known = inspect.signature(VideoClassifier).parameters
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise CheckpointFileError(
+            f"{path}: hyper-parameters {unknown} are not arguments of this version's VideoClassifier; the file was "
+            "written by another version of structvit-lightning: load it with that version, or remove those keys"
+        )
+    hparams["init_from"] = None  # the weights come from this file, not from the run's starting point
+    return hparams
+
+
+def read_card(path: str | Path) -> CheckpointCard:
+    """The checkpoint's hyper-parameters, class names and evaluation protocol, without building the model."""
+    path = Path(path)
+    payload = _payload(path)
+    return CheckpointCard(path, _hyper_parameters(path, payload), _protocol(path, payload))
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Rebuild the classifier a checkpoint was saved from, with its weights, in eval mode on the CPU.
+
+    Raises CheckpointFileError naming the file and the fix for a file that is not a complete checkpoint of
+    this project, or whose weights do not fit the model its hyper-parameters describe."""
+    path = Path(path)
+    payload = _payload(path)
+    module = VideoClassifier(**_hyper_parameters(path, payload))
+    result = module.load_state_dict(payload["state_dict"], strict=False)
+    missing = list(result.missing_keys)
+    if missing or result.unexpected_keys:
+        raise CheckpointFileError(
+            f"{path}: its weights do not fit the model its hyper-parameters describe "
+            f"({module.hparams.backbone['variant']}): missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"{' ...' if len(missing) > 5 or len(result.unexpected_keys) > 5 else ''}. The file was edited or written "
+            "by another version"
+        )
+    module.eval_protocol = _protocol(path, payload)
+    module.source_checkpoint = path.resolve()
+    module.eval()
+    return TrainedModel(module, module.eval_protocol, path.resolve())
