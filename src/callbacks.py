@@ -111,28 +111,56 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
     """Writes one JSON object per video to `output`: {"path", "top5": [{"class", "index", "prob"}, ...]} for a
     predicted video, {"path", "error"} for one that failed to decode; ends with "predicted N of M videos".
 
-    `output` None means `<run log dir>/predictions.jsonl`. Every rank writes its own shard file when
-    several processes predict (`predictions.rank1.jsonl`, ...).
+    `output` None means `predictions.jsonl` in the run folder of the checkpoint the model was loaded from
+    (`<run>/checkpoints/x.ckpt` -> `<run>/`), else in the Trainer's root folder. With `features`, the
+    pre-logit embedding of every predicted video (mean over its views) also goes to `<output
+    stem>.features.npy` (N x C, float32), with the N paths in the same order in `<output stem>.features.txt`,
+    for retrieval or a linear probe. Every rank writes its own shard files when several processes predict
+    (`predictions.rank1.jsonl`, ...).
     """
 
-    def __init__(self, output: str | None = None) -> None:
+    def __init__(self, output: str | None = None, features: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output = output
+        self.features = features
         self._path: Path | None = None
         self._counts = [0, 0]  # predicted, failed (this rank)
+        self._embeddings: list[torch.Tensor] = []
+        self._embedded_paths: list[str] = []
 
-    def path_for(self, trainer: pl.Trainer) -> Path:
+    def path_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None = None) -> Path:
         """Where this rank writes."""
-        base = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
+        if self.output:
+            base = Path(self.output)
+        else:
+            source = getattr(pl_module, "source_checkpoint", None)
+            from src.trained import run_folder_of
+
+            folder = run_folder_of(source) if source else Path(trainer.default_root_dir)
+            base = folder / "predictions.jsonl"
         if trainer.world_size > 1 and trainer.global_rank > 0:
             base = base.with_name(f"{base.stem}.rank{trainer.global_rank}{base.suffix}")
         return base
 
+    def features_paths(self) -> tuple[Path, Path]:
+        """(embeddings .npy, paths .txt) beside this rank's predictions file."""
+        assert self._path is not None
+        stem = self._path.with_suffix("")
+        return stem.with_name(f"{stem.name}.features.npy"), stem.with_name(f"{stem.name}.features.txt")
+
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._path = self.path_for(trainer)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._path.write_text("")
+        self._path = self.path_for(trainer, pl_module)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.write_text("")
+        except OSError as err:
+            raise OSError(f"cannot write predictions to {self._path} ({err.strerror}); choose another place with "
+                          "--predict_writer.output FILE.jsonl") from None
+        if self.features and not getattr(pl_module, "has_embeddings", False):
+            raise ValueError(f"--predict_writer.features: {type(getattr(pl_module, 'backbone', pl_module)).__name__} "
+                             "has no pre-logit features")
         self._counts = [0, 0]
+        self._embeddings, self._embedded_paths = [], []
 
     def write_on_batch_end(
         self,
@@ -147,11 +175,26 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         assert self._path is not None
         with open(self._path, "a", encoding="utf-8") as f:
             for record in prediction:
+                embedding = record.pop("embedding", None)
+                if self.features and embedding is not None:
+                    self._embeddings.append(embedding)
+                    self._embedded_paths.append(record["path"])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 self._counts["error" in record] += 1
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Print "predicted N of M videos; K failed" over all ranks (every rank runs this hook: one all-reduce)."""
+        """Write the features; print "predicted N of M videos; K failed" over all ranks (every rank runs this
+        hook: one all-reduce)."""
+        written = ""
+        if self.features:
+            import numpy as np
+
+            array_path, list_path = self.features_paths()
+            width = getattr(getattr(pl_module, "backbone", None), "num_features", 0)
+            array = torch.stack(self._embeddings).numpy() if self._embeddings else np.zeros((0, width), np.float32)
+            np.save(array_path, array.astype(np.float32))
+            list_path.write_text("".join(f"{p}\n" for p in self._embedded_paths), encoding="utf-8")
+            written = f"; features {array.shape[0]} x {array.shape[1]} to {array_path} (paths in {list_path.name})"
         counts = torch.tensor(self._counts, dtype=torch.long, device=pl_module.device)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
@@ -159,5 +202,5 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         where = f"{self._path}" + (f" (and .rank<r> files of the other {trainer.world_size - 1} ranks)" if trainer.world_size > 1 else "")
         rank_zero_info(
             f"predicted {predicted} of {predicted + failed} videos; {failed} failed (listed with their error) — "
-            f"written to {where}"
+            f"written to {where}{written}"
         )

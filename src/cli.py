@@ -5,11 +5,17 @@ unknown key is a parse error naming it. Every run writes into its own folder
 `<trainer.logger.save_dir>/<name>/version_<n>/` (config.yaml, hparams.yaml, TensorBoard events,
 checkpoints/best-*.ckpt and last.ckpt, test reports). `--ckpt_path last` resumes from the newest
 `last.ckpt` of the same run name.
+
+`predict --ckpt_path X --data.predict_path <video|folder|list.txt>` needs nothing but the checkpoint: the
+model is rebuilt from it (`src.trained.load_trained`), the clips follow its stored evaluation protocol and
+class names, and predictions.jsonl (plus features with `--predict_writer.features true`) goes beside the
+checkpoint's run folder; no run folder, logger or config.yaml is made for a prediction.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +29,22 @@ from src.checkpoint_io import AtomicCheckpointIO
 from src.hang_guard import HangGuard
 from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
 from src.task import VideoClassifier
+from src.trained import CheckpointCard, load_trained, read_card
 
 log = logging.getLogger("lightning.pytorch").getChild("cli")
+# Lightning's own tree helper trips torch's LeafSpec deprecation on every predict batch; nothing to act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _DropAdvert(logging.Filter):
+    """Drops Lightning's "try installing litlogger" advert, printed at every Trainer start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdvert())
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -76,6 +96,27 @@ class VideoCLI(LightningCLI):
         except (CheckpointFileError, FileNotFoundError) as err:
             parser.error(f"--ckpt_path: {err}")  # exit 2 with the message, no traceback
 
+    def before_instantiate_classes(self) -> None:
+        """A prediction makes no run folder (no logger, no config.yaml); with a checkpoint, the data take its
+        class names and evaluation protocol (values set explicitly for the data win, with a warning)."""
+        if self.subcommand != "predict":
+            return
+        config = self.config.predict
+        config.trainer.logger = False
+        self.save_config_callback = None
+        if config.get("ckpt_path"):
+            adopt_checkpoint_protocol(config.data, read_card(config.ckpt_path))
+
+    def predict(self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None,
+                return_predictions: bool | None = None, **kwargs: Any) -> Any:
+        """`trainer.predict` on the model rebuilt from `ckpt_path` by `src.trained.load_trained` (the same
+        function as export and visualize); predictions are on disk, so they are not also kept in memory."""
+        if ckpt_path:
+            model = load_trained(ckpt_path).module
+        kwargs.pop("weights_only", None)  # the checkpoint was read by load_trained's safe loader
+        return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions),
+                                    **kwargs)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with `hang_guard.collective_timeout` as the process-group timeout of a DDP strategy
         named by a string (`ddp`, `ddp_spawn`, ...) or chosen by `auto`; a strategy given as a class keeps its
@@ -101,6 +142,22 @@ class VideoCLI(LightningCLI):
         callbacks = [*callbacks, last, LearningRateMonitor(logging_interval="step"), FirstBatchFrames(),
                      SigtermCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
+    """Fill the data config of a prediction from the checkpoint: its class names, its normalisation, and each
+    protocol value the config leaves unset; a value set otherwise is kept and reported."""
+    data.classes = card.class_names
+    protocol = card.protocol.to_dict()
+    data.mean, data.std = protocol.pop("mean"), protocol.pop("std")
+    for name, value in protocol.items():
+        given = data.get(name)
+        given = list(given) if isinstance(given, (list, tuple)) else given
+        if given is None:
+            data[name] = value
+        elif given != value:
+            log.warning("predict: data.%s=%s is set; the checkpoint %s was evaluated with %s", name, given,
+                        card.path, value)
 
 
 def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:
@@ -155,6 +212,7 @@ def cli_main(args: list[str] | None = None, run: bool = True, model_class: type 
         save_config_callback=SaveConfigWithCheckpoints,
         trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER},
         parser_kwargs={"parser_mode": "yaml"},
+        seed_everything_default=0,  # a run is reproducible unless a seed is chosen (the configs set it too)
         auto_configure_optimizers=False,
         args=args,
         run=run,

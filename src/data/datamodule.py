@@ -102,7 +102,7 @@ class VideoDataModule(LightningDataModule):
     the split), `failed_index` (rows that failed to decode and were skipped), `failed_reason`.
     Predict batches: `video` (B, V, 3, T, H, W), `path`.
 
-    `mean` / `std` normalise every clip; `class_names` replaces classes.txt where there is no index
+    `mean` / `std` normalise every clip; `classes` (class names) replace classes.txt where there is no index
     (predicting from a checkpoint sets it from the checkpoint) and must equal it where there is one.
     `eval_protocol` is what checkpoints store so that a model can be used without this module.
     """
@@ -137,7 +137,7 @@ class VideoDataModule(LightningDataModule):
         eval_batch_size: PositiveInt | None = None,
         mean: tuple[float, float, float] = MEAN,
         std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = STD,
-        class_names: list[str] | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         _check_ranges(locals())  # the CLI refuses these at parse time; this covers calls from Python
@@ -177,8 +177,8 @@ class VideoDataModule(LightningDataModule):
             raise ValueError(f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}")
         FlipPolicy(self.flip)  # validates the policy name early
         self.datasets: dict[str, VideoClipDataset] = {}
-        self._classes: list[str] | None = list(class_names) if class_names is not None else None
-        self._classes_given = class_names is not None
+        self._classes: list[str] | None = list(classes) if classes is not None else None
+        self._classes_given = classes is not None
         self._failures = {"train_epoch": 0, "train_total": 0, "epoch": -1}
         self._reports: dict[str, EvalReport] = {}
         self._report_key: dict[str, tuple] = {}
@@ -195,7 +195,7 @@ class VideoDataModule(LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names (label = position): `data.class_names` when given, else the index's classes.txt."""
+        """Class names (label = position): `data.classes` when given, else the index's classes.txt."""
         if self._classes is None:
             self._require_index()
             self._classes = read_classes(self.root)
@@ -205,8 +205,8 @@ class VideoDataModule(LightningDataModule):
         """Labels in the CSVs index classes.txt: given class names that disagree with it would rename them."""
         if self._classes_given and read_classes(self.root) != self._classes:
             raise IndexContractError(
-                f"data.class_names ({len(self._classes)} names) differ from {self.root / 'classes.txt'}; "
-                "the CSV labels index classes.txt: drop data.class_names or fix the index"
+                f"data.classes ({len(self._classes)} names) differ from {self.root / 'classes.txt'}; "
+                "the CSV labels index classes.txt: drop data.classes or fix the index"
             )
 
     @property

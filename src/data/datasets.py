@@ -117,11 +117,22 @@ def read_split(root: Path, split: str, num_classes: int, *, limit: int | None = 
     return entries, skipped
 
 
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
 def predict_entries(path: Path) -> list[Entry]:
-    """Entries for prediction: one video file, a JPEG-frame folder, or a folder of video files."""
+    """Entries for prediction: one video file, a JPEG-frame folder, a folder of video files, or a text file
+    (.txt/.lst/.list) with one path per line (relative paths from the list's folder; `#` lines skipped).
+    A listed path that does not exist is kept: it is reported as failed, with the others predicted."""
     path = Path(path)
     if not path.exists():
         raise IndexContractError(f"predict_path {path} does not exist")
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        listed = [path.parent / line for line in lines if line and not line.startswith("#")]
+        if not listed:
+            raise IndexContractError(f"predict_path {path} lists no videos (one path per line)")
+        return [Entry(p, -1) for p in listed]
     if path.is_file() or any(p.suffix.lower() in (".jpg", ".jpeg") for p in path.iterdir()):
         return [Entry(path, -1)]
     videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES or p.is_dir())
