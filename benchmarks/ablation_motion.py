@@ -168,7 +168,10 @@ def mean_filter_accuracy(model: torch.nn.Module, clips: torch.Tensor, labels: to
 
 # ------------------------------------------------------------------------------------------------ training
 def save_model(model: torch.nn.Module, arm: Arm, path: Path, manifest: dict) -> None:
-    """Write `model` as a checkpoint that `python -m src.visualize --ckpt` reads (weights + how to rebuild it)."""
+    """Write `model` as a checkpoint that `src.trained.load_trained` rebuilds (so `python -m src.visualize
+    --ckpt` draws it): weights, hyper-parameters and the protocol of this study (every frame, full size)."""
+    from src.data.protocol import CHECKPOINT_KEY, EvalProtocol
+
     frames, size = manifest["generation"]["frames"], manifest["generation"]["size"]
     classes = (Path(manifest["root"]) / "classes.txt").read_text().split() if "root" in manifest else None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +179,7 @@ def save_model(model: torch.nn.Module, arm: Arm, path: Path, manifest: dict) -> 
         "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": {"backbone": {"variant": MODEL, **arm.overrides(), "num_frames": frames, "crop_size": size},
                              "num_classes": manifest["num_classes"], "class_names": classes},
-        "datamodule_hyper_parameters": {"num_frames": frames, "crop_size": size},
+        CHECKPOINT_KEY: EvalProtocol(frames, "segment", 1, size, (1, 1), MEAN, STD).to_dict(),
     }, path)
 
 

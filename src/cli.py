@@ -15,7 +15,6 @@ checkpoint's run folder; no run folder, logger or config.yaml is made for a pred
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,6 @@ from src.task import VideoClassifier
 from src.trained import CheckpointCard, load_trained, read_card
 
 log = logging.getLogger("lightning.pytorch").getChild("cli")
-# Lightning's own tree helper trips torch's LeafSpec deprecation on every predict batch; nothing to act on
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class _DropAdvert(logging.Filter):

@@ -281,8 +281,10 @@ def run_demo(data_root: Path, runs: Path, *, fast: bool = False, extra: list[str
 
     print("[4/4] predict: a few test clips through `src.cli predict`", flush=True)
     samples = sample_clips(index, manifest, run_dir / "predict" / "clips")
-    predict_s = run_cli(["predict", *after_fit, "--trainer.logger.init_args.version", f"version_{version}/predict",
-                         "--data.predict_path", str(samples[0].parent)], threads=threads, quiet=quiet)
+    # the checkpoint alone: its classes and evaluation protocol come from the file, no config or data.root
+    predict_s = run_cli(["predict", "--ckpt_path", str(checkpoint), "--data.predict_path", str(samples[0].parent),
+                         "--predict_writer.output", str(run_dir / "predict" / "predictions.jsonl"),
+                         "--predict_writer.features", "true"], threads=threads, quiet=quiet)
     predictions = [
         {"file": Path(rec["path"]).name, "class": rec["top5"][0]["class"], "prob": rec["top5"][0]["prob"]}
         for rec in read_predictions(run_dir / "predict" / "predictions.jsonl")

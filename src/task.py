@@ -34,6 +34,11 @@ warnings.filterwarnings(
 )
 
 
+# Lightning's own tree helper (lightning.pytorch.utilities._pytree) trips torch's LeafSpec deprecation on every
+# training and prediction step; nothing in this project can act on it.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss stayed NaN/inf for too many consecutive steps."""
 

@@ -537,10 +537,13 @@ def save_figures(figures: dict[str, Figure], out: Path, dpi: int = 90, palette: 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_clip(path: Path, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
+def load_clip(
+    path: Path, num_frames: int, size: int, mean: Sequence[float] = (MEAN,) * 3, std: Sequence[float] = (STD,) * 3
+) -> tuple[Tensor, Tensor]:
     """Read `num_frames` evenly spaced frames, resize the short side to `size` and centre-crop.
 
-    Returns (frames (T, size, size, 3) in [0, 1] for display, video (1, 3, T, size, size) normalised).
+    Returns (frames (T, size, size, 3) in [0, 1] for display, video (1, 3, T, size, size) normalised with
+    the per-channel `mean` / `std`).
     """
     from torchvision.transforms.v2 import functional as tvf
 
@@ -557,129 +560,62 @@ def load_clip(path: Path, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
     clip = clip.permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
     clip = tvf.center_crop(tvf.resize(clip, [size], antialias=True), [size, size]).clamp(0, 1)
     frames = clip.permute(0, 2, 3, 1).contiguous()
-    video = ((clip - MEAN) / STD).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+    video = tvf.normalize(clip, list(mean), list(std)).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
     return frames, video
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to visualise and what was learnt about it from its checkpoint."""
+    """A model ready to visualise, and the clip size and normalisation it expects (None: not known)."""
 
     model: nn.Module
     variant: str
     class_names: list[str] | None
     num_frames: int | None
     crop_size: int | None
-
-
-def _find(tree: Any, key: str) -> Any:
-    """The first value stored under `key` anywhere in nested dicts / objects (hyper-parameters)."""
-    if isinstance(tree, dict):
-        if key in tree and tree[key] is not None:
-            return tree[key]
-        children = list(tree.values())
-    elif hasattr(tree, "__dict__") and not isinstance(tree, (str, bytes, Tensor)):
-        return _find(vars(tree), key)
-    else:
-        return None
-    for child in children:
-        found = _find(child, key)
-        if found is not None:
-            return found
-    return None
-
-
-def _run_config(ckpt: Path) -> dict:
-    """The LightningCLI config.yaml of the run that wrote `ckpt` (searched in its parent folders), or {}."""
-    import yaml
-
-    for folder in list(ckpt.resolve().parents)[:4]:
-        config = folder / "config.yaml"
-        if config.is_file():
-            return yaml.safe_load(config.read_text()) or {}
-    return {}
+    mean: tuple[float, ...] = (MEAN,) * 3
+    std: tuple[float, ...] = (STD,) * 3
 
 
 def load_model(
     ckpt: Path | None = None,
     model_name: str | None = None,
     *,
+    weights: Path | None = None,
     num_classes: int | None = None,
     kv_stride: int | None = None,
 ) -> LoadedModel:
-    """Build a model to visualise: a Lightning/StructViT checkpoint, or `model_name` with random weights.
-
-    For a checkpoint the variant comes from `model_name`, else its hyper-parameters, else the run's
-    config.yaml; the structure dimension D and the class count are read from the weights' shapes.
+    """The network to draw: a checkpoint of this project, rebuilt by `src.trained.load_trained` (its
+    variant, options, class names and evaluation protocol come from the file), or `model_name` built
+    with its defaults (`kv_stride` and `num_classes` overridable) and random weights or backbone
+    `weights` (e.g. an official UniFormer .pth), which must fit it exactly.
     """
     from src.models import build_model
 
-    if ckpt is None:
-        if model_name is None:
-            raise ValueError("give a checkpoint (--ckpt) or a model variant (--model structvit_xs)")
-        overrides = {} if kv_stride is None else {"kv_stride": kv_stride}
-        model = build_model(model_name, num_classes=num_classes or 400, **overrides)
-        return LoadedModel(model.eval(), model_name, None, None, None)
+    if ckpt is not None:
+        if model_name is not None or weights is not None or kv_stride is not None:
+            raise ValueError("--ckpt names its own model: drop --model / --weights / --kv-stride "
+                             "(those draw a variant with random or raw backbone weights)")
+        from src.trained import load_trained
 
-    from src.models.checkpoints import load_checkpoint_file, load_pretrained, read_state_dict
+        trained = load_trained(ckpt)
+        protocol = trained.protocol
+        log.info("loaded %s (%s)", ckpt, trained.variant)
+        return LoadedModel(trained.module.backbone.eval(), trained.variant, trained.class_names,
+                           protocol.num_frames, protocol.crop_size, protocol.mean, protocol.std)
+    if model_name is None:
+        raise ValueError("give a checkpoint (--ckpt) or a model variant (--model structvit_xs)")
+    overrides = {} if kv_stride is None else {"kv_stride": kv_stride}
+    model = build_model(model_name, num_classes=num_classes or 400, **overrides)
+    if weights is not None:
+        from src.models.checkpoints import load_pretrained
 
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
-    try:
-        payload = load_checkpoint_file(ckpt)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise ValueError(f"--ckpt {ckpt}: cannot be read as a PyTorch checkpoint ({err})") from err
-    hparams = payload.get("hyper_parameters", {}) if isinstance(payload, dict) else {}
-    data_hparams = payload.get("datamodule_hyper_parameters", {}) if isinstance(payload, dict) else {}
-    config = _run_config(ckpt)
-    state, _ = read_state_dict(payload)  # the backbone's tensors, Lightning / wrapper prefixes removed
-
-    variant = model_name or _find(hparams, "variant") or _find(config.get("model", {}), "variant")
-    if not variant:
-        raise ValueError(f"--ckpt {ckpt}: the checkpoint does not name its model variant; pass --model NAME")
-    head = next((v for k, v in state.items() if k.endswith("head.weight")), None)
-    backbone = hparams.get("backbone") if isinstance(hparams, dict) else None
-    # the options the run was built with (pos_embed, num_frames, ...); D and the stride are checked below
-    overrides: dict[str, Any] = {k: v for k, v in backbone.items() if k in _REBUILD_KEYS and v is not None} \
-        if isinstance(backbone, dict) else {}
-    structure_dim = _structure_dim(state)
-    if structure_dim is not None:
-        overrides["structure_dim"] = structure_dim
-    stride = kv_stride or _find(hparams, "kv_stride") or _find(config.get("model", {}), "kv_stride")
-    if stride is not None:
-        overrides["kv_stride"] = int(stride)
-    classes = num_classes or (int(head.shape[0]) if head is not None else 400)
-    model = build_model(str(variant), num_classes=classes, **overrides)
-    report = load_pretrained(model, state)
-    if not report.clean or report.head_dropped:
-        # A partly loaded model would draw maps of weights nobody trained: refuse instead.
-        raise ValueError(f"--ckpt {ckpt}: does not match {variant} {overrides}:\n{report}")
-    log.info("loaded %s (%s, %s)", ckpt, variant, overrides)
-    names = _find(hparams, "class_names")
-    frames = _find(data_hparams, "num_frames") or _find(config.get("data", {}), "num_frames")
-    crop = _find(data_hparams, "crop_size") or _find(config.get("data", {}), "crop_size")
-    return LoadedModel(
-        model.eval(),
-        str(variant),
-        list(names) if names else None,
-        int(frames) if isinstance(frames, int) else None,
-        int(crop) if isinstance(crop, int) else None,
-    )
-
-
-_REBUILD_KEYS = ("stem", "pos_embed", "num_frames", "crop_size")
-
-
-def _structure_dim(state: dict[str, Tensor]) -> int | None:
-    """D from the shape of the first `v_struct` weight (C*D, 1, k...) and its layer's qkv (3C, C); 0 if none."""
-    for key, value in state.items():
-        if key.endswith("attn.v_struct.weight"):
-            qkv = state[key[: -len("v_struct.weight")] + "qkv.weight"]
-            return int(value.shape[0]) // int(qkv.shape[1])
-    if any(k.endswith("attn.qkv.weight") for k in state):
-        return 0
-    return None
+        report = load_pretrained(model, weights)
+        if not report.clean or report.head_dropped:
+            # maps of half-loaded weights would show weights nobody trained: refuse instead
+            raise ValueError(f"--weights {weights}: does not fit {model_name} {overrides} with {num_classes or 400} "
+                             f"classes (set --num-classes / --kv-stride to the trained model's):\n{report}")
+    return LoadedModel(model.eval(), model_name, None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -690,8 +626,9 @@ def _structure_dim(state: dict[str, Tensor]) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m src.visualize` arguments."""
     p = argparse.ArgumentParser(prog="python -m src.visualize", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, help="Lightning or StructViT checkpoint to visualise")
-    p.add_argument("--model", help="variant (e.g. structvit_xs): random weights, or the variant of --ckpt")
+    p.add_argument("--ckpt", type=Path, help="checkpoint written by `src.cli fit`: the model is rebuilt from it")
+    p.add_argument("--model", help="variant (e.g. structvit_xs) to draw with random weights or --weights")
+    p.add_argument("--weights", type=Path, help="backbone weights for --model (e.g. an official UniFormer .pth)")
     p.add_argument("--video", type=Path, required=True, help="video file or folder of JPEG frames")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--stage", type=int, default=3, help="attention stage (3 or 4); default 3")
@@ -700,8 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", help="query token t,y,x on the layer's token grid; default the centre of the middle frame")
     p.add_argument("--frames", type=int, help="frames to read (default: the checkpoint's, else 16)")
     p.add_argument("--size", type=int, help="crop size (default: the checkpoint's, else 224)")
-    p.add_argument("--num-classes", type=int, help="classes of a randomly initialised --model (default 400)")
-    p.add_argument("--kv-stride", type=int, help="key/value stride S (default: the checkpoint's, else the variant's)")
+    p.add_argument("--num-classes", type=int, help="classes of --model (default 400)")
+    p.add_argument("--kv-stride", type=int, help="key/value stride S of --model (default: the variant's)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the D = 0 comparison")
     p.add_argument("--only", choices=FIGURE_NAMES, nargs="+", help="write only these figures")
     p.add_argument("--dpi", type=int, default=90, help="resolution of the PNG files")
@@ -715,8 +652,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
-    loaded = load_model(args.ckpt, args.model, num_classes=args.num_classes, kv_stride=args.kv_stride)
-    frames, video = load_clip(args.video, args.frames or loaded.num_frames or 16, args.size or loaded.crop_size or 224)
+    loaded = load_model(args.ckpt, args.model, weights=args.weights, num_classes=args.num_classes,
+                        kv_stride=args.kv_stride)
+    frames, video = load_clip(args.video, args.frames or loaded.num_frames or 16, args.size or loaded.crop_size or 224,
+                              loaded.mean, loaded.std)
     twin = None if args.no_vanilla else vanilla_twin(loaded.model)
     maps = compute_structure_maps(
         loaded.model, video, stage=args.stage, block=args.block, head=args.head, query=args.query,

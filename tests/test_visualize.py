@@ -194,45 +194,49 @@ def test_missing_video_names_the_file(tmp_path: Path) -> None:
         load_clip(tmp_path / "nope.mp4", FRAMES, SIZE)
 
 
-def test_lightning_checkpoint_is_loaded_with_its_variant_structure_and_class_names(
+def test_a_checkpoint_is_rebuilt_by_load_trained_with_its_options_classes_and_protocol(
     clip_path: Path, tmp_path: Path
 ) -> None:
-    model = _model(seed=4, kv_stride=2)
+    """The same rebuild as predict and export: variant, kv_stride, class names and the clip size come from the
+    checkpoint alone (no run folder beside it, nothing read from weight shapes)."""
+    from src.data.protocol import CHECKPOINT_KEY, EvalProtocol
+    from src.task import BackboneConfig, VideoClassifier
+
     names = ["left", "right", "still"]
-    ckpt = tmp_path / "last.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"backbone": {"variant": "structvit_xs", "kv_stride": 2}, "class_names": names,
-                                 "num_classes": 3},
-        },
-        ckpt,
-    )
+    torch.manual_seed(4)
+    module = VideoClassifier(BackboneConfig("structvit_xs", kv_stride=2), num_classes=3, class_names=names)
+    protocol = EvalProtocol(FRAMES, "segment", 1, SIZE, (1, 1), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    ckpt = tmp_path / "elsewhere" / "model.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                CHECKPOINT_KEY: protocol.to_dict()}, ckpt)
     loaded = load_model(ckpt)
     assert loaded.variant == "structvit_xs" and loaded.class_names == names
+    assert (loaded.num_frames, loaded.crop_size, loaded.mean, loaded.std) == (FRAMES, SIZE, protocol.mean, protocol.std)
     assert loaded.model.blocks3[0].attn.kv_stride == 2
-    for key, value in model.state_dict().items():
+    for key, value in module.backbone.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
     paths = main(["--ckpt", str(ckpt), "--video", str(clip_path), "--out", str(tmp_path / "o"),
-                  "--frames", str(FRAMES), "--size", str(SIZE), "--only", "overview", "--no-vanilla", "--dpi", "30",
-                  "--palette"])
+                  "--only", "overview", "--no-vanilla", "--dpi", "30", "--palette"])
     assert [p.name for p in paths] == ["overview.png"]
     with Image.open(paths[0]) as picture:
         assert picture.mode == "P"  # --palette: a 256-colour PNG, small enough to commit
-
-
-def test_checkpoint_without_a_variant_asks_for_one_and_an_incomplete_one_is_refused(tmp_path: Path) -> None:
-    state = {f"backbone.{k}": v for k, v in _model().state_dict().items()}
-    ckpt = tmp_path / "bare.ckpt"
-    torch.save({"state_dict": state}, ckpt)
-    with pytest.raises(ValueError, match="pass --model"):
-        load_model(ckpt)
-    assert load_model(ckpt, "structvit_xs").model.head.out_features == CLASSES
-    # Maps of half-loaded weights would mislead: a checkpoint missing a tensor is refused, with the report.
-    del state["backbone.blocks4.0.mlp.fc2.weight"]
-    torch.save({"state_dict": state}, ckpt)
-    with pytest.raises(ValueError, match=r"does not match structvit_xs(.|\n)*blocks4.0.mlp.fc2.weight"):
+    with pytest.raises(ValueError, match="--ckpt names its own model"):
         load_model(ckpt, "structvit_xs")
+
+
+def test_raw_backbone_weights_need_their_variant_and_must_fit_it(tmp_path: Path) -> None:
+    state = _model().state_dict()
+    weights = tmp_path / "bare.pth"
+    torch.save({"model": state}, weights)
+    with pytest.raises(ValueError, match=r"not a checkpoint written by this project.*--weights"):
+        load_model(weights)  # as --ckpt: no hyper-parameters, so no guessing either
+    assert load_model(None, "structvit_xs", weights=weights, num_classes=CLASSES).model.head.out_features == CLASSES
+    # Maps of half-loaded weights would mislead: weights missing a tensor are refused, with the report.
+    del state["blocks4.0.mlp.fc2.weight"]
+    torch.save({"model": state}, weights)
+    with pytest.raises(ValueError, match=r"does not fit structvit_xs(.|\n)*blocks4.0.mlp.fc2.weight"):
+        load_model(None, "structvit_xs", weights=weights, num_classes=CLASSES)
 
 
 # ------------------------------------------------------------------------------------------------ callback

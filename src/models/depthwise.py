@@ -66,6 +66,8 @@ class DepthwiseConv3d(nn.Conv3d):
                          groups=in_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or not torch.is_grad_enabled() or self.padding_mode != "zeros":
+        # under torch.jit.trace (TorchScript, ONNX export) the plain conv: a Python autograd Function cannot be traced
+        if (x.device.type != "cpu" or not torch.is_grad_enabled() or self.padding_mode != "zeros"
+                or torch.jit.is_tracing()):
             return super().forward(x)
         return _DepthwiseConv3dFunction.apply(x, self.weight, self.bias, self.stride, self.padding)
