@@ -34,9 +34,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(*args: str, timeout: int = 300, cwd: Path = ROOT, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=cwd, env={**env(), **extra_env},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -238,7 +238,8 @@ def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
     video = next(index.glob("val/**/*.mp4")) if (index / "val").is_dir() else next(index.rglob("*.mp4"))
     ok(run_cli("predict", *run_args(index, runs, "e2e", "predict"), "--ckpt_path", ckpt,
                "--data.predict_path", str(video)))
-    records = [json.loads(line) for line in (runs / "e2e" / "predict" / "predictions.jsonl").read_text().splitlines()]
+    assert not (runs / "e2e" / "predict").exists()  # a prediction makes no run folder: it goes beside the checkpoint's
+    records = [json.loads(line) for line in (fitted / "predictions.jsonl").read_text().splitlines()]
     classes = (index / "classes.txt").read_text().split()
     assert len(records) == 1 and records[0]["path"].endswith(video.name)
     top5 = records[0]["top5"]
@@ -273,6 +274,62 @@ def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, inde
     (record,) = map(json.loads, single.read_text(encoding="utf-8").splitlines())
     assert record["path"].endswith("b broken.mp4") and record["error"]
     assert "predicted 0 of 1 videos; 1 failed" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted, index, tmp_path):
+    """A downloaded checkpoint (no run folder, no dataset, no config) predicts a folder and a list of clips with its
+    own classes and protocol, and writes the embeddings; nothing else is created and no warning is printed."""
+    import shutil
+
+    import numpy as np
+
+    from src.trained import load_trained
+
+    download = tmp_path / "download"
+    download.mkdir()
+    ckpt = download / "model.ckpt"
+    shutil.copy(fitted / "checkpoints" / "last.ckpt", ckpt)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i, video in enumerate(sorted(index.rglob("*.mp4"))[:3]):
+        shutil.copy(video, clips / f"{i}.mp4")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    result = ok(run_cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(clips),
+                        "--predict_writer.features", "true", "--data.num_workers", "1", cwd=workdir,
+                        DATA_ROOT=str(tmp_path / "no data here"), PYTHONPATH=str(ROOT)))
+    output = result.stdout + result.stderr
+    for noise in ("litlogger", "dirpath has changed", "LeafSpec", "Warning"):
+        assert noise not in output, output[-3000:]
+    assert "predicted 3 of 3 videos; 0 failed" in output
+    assert sorted(p.name for p in download.iterdir()) == [
+        "model.ckpt", "predictions.features.npy", "predictions.features.txt", "predictions.jsonl"]
+    assert list(workdir.iterdir()) == []
+    records = [json.loads(line) for line in (download / "predictions.jsonl").read_text().splitlines()]
+    classes = (index / "classes.txt").read_text().split()
+    assert [Path(r["path"]).name for r in records] == ["0.mp4", "1.mp4", "2.mp4"]
+    assert all(t["class"] in classes for r in records for t in r["top5"])
+    features = np.load(download / "predictions.features.npy")
+    paths = (download / "predictions.features.txt").read_text().splitlines()
+    assert features.shape == (3, 192) and features.dtype == np.float32 and paths == [r["path"] for r in records]
+    trained = load_trained(ckpt)  # the row of a video is its pre-logit embedding, averaged over the test views
+    with torch.no_grad():
+        embedding, logits = trained.module.embed_and_classify(trained.read_views(clips / "1.mp4"))
+    np.testing.assert_allclose(features[1], embedding.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    top = logits.softmax(-1).mean(0).argmax().item()
+    assert records[1]["top5"][0]["index"] == top
+
+    # a text file listing clips (relative to the list's folder); a listed file that is gone is reported, not fatal
+    listing = clips / "list.txt"
+    listing.write_text("# my clips\n2.mp4\n\nmissing.mp4\n0.mp4\n")
+    out = tmp_path / "listed.jsonl"
+    result = ok(run_cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(listing),
+                        "--predict_writer.output", str(out), cwd=workdir, PYTHONPATH=str(ROOT)))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in records) == ["0.mp4", "2.mp4", "missing.mp4"]
+    assert [r for r in records if "error" in r][0]["path"].endswith("missing.mp4")
+    assert "predicted 2 of 3 videos; 1 failed" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

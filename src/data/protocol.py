@@ -31,6 +31,15 @@ class EvalProtocol:
     std: tuple[float, float, float] = STD
 
     def __post_init__(self) -> None:
+        # plain Python values (config parsing hands in int subclasses such as PositiveInt): checkpoints store
+        # them, and the safe loader refuses any class it does not know
+        for name, cast in (("num_frames", int), ("sampling", str), ("sampling_rate", int), ("crop_size", int)):
+            object.__setattr__(self, name, cast(getattr(self, name)))
+        object.__setattr__(self, "test_views", tuple(int(v) for v in self.test_views))
+        for name in ("mean", "std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if len(self.test_views) != 2 or len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"eval protocol: test_views needs 2 values, mean and std 3 each: {self}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"eval protocol: unknown sampling {self.sampling!r}; use one of {SAMPLINGS}")
         clips, crops = self.test_views
