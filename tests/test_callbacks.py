@@ -104,6 +104,33 @@ def test_prediction_writer_writes_one_json_line_per_video(tmp_path):
     assert all(len(r["top5"]) == 4 and r["top5"][0]["class"] in "abcd" for r in records)
 
 
+def test_prediction_writer_puts_predictions_and_features_beside_the_checkpoints_run(tmp_path):
+    """With no output named, a model loaded from `<run>/checkpoints/x.ckpt` predicts into `<run>/`; features are the
+    view-averaged pre-logit embeddings, one row per predicted video, in the order of the JSON lines."""
+    import numpy as np
+
+    data = TinyClips(3, views=2)
+    paths = [f"clip{i}.mp4" for i in range(3)]
+
+    def collate(items):
+        return {"video": torch.stack([it["video"] for it in items]), "path": [paths[int(it["index"])] for it in items]}
+
+    task = make_task().eval()
+    task.source_checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    writer = JsonLinesPredictionWriter(features=True)
+    trainer = trainer_with(tmp_path, [writer])
+    trainer.predict(task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in records] == paths and all("embedding" not in r for r in records)
+    features = np.load(run / "predictions.features.npy")
+    assert (run / "predictions.features.txt").read_text().splitlines() == paths
+    with torch.no_grad():
+        embedding, _ = task.embed_and_classify(data[1]["video"])
+    assert features.shape == (3, embedding.shape[1])
+    np.testing.assert_allclose(features[1], embedding.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_first_batch_grid_goes_to_tensorboard_once(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
