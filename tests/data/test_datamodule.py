@@ -84,7 +84,7 @@ def test_presets_fill_unset_arguments_and_explicit_values_win() -> None:
     assert (custom.num_frames, custom.sampling, custom.flip, custom.test_views, custom.rand_augment) == (
         8, "segment", "off", (2, 3), None,
     )
-    assert set(PRESETS) == {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"}
+    assert set(PRESETS) == {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic", "custom"}
     with pytest.raises(ValueError, match="unknown data preset 'ucf101'"):
         VideoDataModule(preset="ucf101")
     with pytest.raises(ValueError, match="unknown flip policy 'mirror'"):
