@@ -30,7 +30,7 @@ DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tin
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
-        prepare-diving48 prepare-gym doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
+        prepare-diving48 prepare-gym prepare-folder doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
         tensorboard clean
 
 help: ## List every target with one line each
@@ -80,6 +80,15 @@ prepare-diving48: install ## Download/extract and index Diving-48 (V2 labels) in
 
 prepare-gym: install ## Trim FineGym events/elements from GYM_VIDEOS with GYM_ANNOTATIONS into $(DATA_ROOT)/gym99 and gym288
 	$(PY) -m data_prep.finegym --videos $(GYM_VIDEOS) --annotations $(GYM_ANNOTATIONS) --out $(DATA_ROOT) --workers $(JOBS) $(PREP_ARGS)
+
+# prepare-folder: plain assignments, so only the command line sets them (WSL puts the host name in $NAME);
+# an unset SRC stops make before anything runs
+SRC  =
+NAME = custom
+SRC_UNSET = prepare-folder: set SRC to the folder of your videos (one folder per class), e.g. make prepare-folder SRC=/videos/mine DATA_ROOT=./data [NAME=custom]; see docs/custom-data.md
+$(if $(filter prepare-folder,$(MAKECMDGOALS)),$(if $(strip $(SRC)),,$(error $(SRC_UNSET))))
+prepare-folder: install ## Index your own videos (SRC/<class>/<video> or SRC/{train,val,test}/<class>/...) into $(DATA_ROOT)/$(NAME)
+	$(PY) -m data_prep.folder --src "$(SRC)" --out "$(DATA_ROOT)/$(NAME)" --workers $(JOBS) $(PREP_ARGS)
 
 doctor: install ## Probe every video of INDEX in subprocesses; write quarantine.txt and a summary
 	$(PY) -m data_prep.doctor $(INDEX) --workers $(JOBS) $(PREP_ARGS)

@@ -40,6 +40,12 @@ PRESETS: dict[str, Preset] = {
         "segment", 16, 1, 96, (1, 1), "off", crop_scale=(0.7, 1.0), rand_augment=None, erase_prob=0.0,
         make_target="prepare-synthetic",
     ),
+    # your own videos (`make prepare-folder`, docs/custom-data.md): the Kinetics recipe, because configs/custom.yaml
+    # fine-tunes a Kinetics-400 checkpoint and dense 16 x 4 keeps the frame spacing its filters learned (~2 s of
+    # 30 fps video per clip, whatever the video's length; segment sampling would change the spacing with every
+    # video's length). 4 test clips spread from the first to the last frame cover long videos; flip on, as for
+    # Kinetics: set data.flip "off" (or "swap") when your classes tell left from right.
+    "custom": Preset("dense", 16, 4, 224, (4, 1), "on", make_target="prepare-folder"),
 }
 
 
