@@ -160,9 +160,15 @@ class VideoClassifier(pl.LightningModule):
         """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader."""
         if not Path(source).is_file():
             raise FileNotFoundError(f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null")
-        from src.models.checkpoints import load_pretrained
+        from src.models.checkpoints import load_checkpoint_file, load_pretrained
 
-        report = load_pretrained(self.backbone, source, target_classes=self.class_names,
+        payload = load_checkpoint_file(source)
+        # a checkpoint of this project names its classes: its head rows are then matched to this run's classes
+        # by name (same names in another order, or a subset), never loaded as they are because the count agrees
+        trained = payload.get("hyper_parameters") if isinstance(payload, dict) else None
+        source_classes = trained.get("class_names") if isinstance(trained, dict) else None
+        report = load_pretrained(self.backbone, payload, target_classes=self.class_names,
+                                 source_classes=list(source_classes) if source_classes else None,
                                  struct_init=self.hparams.init_struct_filters)
         rank_zero_info(f"init_from {source}:\n{report}")
         log_dir = self.run_dir

@@ -188,6 +188,7 @@ class VideoDataModule(LightningDataModule):
     def _require_index(self) -> None:
         if not (self.root / "classes.txt").is_file():
             target = get_preset(self.preset).make_target if self.preset in PRESETS else "prepare-<dataset>"
+            target += " SRC=<your video folder>" if target == "prepare-folder" else ""
             raise IndexContractError(
                 f"no prepared {self.preset!r} index at {self.root.resolve()} (classes.txt missing). "
                 f"Run `make {target} DATA_ROOT={self.root.parent}` or point data.root at a prepared index folder."

@@ -181,6 +181,11 @@ def load_pretrained(
         if key not in state:
             continue
         src = state[key]
+        named = source_classes is not None and target_classes is not None
+        if key in head_keys and named and src.dim() == dst.dim() and list(source_classes) != list(target_classes):
+            # other classes (or an other order): rows follow the names, even when the counts agree
+            new_state[key], report.head_remapped = _remap_head(key, src, dst, source_classes, target_classes)
+            continue
         if src.shape == dst.shape:
             new_state[key] = src
         elif key in head_keys:

@@ -117,6 +117,20 @@ def test_head_is_remapped_by_class_name():
     assert not torch.equal(target.head.weight[1], source.head.weight[0])
 
 
+def test_head_rows_follow_the_names_even_when_the_class_counts_agree():
+    """Fine-tuning on 3 other classes from a 3-class model must not keep the old head as if it fitted."""
+    source = build_model("structvit_xs", num_classes=3)
+    target = build_model("structvit_xs", num_classes=3)
+    fresh = target.head.weight.detach().clone()
+    report = load_pretrained(target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["b", "x", "y"])
+    assert report.head_remapped == 1 and report.clean
+    assert torch.equal(target.head.weight[0], source.head.weight[1])
+    assert torch.equal(target.head.weight[1:], fresh[1:])
+    same = build_model("structvit_xs", num_classes=3)
+    load_pretrained(same, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["a", "b", "c"])
+    assert torch.equal(same.head.weight, source.head.weight)
+
+
 def test_checkpoints_are_read_weights_only(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "hook": Path("/")}, path)  # a pickled non-tensor object
