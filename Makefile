@@ -31,19 +31,19 @@ GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only 
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
         prepare-diving48 prepare-gym prepare-folder doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
-        tensorboard clean
+        export-speed tensorboard clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
-install: ## Create .venv and install the project with its dev extra (no-op when pyproject.toml is unchanged)
+install: ## Create .venv and install the project with its dev and export extras (no-op when pyproject.toml is unchanged)
 	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(DEPS_HASH)" ]; then \
 		echo "install: $(VENV) is current"; \
 	else \
 		set -e; \
 		[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install --quiet --upgrade pip; \
-		$(PY) -m pip install --quiet -e '.[dev]'; \
+		$(PY) -m pip install --quiet -e '.[dev,export]'; \
 		echo "$(DEPS_HASH)" > $(STAMP); \
 		echo "install: $(VENV) ready"; \
 	fi
@@ -110,6 +110,9 @@ ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4}
 
 ablation-motion: install ## Motion-only ablation: random-dot kinematograms, pure-attention model, D x filter init x 3 seeds
 	$(PY) -m benchmarks.ablation_motion --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(MOTION_ARGS)
+
+export-speed: install ## Time per clip on CPU of eager PyTorch vs onnxruntime vs TorchScript (structvit_xs, structvit_s); BENCHMARKS.md "Export"
+	$(PY) -m benchmarks.export_speed --doc BENCHMARKS.md
 
 tensorboard: install ## Open TensorBoard on the runs folder ($(RUNS))
 	$(VENV)/bin/tensorboard --logdir $(RUNS) --bind_all

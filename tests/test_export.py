@@ -1,0 +1,244 @@
+"""`python -m src.export`: a checkpoint trained by the command line, exported to ONNX and TorchScript, checked
+against eager PyTorch at batch sizes 1 and 3, with its sidecar; a UniFormer (D = 0); bad files; missing extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from task_fixtures import OneThread
+from test_cli import env, ok, run_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_export(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.export", *args], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def printed_max_diff(stdout: str) -> float:
+    match = re.search(r"max abs diff (\S+)", stdout)
+    assert match, stdout
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """structvit_xs (D = 4) fitted one epoch on a tiny synthetic index by `python -m src.cli fit` (~20 s)."""
+    from data_prep.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    index = root / "synthetic"
+    generate_dataset(index, train=8, val=4, test=4, frames=8, size=32)
+    ok(subprocess.run([sys.executable, "-m", "src.cli", "fit", *run_args(index, root / "runs", "xs"),
+                       "--trainer.max_epochs", "1"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300))
+    path = root / "runs" / "xs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def uniformer_checkpoint(checkpoint: Path) -> Path:
+    """The same run as a UniFormer (structure_dim 0): the checkpoint file with the StructSA filters taken out
+    and the backbone config saying D = 0, as a D = 0 fit would have written it (saves a second training)."""
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    payload["hyper_parameters"]["backbone"] = {**payload["hyper_parameters"]["backbone"], "structure_dim": 0}
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items()
+                             if ".k_struct." not in k and ".v_struct." not in k}
+    path = checkpoint.with_name("uniformer.ckpt")
+    torch.save(payload, path)
+    return path
+
+
+def eager_and_clips(ckpt: Path, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from src.trained import load_trained
+
+    trained = load_trained(ckpt)
+    clips = torch.randn(batch, *trained.protocol.clip_shape, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        return clips, trained.module(clips)
+
+
+def check_sidecar(out: Path, fmt: str, structure_dim: int) -> dict:
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["format"] == fmt and meta["file"] == out.name and meta["size_bytes"] == out.stat().st_size
+    assert meta["variant"] == "structvit_xs" and meta["backbone"]["structure_dim"] == structure_dim
+    assert meta["num_classes"] == len(meta["class_names"]) == 14 and "move_right" in meta["class_names"]
+    protocol = meta["eval_protocol"]
+    assert (protocol["num_frames"], protocol["crop_size"], protocol["sampling"]) == (8, 32, "segment")
+    assert protocol["mean"] == [0.45] * 3 and protocol["std"] == [0.225] * 3
+    assert meta["input"]["name"] == "video" and meta["input"]["shape"] == ["batch", 3, 8, 32, 32]
+    assert meta["output"]["shape"] == ["batch", 14]
+    assert meta["check"]["batch_sizes"] == [1, 3] and meta["check"]["passed"] is True
+    assert meta["check"]["max_abs_diff"] <= 1e-4
+    return meta
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_onnx_export_from_the_command_line_matches_eager_at_batch_1_and_3(checkpoint, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    result = ok(run_export("--ckpt", str(checkpoint), "--format", "onnx", "--out", str(out)))
+    assert printed_max_diff(result.stdout) <= 1e-4 and "file size" in result.stdout and "onnxruntime" in result.stdout
+    check_sidecar(out, "onnx", 4)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["video"]
+    for batch in (1, 3):
+        clips, expected = eager_and_clips(checkpoint, batch)
+        (logits,) = session.run(["logits"], {"video": clips.numpy()})
+        assert logits.shape == (batch, 14)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_export_from_the_command_line_matches_eager_at_batch_1_and_3(checkpoint, tmp_path):
+    out = tmp_path / "model.pt"
+    result = ok(run_export("--ckpt", str(checkpoint), "--format", "torchscript", "--out", str(out)))
+    assert printed_max_diff(result.stdout) <= 1e-4 and "torch.jit.load" in result.stdout
+    check_sidecar(out, "torchscript", 4)
+    module = torch.jit.load(str(out))
+    for batch in (1, 3):
+        clips, expected = eager_and_clips(checkpoint, batch)
+        with torch.no_grad():
+            logits = module(clips)
+        assert logits.shape == (batch, 14)
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_uniformer_exports_and_matches(uniformer_checkpoint, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from src.export import main
+
+    out = tmp_path / f"uniformer.{fmt}"
+    with OneThread():
+        code = main(["--ckpt", str(uniformer_checkpoint), "--format", fmt, "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert printed_max_diff(stdout) <= 1e-4
+    check_sidecar(out, fmt, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_difference_above_atol_fails_with_status_3_and_keeps_the_file_marked(uniformer_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from src.export import EXIT_MISMATCH, main
+
+    out = tmp_path / "strict.onnx"
+    with OneThread():
+        code = main(["--ckpt", str(uniformer_checkpoint), "--out", str(out), "--atol", "1e-12"])
+    err = capsys.readouterr().err
+    assert code == EXIT_MISMATCH and "differs from eager PyTorch" in err and "--atol" in err and str(out) in err
+    assert json.loads(Path(f"{out}.json").read_text())["check"]["passed"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_file_that_is_not_a_checkpoint_fails_with_one_line_naming_it(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")  # trips torch's safe unpickler with a KeyError, which the loader does not name
+    result = run_export("--ckpt", str(text), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and str(text) in result.stderr and "src.cli fit" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.timeout(120)
+def test_corrupt_foreign_and_missing_files_fail_with_the_file_and_the_fix(zip_checkpoint_bytes, tmp_path, capsys):
+    from src.export import main
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(zip_checkpoint_bytes[: len(zip_checkpoint_bytes) // 2])
+    foreign = tmp_path / "weights.pth"
+    torch.save({"model": {"w": torch.zeros(2)}}, foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    cases = {truncated: "truncated or corrupt", foreign: "not a checkpoint written by this project",
+             tmp_path / "missing.ckpt": "does not exist", text: "checkpoint"}
+    for path, reason in cases.items():
+        assert main(["--ckpt", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 1
+        err = capsys.readouterr().err
+        assert str(path) in err and reason in err and "Traceback" not in err
+
+
+@pytest.fixture
+def zip_checkpoint_bytes(tmp_path) -> bytes:
+    """Bytes of a real (zip) torch checkpoint, to truncate: any torch.save file has the same container."""
+    path = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, path)
+    return path.read_bytes()
+
+
+def test_a_missing_runtime_names_the_export_extra(monkeypatch, tmp_path, capsys):
+    from src.export import ExportError, main, require
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ExportError, match=r"pip install '\.\[export\]'"):
+        require("onnxruntime", "Checking the ONNX file")
+    assert main(["--ckpt", str(tmp_path / "any.ckpt"), "--format", "onnx"]) == 1
+    assert "pip install '.[export]'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+def test_tracing_with_autograd_on_sees_plain_depthwise_convolutions_and_matches_eager():
+    """torch.jit.trace with grad enabled used to stop at DepthwiseConv3d's Python autograd Function."""
+    from src.models import build_model
+
+    torch.manual_seed(0)
+    with OneThread():
+        model = build_model("structvit_xs", num_classes=5).eval()
+        clips = torch.randn(2, 3, 4, 32, 32)
+        traced = torch.jit.trace(model, clips, check_trace=False)
+        other = torch.randn(3, 3, 4, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(other), model(other), atol=1e-5, rtol=0)
+
+
+@pytest.mark.timeout(120)
+def test_python_api_exports_a_random_model_in_both_formats(tmp_path):
+    """The functions benchmarks call: a model built by name, exported and checked at batch sizes 1 and 2."""
+    from src.export import check_export, export_onnx, export_torchscript
+    from src.models import build_model
+
+    torch.manual_seed(0)
+    shape = (3, 4, 32, 32)
+    with OneThread():
+        model = build_model("structvit_xs", num_classes=5).eval()
+        path = export_torchscript(model, shape, tmp_path / "m.pt")
+        result = check_export(model, path, "torchscript", shape, batch_sizes=(1, 2))
+        assert result.passed and result.max_abs_diff <= 1e-5 and sorted(result.per_batch) == [1, 2]
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            path = export_onnx(model, shape, tmp_path / "m.onnx")
+            result = check_export(model, path, "onnx", shape, batch_sizes=(1, 2))
+            assert result.passed and "onnxruntime" in result.runtime
+
+
+@pytest.mark.timeout(300)
+def test_the_dynamo_exporter_also_works_where_onnxscript_is_installed(tmp_path):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from src.export import check_export, export_onnx, onnx_opset
+    from src.models import build_model
+
+    torch.manual_seed(0)
+    shape = (3, 4, 32, 32)
+    with OneThread():
+        model = build_model("structvit_xs", num_classes=5).eval()
+        path = export_onnx(model, shape, tmp_path / "m.onnx", dynamo=True)
+        assert onnx_opset(path) >= 18 and not list(tmp_path.glob("*.data"))  # one self-contained file
+        assert check_export(model, path, "onnx", shape, batch_sizes=(1, 3)).passed
