@@ -79,6 +79,10 @@ def test_files_that_are_not_complete_checkpoints_are_refused_naming_the_file_and
     torch.save(model.backbone.state_dict(), raw)
     with pytest.raises(CheckpointFileError, match=r"backbone.pth: not a checkpoint written by .*--model.init_from"):
         load_trained(raw)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointFileError, match=r"notes.ckpt: truncated or corrupt \(not a file written by torch.save\)"):
+        load_trained(text)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointFileError, match=r"cut.ckpt: truncated or corrupt"):

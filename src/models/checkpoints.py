@@ -99,8 +99,10 @@ def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
             "Re-save only its tensors where it was made, e.g. torch.save({'state_dict': model.state_dict()}, "
             "'clean.ckpt'), and use that file."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         reason = str(err).splitlines()[0].split(". ")[0][:200] if str(err) else type(err).__name__
+        if isinstance(err, KeyError):  # torch's legacy reader on a file torch.save never wrote (text, ...)
+            reason = "not a file written by torch.save"
         raise CheckpointFileError(
             f"{path}: truncated or corrupt ({reason}); not a complete checkpoint. Use another checkpoint of the "
             "run (checkpoints/best-*.ckpt, last.ckpt) or save it again."
