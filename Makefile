@@ -26,12 +26,13 @@ PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
 MOTION_ARGS   ?=# extra options of python -m benchmarks.ablation_motion, e.g. --arms D0 D4-shifted --seeds 0 --jobs 1
+FINETUNE_ARGS ?=# options of python -m benchmarks.finetune_from_plain; --source <a D = 0 checkpoint of make ablation-synthetic> is required
 DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tiny shapes)
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
         prepare-diving48 prepare-gym prepare-folder doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
-        export-speed tensorboard clean
+        finetune-from-plain export-speed tensorboard clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -110,6 +111,9 @@ ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4}
 
 ablation-motion: install ## Motion-only ablation: random-dot kinematograms, pure-attention model, D x filter init x 3 seeds
 	$(PY) -m benchmarks.ablation_motion --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(MOTION_ARGS)
+
+finetune-from-plain: install ## StructSA (D = 4) fine-tuned from a trained plain-attention structvit_xs, per filter start: step-0 gap and curve
+	$(PY) -m benchmarks.finetune_from_plain --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(FINETUNE_ARGS)
 
 export-speed: install ## Time per clip on CPU of eager PyTorch vs onnxruntime vs TorchScript (structvit_xs, structvit_s); BENCHMARKS.md "Export"
 	$(PY) -m benchmarks.export_speed --doc BENCHMARKS.md

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -214,14 +216,29 @@ def test_fast_demo_generates_fits_tests_and_predicts_through_the_cli(tmp_path):
     assert results["mean_class"] == pytest.approx(test_scalars["test/mean_class"], abs=1e-6)
     assert results["top5"] == pytest.approx(test_scalars["test/top5"]) and results["top5"] >= results["top1"]
     assert results["reversed_clips"] == 12  # one test clip per class, 12 classes in reversed pairs
-    # predict: one record per copied test clip, top-5 classes of the index, probabilities in decreasing order
+    # predict, from the checkpoint alone (no config, no data.root): one record per copied test clip, top-5 classes
+    # of the index, probabilities in decreasing order, and a feature row per clip in the same order
     records = [json.loads(line) for line in (run_dir / "predict" / "predictions.jsonl").read_text().splitlines()]
+    features = np.load(run_dir / "predict" / "predictions.features.npy")
+    assert features.shape == (4, 192) and np.isfinite(features).all()
+    assert (run_dir / "predict" / "predictions.features.txt").read_text().splitlines() == [r["path"] for r in records]
+    assert not (run_dir / "predict" / "config.yaml").exists()
     clip_names = sorted(p.name for p in (run_dir / "predict" / "clips").iterdir())
     assert sorted(Path(r["path"]).name for r in records) == clip_names and len(records) == 4
     for record in records:
         probs = [c["prob"] for c in record["top5"]]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
         assert all(c["class"] in classes for c in record["top5"])
+    # export: the demo checkpoint to ONNX and TorchScript, each checked against eager PyTorch inside the command
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
+    for fmt, name in (("onnx", "demo.onnx"), ("torchscript", "demo.pt")):
+        exported = subprocess.run([sys.executable, "-m", "src.export", "--ckpt", summary["checkpoint"], "--format", fmt,
+                                   "--out", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=300)
+        assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
+        diff = float(re.search(r"max abs diff (\S+) \(atol 0.0001\) OK", exported.stdout).group(1))
+        assert diff <= 1e-4 and (tmp_path / name).stat().st_size > 1e5
+        assert json.loads((tmp_path / f"{name}.json").read_text())["class_names"] == classes
     # the report names the numbers, the log folder and how to open TensorBoard
     out = result.stdout
     assert f"top-1                {100 * results['top1']:5.1f} %" in out
