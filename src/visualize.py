@@ -20,7 +20,7 @@
 6. `overview.png`: frames, correlation, the D attention maps and the vanilla map in one picture.
 
 Every value comes from the model's own tensors: a forward pre-hook captures the input of the chosen
-attention module and `StructSA.reference_maps` (the explicit form of SPEC section 1) gives the maps.
+attention module and `StructSA.reference_maps` (docs/method.md, 'Explicit form') gives the maps.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import Tensor, nn  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-MEAN = 0.45  # the project's per-channel normalisation (SPEC section 5)
+MEAN = 0.45  # the project's per-channel normalisation (docs/method.md, 'Training recipe')
 STD = 0.225
 FIGURE_NAMES = (
     "correlation",

@@ -117,7 +117,7 @@ def test_dynamic_kernel_of_the_figure_equals_the_one_computed_from_the_module_we
     stage, block, head = 3, 0, 2
     maps = compute_structure_maps(model, video, stage=stage, block=block, head=head, query="2,1,3", frames=frames)
 
-    # Directly from the weights, by the fast form of SPEC §2: K'_d = depthwise conv of K with H_K[:, :, d].
+    # From the weights, by the fast form (docs/method.md): K'_d = depthwise conv of K with H_K[:, :, d].
     attn, x, grid, _ = capture_attention_input(model, video, stage, block)
     c_all, heads, depth = attn.dim, attn.num_heads, attn.structure_dim
     c = c_all // heads

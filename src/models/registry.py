@@ -1,6 +1,6 @@
 """Model registry: every network is a small named function, built by name from a config.
 
-StructViT family (SPEC §3; head_dim 64 unless noted):
+StructViT family (docs/method.md, 'Network layout'; head_dim 64 unless noted):
 
 | name          | D | S | depths          | channels              | heads (st. 3, 4) | drop path |
 |---------------|---|---|-----------------|-----------------------|------------------|-----------|

@@ -1,11 +1,11 @@
 """StructSA: structural self-attention (Kim et al., CVPR 2024), fast exact form and reference form.
 
-SPEC §1 defines StructSA through channel-wise correlation maps diag(q_i)·K that are convolved over the key
+docs/method.md defines StructSA through channel-wise correlation maps diag(q_i)·K, convolved over the key
 grid with D filters (structural query-key attention), one softmax over all N·D scores of a query, and
 channel-wise value aggregators that turn the D scores into a dynamic kernel over value neighbourhoods.
-SPEC §2 reorders the sums: the key / value convolutions can be applied to K and V first, after which
+Its 'Fast form' reorders the sums: the key / value convolutions can be applied to K and V first, after which
 StructSA is one ordinary attention over D·N' keys. `StructSA.forward` is that fast form (one call to
-`F.scaled_dot_product_attention`, no N×N tensor); `StructSA.forward_reference` is §1 written out, kept
+`F.scaled_dot_product_attention`, no N×N tensor); `StructSA.forward_reference` is the explicit form written out, kept
 to prove the fast form right; `StructSA.reference_maps` exposes the reference path's tensors.
 """
 
@@ -27,7 +27,7 @@ STRUCT_INITS: tuple[str, ...] = get_args(StructInit)
 
 @dataclass
 class ReferenceMaps:
-    """Per-head tensors of the reference path (SPEC §1) for one forward call.
+    """Per-head tensors of the reference path (docs/method.md, 'Explicit form') for one forward call.
 
     Shapes use B batch, h heads, c channels per head, N = T·H·W query tokens, N' = T'·H'·W' key
     positions (after the key/value stride), D structure dimension (1 for D = 0, vanilla attention),
@@ -222,7 +222,7 @@ class StructSA(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
-    # ------------------------------------------------------------------ fast exact path (SPEC §2)
+    # ---------------------------------------------------- fast exact path (docs/method.md, 'Fast form')
     def _structured(self, conv: nn.Conv3d, z: Tensor, grid: Grid) -> Tensor:
         """Apply the grouped filters to z (B, h, N, c) -> (B, h, D·N', c) keys or values, d-major."""
         b, heads, n, c = z.shape
@@ -239,7 +239,7 @@ class StructSA(nn.Module):
         if self.structure_dim > 0:
             k = self._structured(self.k_struct, k, grid)
             v = self._structured(self.v_struct, v, grid)
-        # One attention over D·N' keys: the joint softmax of SPEC §1 over (j, d).
+        # One attention over D·N' keys: the joint softmax over (j, d) (docs/method.md, 'Fast form').
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
@@ -255,7 +255,7 @@ class StructSA(nn.Module):
             y = self._attend(q, k, v, grid)
         return self.proj(y.transpose(1, 2).reshape(b, n, self.dim))
 
-    # ------------------------------------------------------------------ reference path (SPEC §1)
+    # ---------------------------------------------------- reference path (docs/method.md, 'Explicit form')
     def _head_filters(self, conv: nn.Conv3d | None) -> Tensor:
         """Filters as (h, D, c, kT, kH, kW); for D = 0 a single identity tap (vanilla attention)."""
         heads, c = self.num_heads, self.head_dim
@@ -265,7 +265,7 @@ class StructSA(nn.Module):
         return w.transpose(1, 2)
 
     def reference_maps(self, x: Tensor, grid: Grid) -> ReferenceMaps:
-        """SPEC §1 literally: correlation maps, their convolution, joint softmax, contextual aggregation."""
+        """docs/method.md 'Explicit form' literally: correlation maps, convolution, joint softmax, aggregation."""
         self._check(x, grid)
         b, n, _ = x.shape
         heads, c = self.num_heads, self.head_dim
@@ -316,7 +316,7 @@ class StructSA(nn.Module):
         )
 
     def forward_reference(self, x: Tensor, grid: Grid) -> Tensor:
-        """Reference StructSA (SPEC §1 written out): x (B, N, C) on grid (T, H, W) -> (B, N, C)."""
+        """Reference StructSA (docs/method.md, 'Explicit form'): x (B, N, C) on grid (T, H, W) -> (B, N, C)."""
         return self.reference_maps(x, grid).output
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""The index writer produces exactly the contract of DESIGN.md."""
+"""The index writer produces exactly the contract of docs/design.md."""
 
 import csv
 import json

@@ -1,4 +1,4 @@
-"""Parameters and GFLOPs of the full-size models match SPEC §4 (counted on the meta device, no memory)."""
+"""Params and GFLOPs of the full-size models match the paper (docs/method.md, 'FLOPs and parameters'), on the meta device."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PAPER = [
     ("structvit_s", {}, False, 400, 81.75, 23.0),  # S-4-1 (327 / 4 views); params: paper rounds up, ±5%
     ("structvit_s", {"kv_stride": 2}, False, 400, 42.25, None),  # S-4-2 (169 / 4 views)
     ("structvit_s", {"structure_dim": 8}, False, 400, 135.25, 24.0),  # S-8-1 (541 / 4 views)
-    ("structvit_s", {}, True, 1000, 4.3, None),  # image S-4-1 (paper 23M, ours 21.84M: the 5.04% of SPEC §4)
+    ("structvit_s", {}, True, 1000, 4.3, None),  # image S-4-1 (paper 23M, ours 21.84M: 5.04%, docs/method.md)
     ("uniformer_s", {}, True, 1000, 3.6, 22.0),  # image UniFormer-S
 ]
 
@@ -22,7 +22,7 @@ def test_flops_and_params_match_the_paper_within_3_percent(name, overrides, imag
     report = model_flops(name, frames=16, size=224, num_classes=classes, image=image, **overrides)
     assert report.gflops == pytest.approx(gflops, rel=0.03)
     if params is not None:
-        tolerance = 0.03 if name == "uniformer_s" else 0.05  # SPEC §4: the paper's StructViT counts are rounded
+        tolerance = 0.03 if name == "uniformer_s" else 0.05  # docs/method.md: the paper rounds StructViT's counts
         assert report.params / 1e6 == pytest.approx(params, rel=tolerance)
     assert sum(report.per_stage.values()) == pytest.approx(report.gflops, rel=1e-6)
     assert {"blocks1", "blocks3", "patch_embed1"} <= set(report.per_stage)

@@ -1,4 +1,4 @@
-"""StructSA: the fast exact form equals SPEC §1 written out, and the module behaves as the paper says."""
+"""StructSA: the fast exact form equals the explicit form (docs/method.md), and the module behaves as the paper says."""
 
 from __future__ import annotations
 
