@@ -36,6 +36,7 @@ def time_call(
     """Run `fn` `warmup` times untimed, then `reps` times timed; return the median and spread in seconds."""
     if reps < 1 or warmup < 0:
         raise ValueError(f"time_call needs reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    # not torch.utils.benchmark.Timer: timeit(n) adds >= 2 calls of its own, blocked_autorange picks the count (tests)
     for _ in range(warmup):
         fn()
     synchronize(device)

@@ -15,8 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-MEAN = 0.45  # normalisation of SPEC §5, undone for pictures
-STD = 0.225
+from src.data.transforms import MEAN, STD
 
 
 class ThroughputMonitor(Callback):
@@ -66,7 +65,8 @@ def frame_grid(video: torch.Tensor, max_clips: int = 8, max_frames: int = 8) -> 
     step = max(t // max_frames, 1)
     frames = clips[:, :, ::step][:, :, :max_frames]  # (b, 3, t', H, W)
     b, _, tt = frames.shape[:3]
-    frames = (frames * STD + MEAN).clamp(0, 1).permute(0, 2, 1, 3, 4).reshape(b * tt, 3, *frames.shape[-2:])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (MEAN, STD))
+    frames = (frames * std + mean).clamp(0, 1).permute(0, 2, 1, 3, 4).reshape(b * tt, 3, *frames.shape[-2:])
     return torchvision.utils.make_grid(frames, nrow=tt, padding=1)
 
 

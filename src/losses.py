@@ -1,6 +1,6 @@
 """Training targets and loss: label smoothing, MixUp / CutMix on a video batch, soft-target cross-entropy.
 
-MixUp and CutMix follow the recipe of DeiT / UniFormer (SPEC §5): one mixing partner per clip (the batch
+MixUp / CutMix follow DeiT / UniFormer (docs/method.md, 'Training recipe'): one mixing partner per clip (the batch
 reversed), one lambda per batch drawn from Beta(alpha, alpha), CutMix boxes cut the same spatial box out of
 every frame of a clip, and the label mixing weight is corrected to the box area that was really pasted.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,11 +31,14 @@ def smooth_one_hot(labels: Tensor, num_classes: int, smoothing: float = 0.0) -> 
 
 
 def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of -sum_k targets_k * log_softmax(logits)_k; logits (B, K), targets (B, K)."""
+    """Mean over the batch of -sum_k targets_k * log_softmax(logits)_k; logits (B, K), targets (B, K).
+
+    `F.cross_entropy` with class-probability targets, in float32 (logits may come from autocast); the
+    smoothing is already in `targets` (smooth_one_hot, then mixed), so none is applied here.
+    """
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape")
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    return -(targets * log_probs).sum(dim=-1).mean()
+    return F.cross_entropy(logits.float(), targets.float())
 
 
 def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
@@ -81,9 +85,10 @@ class MixupCutmix:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
     def _beta(self, alpha: float) -> float:
-        # torch.distributions has no generator argument; two gammas give a Beta draw with our generator
-        a = torch._standard_gamma(torch.tensor([alpha, alpha], dtype=torch.float64), generator=self.generator)
-        return float(a[0] / a.sum())
+        """One Beta(alpha, alpha) draw, reproducible from `generator` (or torch's global seed when None)."""
+        # torch.distributions.Beta takes no generator: numpy's Beta, seeded by one draw of our torch stream
+        seed = int(torch.randint(2**63 - 1, (1,), generator=self.generator))
+        return float(np.random.default_rng(seed).beta(alpha, alpha))
 
     def __call__(self, clips: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Mix `clips` (B, C, T, H, W) with the reversed batch; returns new clips and soft targets."""

@@ -55,6 +55,7 @@ def warmup_cosine_scheduler(
     base_lr = optimizer.param_groups[0]["lr"]
     min_factor = min_lr / base_lr if base_lr > 0 else 0.0
     start_factor = warmup_start_lr / base_lr if base_lr > 0 else 0.0
+    # not SequentialLR(LinearLR, CosineAnnealingLR): no warmup from 0, no warmup == total, climbs past total (tests)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine_factor(step, total_steps, warmup_steps, min_factor, start_factor)
     )

@@ -45,10 +45,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from src.data import transforms  # noqa: E402
+
 log = logging.getLogger(__name__)
 
-MEAN = 0.45  # the project's per-channel normalisation (docs/method.md, 'Training recipe')
-STD = 0.225
+# src.data.transforms' normalisation as (3,) tensors, which broadcast over channel-last frames
+MEAN = torch.tensor(transforms.MEAN)
+STD = torch.tensor(transforms.STD)
 FIGURE_NAMES = (
     "correlation",
     "structural_attention",
@@ -224,7 +227,7 @@ def compute_structure_maps(
     if vanilla_model is not None:
         vanilla = vanilla_attention_map(vanilla_model, video, stage=stage, block=block, head=head, query=pos)
     if frames is None:
-        frames = (video[0].permute(1, 2, 3, 0) * STD + MEAN).clamp(0, 1)
+        frames = (video[0].cpu().permute(1, 2, 3, 0) * STD + MEAN).clamp(0, 1)
     probs = logits.float().softmax(-1)[0]
     top = int(probs.argmax())
     name = class_names[top] if class_names is not None and top < len(class_names) else f"class {top}"
@@ -538,7 +541,8 @@ def save_figures(figures: dict[str, Figure], out: Path, dpi: int = 90, palette: 
 
 
 def load_clip(
-    path: Path, num_frames: int, size: int, mean: Sequence[float] = (MEAN,) * 3, std: Sequence[float] = (STD,) * 3
+    path: Path, num_frames: int, size: int, mean: Sequence[float] = transforms.MEAN,
+    std: Sequence[float] = transforms.STD,
 ) -> tuple[Tensor, Tensor]:
     """Read `num_frames` evenly spaced frames, resize the short side to `size` and centre-crop.
 
@@ -573,8 +577,8 @@ class LoadedModel:
     class_names: list[str] | None
     num_frames: int | None
     crop_size: int | None
-    mean: tuple[float, ...] = (MEAN,) * 3
-    std: tuple[float, ...] = (STD,) * 3
+    mean: tuple[float, ...] = transforms.MEAN
+    std: tuple[float, ...] = transforms.STD
 
 
 def load_model(

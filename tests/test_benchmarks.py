@@ -54,6 +54,27 @@ def test_time_call_runs_warmup_then_reps():
         time_call(lambda: None, reps=0)
 
 
+def test_torch_timer_calls_more_often_than_asked_so_time_call_stays_hand_written():
+    from torch.utils.benchmark import Timer
+
+    calls = []
+    timer = Timer("fn()", globals={"fn": lambda: calls.append(torch.get_num_threads())})
+    timer.timeit(number=1)  # one timed call, after a warm-up of its own that cannot be turned off
+    assert len(calls) == 3
+    calls.clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        timer.blocked_autorange(min_run_time=0.01)  # as many calls as fill the time: a training step would run on
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) > 10
+    assert set(calls) == {1}  # and under one thread, whatever the caller set, unless told otherwise
+    calls.clear()
+    time_call(lambda: calls.append(1), reps=1, warmup=0)  # what gpu_bench / model_step interleave, call by call
+    assert len(calls) == 1
+
+
 def test_predictor_extrapolates_quadratically_and_budget_names_the_limit():
     predictor = QuadraticPredictor()
     predictor.record(("cfg",), pairs=100, peak_bytes=2**20, seconds=0.5)

@@ -24,6 +24,36 @@ def test_soft_target_ce_equals_torch_label_smoothing_ce():
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
+def _reference_soft_target_ce(logits, targets):
+    """The hand-written form soft_target_cross_entropy had before it called F.cross_entropy."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_soft_target_ce_equals_torch_probability_target_ce_on_mixed_targets(seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, 7, generator=gen) * 3
+    labels = torch.randint(0, 7, (8,), generator=gen)
+    mixer = MixupCutmix(7, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, generator=gen)
+    _, mixed = mixer(torch.randn(8, 3, 2, 4, 4, generator=gen), labels)  # smoothed, then mixed with the flip
+    assert not torch.equal(mixed, smooth_one_hot(labels, 7, 0.1))
+    ours = soft_target_cross_entropy(logits, mixed)
+    assert ours.item() == pytest.approx(_reference_soft_target_ce(logits, mixed).item(), abs=1e-6)
+    # the same loss as torch's smoothing applied to the unsmoothed mixed targets: smoothing commutes with mixing
+    unsmoothed = (mixed - 0.1 / 7) / (1 - 0.1)
+    assert torch.allclose(unsmoothed.sum(dim=1), torch.ones(8))
+    reference = F.cross_entropy(logits, unsmoothed, label_smoothing=0.1)
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+
+
+def test_soft_target_ce_of_half_precision_logits_is_float32():
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    targets = smooth_one_hot(torch.tensor([0, 1, 2, 3]), 5, 0.1)
+    loss = soft_target_cross_entropy(logits, targets)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(_reference_soft_target_ce(logits, targets).item(), abs=1e-6)
+
+
 def test_label_outside_the_class_range_is_a_clear_error():
     with pytest.raises(ValueError, match="num_classes"):
         smooth_one_hot(torch.tensor([7]), num_classes=4)
@@ -79,3 +109,16 @@ def test_lambda_draws_follow_the_beta_mean():
     draws = [mixer._beta(0.8) for _ in range(2000)]
     assert sum(draws) / len(draws) == pytest.approx(0.5, abs=0.03)
     assert not any(math.isnan(d) for d in draws)
+
+
+def test_lambda_draws_repeat_under_the_same_seed():
+    def draws(generator=None):
+        mixer = MixupCutmix(2, generator=generator)
+        return [mixer._beta(a) for a in (0.8, 1.0, 0.8)]
+
+    assert draws(torch.Generator().manual_seed(5)) == draws(torch.Generator().manual_seed(5))
+    assert draws(torch.Generator().manual_seed(5)) != draws(torch.Generator().manual_seed(6))
+    torch.manual_seed(7)  # no generator: torch's global stream, which Lightning's seed_everything seeds
+    first = draws()
+    torch.manual_seed(7)
+    assert draws() == first

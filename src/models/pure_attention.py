@@ -31,6 +31,7 @@ class PureAttentionBlock(nn.Module):
                              attn_fp32=attn_fp32, struct_init=struct_init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
+        # not torchvision.ops.MLP: its Dropout layers move the second Linear from mlp.2 to mlp.3 (saved checkpoints)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:

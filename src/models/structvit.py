@@ -1,4 +1,4 @@
-"""StructViT: the UniFormer network (SPEC §3) with every self-attention replaced by StructSA.
+"""StructViT: UniFormer (docs/method.md, 'Network layout') with every self-attention replaced by StructSA.
 
 With structure_dim = 0 the network is UniFormer exactly. Module names follow UniFormer's state-dict keys
 (`patch_embed1..4`, `blocks1..4`, `norm`, `head`) so official UniFormer checkpoints load unchanged.
@@ -13,26 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from torchvision.ops import StochasticDepth
 
 from .depthwise import DepthwiseConv3d
 from .structsa import StructInit, StructSA
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability p, rescale the others by 1/(1-p)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class PatchEmbed(nn.Module):
@@ -93,6 +77,8 @@ class ConvMlp(nn.Module):
 class Mlp(nn.Module):
     """Token MLP of the attention blocks: fc1 (C -> rC), GELU, fc2 (rC -> C)."""
 
+    # not torchvision.ops.MLP: a Sequential (keys 0 / 3), UniFormer checkpoints load by mlp.fc1 / mlp.fc2 (tests)
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -113,7 +99,7 @@ class ConvBlock(nn.Module):
         self.conv1 = nn.Conv3d(dim, dim, 1)
         self.attn = _dwconv(dim, 5, video)
         self.conv2 = nn.Conv3d(dim, dim, 1)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, mode="row")  # per-sample residual drop
         self.norm2 = nn.BatchNorm3d(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
 
@@ -134,7 +120,7 @@ class AttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = StructSA(dim, num_heads, structure_dim=structure_dim, kernel_size=(3 if video else 1, 3, 3),
                              kv_stride=kv_stride, qkv_bias=qkv_bias, attn_fp32=attn_fp32, struct_init=struct_init)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, mode="row")  # per-sample residual drop
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

@@ -56,3 +56,12 @@ def test_identity_filters_loaded_from_a_plain_attention_checkpoint_compute_it_ex
     x = _clip().double()
     with torch.no_grad():
         assert torch.allclose(struct.double()(x), plain.double()(x), atol=1e-12)
+
+
+def test_block_mlp_keeps_its_keys_which_torchvisions_mlp_would_renumber():
+    from torchvision.ops import MLP
+
+    mlp = build_model("pure_attention_tiny", num_classes=8).blocks[0].mlp
+    assert list(mlp.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # as in saved checkpoints
+    assert list(MLP(64, [256, 64], activation_layer=torch.nn.GELU).state_dict()) == [
+        "0.weight", "0.bias", "3.weight", "3.bias"]

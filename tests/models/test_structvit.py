@@ -109,6 +109,35 @@ def test_drop_path_follows_linspace_over_all_blocks():
     assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_drop_path_is_torchvisions_stochastic_depth_and_equals_the_hand_written_one(dtype):
+    block = build_model("structvit_xs", drop_path_rate=0.4).blocks4[0]  # p = 0.4
+    x = torch.randn(64, 3, 5, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    block.train()
+    torch.manual_seed(1)
+    ours = block.drop_path(x)
+    torch.manual_seed(1)  # the former DropPath: the same Bernoulli draw per sample, x * keep / (1 - p)
+    keep = x.new_empty((x.shape[0], 1, 1)).bernoulli_(0.6)
+    torch.testing.assert_close(ours, x * keep / 0.6, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert 0 < int((ours.flatten(1) == 0).all(1).sum()) < 64  # whole samples dropped, others rescaled
+    block.eval()
+    assert block.drop_path(x) is x
+
+
+def test_mlp_stays_hand_written_because_torchvisions_mlp_renames_the_uniformer_keys():
+    from torchvision.ops import MLP
+
+    from src.models.structvit import Mlp
+
+    ours = Mlp(8, 32)
+    theirs = MLP(8, [32, 8], activation_layer=torch.nn.GELU)
+    assert list(ours.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]  # UniFormer's names
+    assert list(theirs.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    theirs.load_state_dict(dict(zip(theirs.state_dict(), ours.state_dict().values())))
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(theirs.eval()(x), ours(x))  # the same function: only the key names differ
+
+
 def test_gradient_checkpointing_gives_the_same_outputs_grads_and_norm_statistics():
     x = torch.randn(2, 3, 4, 64, 64)
     results = []

@@ -2,32 +2,29 @@
 
 Default: one stage-3 layer of StructViT-S at 8 frames (C 320, 5 heads, grid (4, 14, 14), N 784, D 4, S 1).
 
-    python -m src.models.speed --dim 320 --heads 5 --grid 4 14 14 --structure-dim 4 --kv-stride 1 --repeats 5
+    python -m benchmarks.model_speed --dim 320 --heads 5 --grid 4 14 14 --structure-dim 4 --kv-stride 1 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from .structsa import StructSA
+from benchmarks.timing import Timing, time_call
+from src.models.structsa import StructSA
 
 
-def time_layer(module: StructSA, x: torch.Tensor, grid: tuple[int, int, int], path: str, repeats: int) -> list[float]:
+def time_layer(module: StructSA, x: torch.Tensor, grid: tuple[int, int, int], path: str, repeats: int) -> Timing:
     """Seconds per forward + backward of module's `path` ("fast" or "reference"), one warm-up run first."""
     fn = module.forward if path == "fast" else module.forward_reference
-    times = []
-    for i in range(repeats + 1):
+
+    def step() -> None:
         x.grad = None
         module.zero_grad(set_to_none=True)
-        start = time.perf_counter()
         fn(x, grid).sum().backward()
-        if i:  # the first run is the warm-up
-            times.append(time.perf_counter() - start)
-    return times
+
+    return time_call(step, reps=repeats, warmup=1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,9 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, grid[0] * grid[1] * grid[2], args.dim, requires_grad=True)
     medians = {}
     for path in ("fast", "reference"):
-        times = time_layer(module, x, grid, path, args.repeats)
-        medians[path] = statistics.median(times)
-        print(f"{path:<9} median {medians[path] * 1e3:9.1f} ms  runs " + " ".join(f"{t * 1e3:.0f}" for t in times))
+        timing = time_layer(module, x, grid, path, args.repeats)
+        medians[path] = timing.median_s
+        print(f"{path:<9} median {timing.median_s * 1e3:9.1f} ms  min {timing.min_s * 1e3:.0f}  "
+              f"max {timing.max_s * 1e3:.0f}  ({timing.reps} runs)")
     print(f"reference / fast = {medians['reference'] / medians['fast']:.1f}x  "
           f"(threads {torch.get_num_threads()}, x {tuple(x.shape)}, grid {grid}, D {args.structure_dim}, "
           f"S {args.kv_stride})")
