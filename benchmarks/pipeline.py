@@ -22,7 +22,7 @@ from benchmarks.videos import VideoKind
 
 def clip_indices(kind: VideoKind, length: int, rng: np.random.Generator, frames: int = 16) -> list[int]:
     """Training-time frame indices: dense 16x4 window (Kinetics) or one frame per segment (Something)."""
-    if kind.preset == "k400":
+    if kind.dataset == "k400":
         span = (frames - 1) * 4 + 1
         start = int(rng.integers(0, max(1, length - span + 1)))
         return [min(start + 4 * i, length - 1) for i in range(frames)]
@@ -65,18 +65,20 @@ def measure_decode(kind: VideoKind, index_dir: Path, backend: str, *, reps: int,
 
 
 def _datamodule(kind: VideoKind, index_dir: Path, backend: str, workers: int, batch_size: int):
+    from src.data.catalog import config_data
     from src.data.datamodule import VideoDataModule
 
-    return VideoDataModule(
-        root=str(index_dir), preset=kind.preset, backend=backend, num_workers=workers, batch_size=batch_size,
-        persistent_workers=workers > 0, decode_timeout=None,
-    )
+    return VideoDataModule(**{
+        **config_data(kind.dataset), "root": str(index_dir), "backend": backend, "num_workers": workers,
+        "batch_size": batch_size, "persistent_workers": workers > 0, "decode_timeout": None,
+        "prefetch_factor": 2 if workers > 0 else None,
+    })
 
 
 def measure_loader(
     kind: VideoKind, index_dir: Path, backend: str, workers: int, *, reps: int, warmup: int, batch_size: int = 2
 ) -> dict:
-    """clips/s of the real train DataLoader (decode + preset augmentation + collate) with `workers`.
+    """clips/s of the real train DataLoader (decode + the dataset config's augmentation + collate) with `workers`.
 
     workers = 0 runs in-process on one torch thread: the per-worker rate of decode + augment.
     """
@@ -115,7 +117,7 @@ def _result(kind: VideoKind, stage: str, backend: str, workers: int, clips: int,
         "dataset": kind.name,
         "codec": kind.codec,
         "resolution": f"{kind.width}x{kind.height}",
-        "sampling": "dense 16x4" if kind.preset == "k400" else "segment 16",
+        "sampling": "dense 16x4" if kind.dataset == "k400" else "segment 16",
         "stage": stage,
         "backend": backend,
         "workers": workers,

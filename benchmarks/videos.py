@@ -30,7 +30,7 @@ class VideoKind:
     height: int
     fps: int
     seconds: tuple[float, float]
-    preset: str  # the VideoDataModule preset whose sampling matches these videos
+    dataset: str  # the dataset config (configs/<dataset>.yaml) whose recipe matches these videos
 
 
 # Kinetics-400 as commonly prepared: H.264 mp4, short side 320, 30 fps, 10 s clips.

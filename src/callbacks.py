@@ -94,7 +94,14 @@ class SigtermCheckpoint(Callback):
 
     Lightning turns SIGTERM into a SIGTERMException raised between two training steps, so the saved state is
     consistent: the optimiser step of the last batch is complete and its progress counters are recorded.
+
+    Args:
+        filename: name of the file written in the run's checkpoint folder (`last`: what `--ckpt_path last`
+            resumes from).
     """
+
+    def __init__(self, filename: str = ModelCheckpoint.CHECKPOINT_NAME_LAST) -> None:
+        self.filename = filename
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.training:
@@ -102,7 +109,7 @@ class SigtermCheckpoint(Callback):
         checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpoint is None or checkpoint.dirpath is None:
             return
-        path = Path(checkpoint.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        path = Path(checkpoint.dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: saved {path} at global step {trainer.global_step}; resume with --ckpt_path last")
 

@@ -24,7 +24,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
-from src.checkpoint_io import AtomicCheckpointIO
 from src.hang_guard import HangGuard
 from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
 from src.task import VideoClassifier
@@ -43,6 +42,8 @@ class _DropAdvert(logging.Filter):
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropAdvert())
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
+# checkpoints written to a temporary file beside their target and renamed into place (src/checkpoint_io.py)
+ATOMIC_CHECKPOINT_IO = {"class_path": "src.checkpoint_io.AtomicCheckpointIO"}
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
@@ -74,6 +75,14 @@ class VideoCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
             }
         )
+        # last.ckpt: the newest state after every validation / epoch, whether or not val/top1 improved
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"last_checkpoint.filename": LAST, "last_checkpoint.monitor": None,
+                             "last_checkpoint.save_top_k": 1, "last_checkpoint.enable_version_counter": False})
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(FirstBatchFrames, "first_batch_frames")
+        parser.add_lightning_class_args(SigtermCheckpoint, "sigterm_checkpoint")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_lightning_class_args(JsonLinesPredictionWriter, "predict_writer")
         parser.add_lightning_class_args(HangGuard, "hang_guard")
@@ -119,8 +128,6 @@ class VideoCLI(LightningCLI):
         named by a string (`ddp`, `ddp_spawn`, ...) or chosen by `auto`; a strategy given as a class keeps its
         own `timeout`."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        if config.get("trainer", {}).get("plugins") is None and "plugins" not in kwargs:
-            kwargs["plugins"] = [AtomicCheckpointIO()]  # checkpoints written beside their target, renamed into place
         guard = config.get("hang_guard")
         strategy = config.get("trainer", {}).get("strategy", "auto")
         if guard is None or "strategy" in kwargs or not isinstance(strategy, str):
@@ -132,14 +139,6 @@ class VideoCLI(LightningCLI):
         if type(trainer.strategy) is DDPStrategy:  # `auto` chose DDP (several devices or nodes): same, timed
             trainer = super().instantiate_trainer(**kwargs, strategy=timed_ddp_strategy("ddp", guard.timeout))
         return trainer
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
-        # last.ckpt: the newest state after every validation / epoch, whether or not val/top1 improved
-        last = ModelCheckpoint(filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False)
-        callbacks = [*callbacks, last, LearningRateMonitor(logging_interval="step"), FirstBatchFrames(),
-                     SigtermCheckpoint()]
-        return super()._instantiate_trainer(config, callbacks)
-
 
 def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
     """Fill the data config of a prediction from the checkpoint: its class names, its normalisation, and each
@@ -207,7 +206,7 @@ def cli_main(args: list[str] | None = None, run: bool = True, model_class: type 
         model_class,
         VideoDataModule,
         save_config_callback=SaveConfigWithCheckpoints,
-        trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER},
+        trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER, "plugins": [ATOMIC_CHECKPOINT_IO]},
         parser_kwargs={"parser_mode": "yaml"},
         seed_everything_default=0,  # a run is reproducible unless a seed is chosen (the configs set it too)
         auto_configure_optimizers=False,

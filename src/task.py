@@ -170,6 +170,17 @@ class VideoClassifier(pl.LightningModule):
         report = load_pretrained(self.backbone, payload, target_classes=self.class_names,
                                  source_classes=list(source_classes) if source_classes else None,
                                  struct_init=self.hparams.init_struct_filters)
+        if not report.clean:  # e.g. StructViT-S weights under a StructViT-B config: a partial load trains wrong
+            backbone = trained.get("backbone") if isinstance(trained, dict) else None
+            theirs = f"a {backbone.get('variant')} checkpoint" if isinstance(backbone, dict) else "its weights"
+            first = [*report.missing[:2], *report.unexpected[:2], *(m[0] for m in report.mismatched[:2])]
+            raise ValueError(
+                f"model.init_from {source}: {theirs} does not fit this run's {self.hparams.backbone['variant']} "
+                f"({self.hparams.backbone}): {len(report.missing)} tensors missing from the file, "
+                f"{len(report.unexpected)} not in the model, {len(report.mismatched)} of another shape (e.g. "
+                f"{', '.join(first)}). Give weights of the same architecture with --model.init_from, or null to "
+                "train from scratch."
+            )
         rank_zero_info(f"init_from {source}:\n{report}")
         log_dir = self.run_dir
         if self.trainer.is_global_zero and log_dir:

@@ -96,17 +96,42 @@ def _payload(path: Path) -> dict:
     return payload
 
 
+# What each dataset preset filled in for an unset argument before the recipes were written out in full in the
+# configs: checkpoints of that time store None for those arguments. (sampling, num_frames, sampling_rate,
+# crop_size, test_views)
+_FORMER_PRESETS = {
+    **dict.fromkeys(("k400", "custom"), ("dense", 16, 4, 224, (4, 1))),
+    **dict.fromkeys(("ssv2", "ssv1", "diving48", "gym99", "gym288"), ("segment", 16, 1, 224, (1, 3))),
+    "synthetic": ("segment", 16, 1, 96, (1, 1)),
+}
+_PROTOCOL_ARGUMENTS = ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")
+
+
+def _protocol_of_data_arguments(data: dict[str, Any]) -> EvalProtocol:
+    """The protocol a DataModule built from `data` (its saved arguments) evaluated with."""
+    from src.data.datamodule import VideoDataModule
+
+    defaults = inspect.signature(VideoDataModule).parameters
+    former = _FORMER_PRESETS.get(str(data.get("preset", "synthetic")))  # "synthetic" was the default preset
+    values = {}
+    for i, name in enumerate(_PROTOCOL_ARGUMENTS):
+        value = data.get(name)
+        if value is None:
+            value = former[i] if former is not None else defaults[name].default
+        values[name] = value
+    for name in ("mean", "std"):
+        values[name] = data.get(name) or defaults[name].default
+    return EvalProtocol(**values)
+
+
 def _protocol(path: Path, payload: dict) -> EvalProtocol:
     """The stored protocol; for a checkpoint written before it was stored, the DataModule's arguments
-    (`datamodule_hyper_parameters`) resolved through their preset, as that run's DataModule did."""
+    (`datamodule_hyper_parameters`), with the values the dataset preset of that time filled in."""
     if CHECKPOINT_KEY in payload:
         return EvalProtocol.from_dict(payload[CHECKPOINT_KEY])
     data = payload.get("datamodule_hyper_parameters")
     if isinstance(data, dict):
-        from src.data.datamodule import VideoDataModule
-
-        known = inspect.signature(VideoDataModule).parameters
-        return VideoDataModule(**{k: v for k, v in data.items() if k in known}).eval_protocol
+        return _protocol_of_data_arguments(data)
     keys = ", ".join(f"'{k}': ..." for k in ("num_frames", "sampling", "sampling_rate", "crop_size", "test_views"))
     raise CheckpointFileError(
         f"{path}: holds no evaluation protocol (no '{CHECKPOINT_KEY}' and no datamodule_hyper_parameters), so the "

@@ -24,7 +24,7 @@ from task_fixtures import OneThread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_CONFIGS = ["k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"]
-TINY = ["--data.preset", "synthetic", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2",
+TINY = ["--data.dataset", "synthetic", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2",
         "--data.num_workers", "0", "--data.test_views", "[2, 1]", "--model.init_from", "null"]
 CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]  # bar and summary on
 
@@ -91,9 +91,76 @@ def test_print_config_shows_the_ssv2_recipe_of_the_paper(capsys):
     assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (16, "segment", [1, 3], "off")
 
 
+# Printed nulls that mean "none" or "decided by the run", not a value hidden behind the config: each with why.
+NULL_MEANS_NONE = {
+    "ckpt_path": "no checkpoint to resume", "weights_only": "torch's safe default",
+    "trainer.callbacks": "extra callbacks besides the declared ones", "trainer.min_epochs": "no minimum",
+    "trainer.min_steps": "no minimum", "trainer.max_time": "no time limit", "trainer.profiler": "no profiler",
+    "trainer.limit_train_batches": "all", "trainer.limit_val_batches": "all", "trainer.limit_test_batches": "all",
+    "trainer.limit_predict_batches": "all", "trainer.model_registry": "none",
+    "trainer.logger.init_args.version": "the next free version_<n>", "trainer.logger.init_args.sub_dir": "none",
+    "trainer.logger.init_args.purge_step": "none",
+    "model.backbone.pos_embed": "pure_attention_tiny only", "model.backbone.num_frames": "baselines only",
+    "model.backbone.crop_size": "baselines only",
+    "data.root": "$DATA_ROOT/<dataset> (the environment of the run)", "data.limit": "every row",
+    "data.predict_path": "not predicting", "data.classes": "classes.txt of the index",
+    "data.rand_augment": "no RandAugment", "model.init_from": "trained from scratch",
+    "predict_writer.output": "beside the checkpoint's run",
+    **{f"{cb}.{key}": "Lightning's ModelCheckpoint: the run's checkpoints/ folder, saved at every validation"
+       for cb in ("checkpoint", "last_checkpoint")
+       for key in ("dirpath", "every_n_train_steps", "train_time_interval", "every_n_epochs", "save_on_train_epoch_end")},
+    "last_checkpoint.monitor": "none: the newest state", "last_checkpoint.save_last": "it is the last checkpoint",
+}
+
+
+def _nulls(tree: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found += _nulls(value, f"{name}.")
+        elif value is None or value == "preset":
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("name", [*DATASET_CONFIGS, "custom"])
+def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run(capsys, tmp_path, name):
+    """No null or marker stands for a value chosen elsewhere; the declared callbacks are listed; the printed
+    config, fed back, prints the same and builds the same DataModule and model."""
+    from src.data.datamodule import VideoDataModule
+    from src.task import VideoClassifier
+
+    _, out, _ = parse_only(capsys, "fit", "--config", f"configs/{name}.yaml", "--print_config")
+    printed = yaml.safe_load(out)
+    hidden = [key for key in _nulls(printed) if key not in NULL_MEANS_NONE]
+    assert not hidden, f"configs/{name}.yaml leaves these to a hidden default: {hidden}"
+    for callback in ("checkpoint", "last_checkpoint", "lr_monitor", "first_batch_frames", "sigterm_checkpoint",
+                     "throughput", "predict_writer", "hang_guard"):
+        assert callback in printed
+    assert printed["trainer"]["plugins"] == [{"class_path": "src.checkpoint_io.AtomicCheckpointIO"}]
+
+    again = tmp_path / "printed.yaml"
+    again.write_text(out)
+    _, out_again, _ = parse_only(capsys, "fit", "--config", str(again), "--print_config")
+    assert yaml.safe_load(out_again) == printed
+    original = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    data, data_again = VideoDataModule(**original["data"]), VideoDataModule(**printed["data"])
+    def plain(values):
+        return json.loads(json.dumps(dict(values)))  # tuples and lists alike
+
+    assert plain(data.hparams) == plain(data_again.hparams) and data.eval_protocol == data_again.eval_protocol
+    with torch.device("meta"):
+        model = VideoClassifier(**{**original["model"], "num_classes": 10})
+        model_again = VideoClassifier(**{k: v for k, v in printed["model"].items() if k != "ignore_class_mismatch"},
+                                      num_classes=10)
+    assert plain(model.hparams) == plain(model_again.hparams)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in model_again.state_dict().items()]
+
+
 @pytest.mark.parametrize("key", ["data.num_frames", "data.crop_size", "data.limit", "data.decode_timeout"])
-def test_zero_is_refused_at_parse_time_not_replaced_by_the_preset(capsys, key):
-    """0 used to run with the preset's value while config.yaml recorded 0 (or, for the timeout, fail every decode)."""
+def test_zero_is_refused_at_parse_time(capsys, key):
+    """0 once ran with another value while config.yaml recorded 0 (or, for the timeout, failed every decode)."""
     code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", f"--{key}", "0", "--print_config")
     assert code != 0 and f'Parser key "{key}"' in err and "v>0" in err
 
@@ -108,7 +175,7 @@ def test_unknown_keys_fail_at_parse_time_naming_the_key(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["structvit_s", "structvit_s_4_2", "uniformer_b", "x3d_m"])
-def test_model_presets_compose_after_a_dataset_config(capsys, name):
+def test_model_configs_compose_after_a_dataset_config(capsys, name):
     _, out, _ = parse_only(capsys, "fit", "--config", "configs/ssv2.yaml", "--config", f"configs/model/{name}.yaml",
                            "--print_config")
     config = yaml.safe_load(out)

@@ -148,3 +148,15 @@ def test_init_from_loads_a_checkpoint_into_the_backbone_and_writes_the_report(tm
     assert torch.equal(task.backbone.blocks3[0].attn.qkv.weight, source.blocks3[0].attn.qkv.weight)
     assert task.backbone.head.weight.shape[0] == NUM_CLASSES
     assert "pretrained.pth" in (tmp_path / "run" / "version_0" / "init_report.txt").read_text()
+
+
+@pytest.mark.parametrize("source_overrides", [dict(kv_stride=2, stem="patch"), dict(structure_dim=2)])
+def test_init_from_weights_of_another_architecture_is_an_error_naming_both(tmp_path, source_overrides):
+    """S weights under a B config loaded partly and trained on silently; now the run stops before the first step."""
+    source = VideoClassifier(BackboneConfig("structvit_xs", **source_overrides), num_classes=NUM_CLASSES,
+                             class_names=CLASSES)
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, tmp_path / "other.ckpt")
+    task = make_task(init_from=str(tmp_path / "other.ckpt"))
+    with pytest.raises(ValueError, match=r"other.ckpt: a structvit_xs checkpoint does not fit this run's structvit_xs"
+                                         r".*of another shape.*same architecture"):
+        make_trainer(tmp_path, limit_train_batches=1).fit(task, loader(TinyClips(4), batch_size=4))

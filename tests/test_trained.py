@@ -24,8 +24,9 @@ def fitted(tmp_path_factory) -> tuple[Path, VideoClassifier, VideoDataModule]:
 
     base = tmp_path_factory.mktemp("trained")
     generate_dataset(base / "index", train=8, val=4, test=4, frames=8, size=32)
-    data = VideoDataModule(root=str(base / "index"), preset="synthetic", num_frames=6, crop_size=32,
-                           test_views=(2, 1), batch_size=4, num_workers=1, mean=(0.5, 0.4, 0.3))
+    data = VideoDataModule(root=str(base / "index"), dataset="synthetic", num_frames=6, sampling="segment",
+                           sampling_rate=1, crop_size=32, test_views=(2, 1), flip="off", rand_augment=None, batch_size=4, num_workers=1,
+                           mean=(0.5, 0.4, 0.3))
     model = VideoClassifier(BackboneConfig("structvit_xs", kv_stride=2), num_classes=data.num_classes,
                             class_names=data.class_names, mixup_prob=0.0)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -20,7 +20,7 @@ _EXPORTS = {
     "swap_table": "src.data.transforms",
     "VideoClipDataset": "src.data.datasets",
     "VideoDataModule": "src.data.datamodule",
-    "PRESETS": "src.data.presets",
+    "PREPARE_TARGETS": "src.data.catalog",
 }
 __all__ = sorted(_EXPORTS)
 

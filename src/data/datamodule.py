@@ -1,9 +1,10 @@
 """`VideoDataModule`: train/val/test/predict loaders for every dataset prepared to the index contract.
 
-A preset (`k400`, `ssv1`, `ssv2`, `diving48`, `gym99`, `gym288`, `synthetic`) fills every argument left at
-None; anything set explicitly wins. The module builds its own distributed samplers (run the Trainer with
-`use_distributed_sampler=False`), counts decode failures (raising only above `max_failure_rate` of an
-epoch) and reports, per evaluation, "evaluated N of M videos" with the failed ones written to a file.
+Every argument has one concrete value: a dataset's recipe is the `data:` section of `configs/<dataset>.yaml`
+(nothing is filled in behind the config's back), so the saved config.yaml shows each value that ran. The
+module builds its own distributed samplers (run the Trainer with `use_distributed_sampler=False`), counts
+decode failures (raising only above `max_failure_rate` of an epoch) and reports, per evaluation, "evaluated N
+of M videos" with the failed ones written to a file.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloa
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from src.data.catalog import default_root, prepare_hint
 from src.data.datasets import (
     EvalCollate,
     IndexContractError,
@@ -33,14 +35,12 @@ from src.data.datasets import (
 )
 from src.data.decoding import decord_used_in_this_process
 from src.data.distributed import EvalSampler, TrainSampler
-from src.data.presets import PRESETS, get_preset
 from src.data.protocol import EvalProtocol
 from src.data.sampling import ClipSampler
 from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform
 from src.hang_guard import forget_wakeup_fd
 
 log = logging.getLogger("lightning.pytorch").getChild("data")
-FROM_PRESET = "preset"
 
 
 class DecodeFailureRateError(RuntimeError):
@@ -69,15 +69,16 @@ POSITIVE = ("num_frames", "sampling_rate", "crop_size", "batch_size", "num_repea
 
 
 def _check_ranges(arguments: dict) -> None:
-    """A value outside its range is an error naming the key, never silently replaced by the preset's."""
+    """A value outside its range is an error naming the key (the CLI checks the types at parse time)."""
     for name in POSITIVE:
         value = arguments.get(name)
         if value is not None and not value > 0:
-            raise ValueError(f"data.{name} must be > 0 (or null for the preset's value), got {value}")
+            raise ValueError(f"data.{name} must be > 0, got {value}")
     if arguments["num_workers"] < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {arguments['num_workers']}")
-    if not 0 <= arguments["max_failure_rate"] <= 1:
-        raise ValueError(f"data.max_failure_rate must be in [0, 1], got {arguments['max_failure_rate']}")
+    for name in ("max_failure_rate", "erase_prob"):
+        if not 0 <= arguments[name] <= 1:
+            raise ValueError(f"data.{name} must be in [0, 1], got {arguments[name]}")
 
 
 def _worker_init(_: int) -> None:
@@ -89,74 +90,100 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def default_root(preset: str) -> Path:
-    """`$DATA_ROOT/<preset>`, or `./data/<preset>` when DATA_ROOT is unset."""
-    return Path(os.environ.get("DATA_ROOT") or "data") / preset
-
-
 class VideoDataModule(LightningDataModule):
-    """Video clips for training and multi-view evaluation, per dataset preset (see README, section Data).
+    """Video clips for training and multi-view evaluation of one prepared dataset.
 
     Train batches: `video` float (B*num_repeats, 3, T, H, W), `label`, `index`, `decode_failures` (scalar).
     Val/test batches: `video` (B, V, 3, T, H, W) with V = clips x crops of each video, `label`, `index` (row in
     the split), `failed_index` (rows that failed to decode and were skipped), `failed_reason`.
-    Predict batches: `video` (B, V, 3, T, H, W), `path`.
+    Predict batches: `video` (B, V, 3, T, H, W), `path`. `eval_protocol` is what checkpoints store so that a
+    model can be used without this module. The defaults are the Kinetics-style recipe of configs/custom.yaml.
 
-    `mean` / `std` normalise every clip; `classes` (class names) replace classes.txt where there is no index
-    (predicting from a checkpoint sets it from the checkpoint) and must equal it where there is one.
-    `eval_protocol` is what checkpoints store so that a model can be used without this module.
+    Args:
+        root: the index folder (classes.txt, split CSVs); null: $DATA_ROOT/<dataset>, else ./data/<dataset>.
+        dataset: the dataset's name: the default index folder and the `make prepare-*` hint of errors.
+        num_frames: frames per clip.
+        sampling: "dense": num_frames frames sampling_rate apart (random start in training, clips spread
+            over the video in test); "segment": one frame from each of num_frames equal segments (TSN).
+        sampling_rate: frame stride of dense sampling; segment sampling does not use it.
+        crop_size: side of the square clips the model sees.
+        test_views: [temporal clips, spatial crops (1 centre or 3 along the long side)] per evaluated video.
+        flip: horizontal flip in training: "on" (p = 0.5), "off", or "swap" (flip and exchange the labels of
+            classes whose names mirror each other, "left" <-> "right").
+        batch_size: training clips per step and device.
+        num_workers: DataLoader worker processes per device.
+        backend: video decoder tried first ("decord" or "pyav"); the other one is the fallback.
+        num_repeats: augmented copies of each decoded training video in a batch (repeated augmentation).
+        max_failure_rate: training stops when more than this fraction of an epoch's videos fail to decode.
+        decode_timeout: seconds after which a probe or decode is abandoned as failed; null waits for ever.
+        limit: use only the first N rows of each split (quick runs); null uses all.
+        predict_path: a video, a JPEG-frame folder, a folder of videos, or a .txt/.lst/.list file of paths.
+        train_crop: "random_resized" (RandomResizedCrop with crop_scale) or "jitter" (short side to a random
+            size in short_side_jitter, then a random crop).
+        crop_scale: area range of the random-resized crop, as fractions of the frame.
+        short_side_jitter: short-side range of the "jitter" crop, in pixels.
+        rand_augment: RandAugment as "m<magnitude>-n<ops>" (magnitude out of 10), or null for none.
+        erase_prob: probability of random erasing of each training clip.
+        seed: seed of the sampling, augmentation and shuffling streams (a pure function of seed, epoch, index).
+        pin_memory: pin loader batches in page-locked memory (GPU training).
+        persistent_workers: keep loader workers alive between epochs.
+        prefetch_factor: batches each worker loads ahead; null: torch's default (2).
+        eval_batch_size: videos per evaluation step (each with all its views).
+        mean: per-channel mean subtracted from [0, 1] RGB values.
+        std: per-channel standard deviation the values are divided by.
+        classes: class names used instead of classes.txt where there is no index (predicting from a checkpoint
+            sets them from it); where there is an index they must equal its classes.txt.
     """
 
     def __init__(
         self,
         root: str | None = None,
-        preset: str = "synthetic",
-        num_frames: PositiveInt | None = None,
-        sampling: str | None = None,
-        sampling_rate: PositiveInt | None = None,
-        crop_size: PositiveInt | None = None,
-        test_views: tuple[int, int] | None = None,
-        flip: str | None = None,
+        dataset: str = "custom",
+        num_frames: PositiveInt = 16,
+        sampling: Literal["dense", "segment"] = "dense",
+        sampling_rate: PositiveInt = 4,
+        crop_size: PositiveInt = 224,
+        test_views: tuple[PositiveInt, Literal[1, 3]] = (4, 1),
+        flip: Literal["on", "off", "swap"] = "on",
         batch_size: PositiveInt = 8,
         num_workers: NonNegativeInt = 2,
-        backend: str = "decord",
+        backend: Literal["decord", "pyav"] = "decord",
         num_repeats: PositiveInt = 1,
         max_failure_rate: ClosedUnitInterval = 0.01,
         decode_timeout: PositiveFloat | None = 30.0,
         limit: PositiveInt | None = None,
         predict_path: str | None = None,
-        train_crop: str | None = None,
-        crop_scale: tuple[float, float] | None = None,
-        short_side_jitter: tuple[int, int] = (256, 320),
-        rand_augment: str | None = FROM_PRESET,
-        erase_prob: float | None = None,
+        train_crop: Literal["random_resized", "jitter"] = "random_resized",
+        crop_scale: tuple[ClosedUnitInterval, ClosedUnitInterval] = (0.08, 1.0),
+        short_side_jitter: tuple[PositiveInt, PositiveInt] = (256, 320),
+        rand_augment: str | None = "m7-n4",
+        erase_prob: ClosedUnitInterval = 0.25,
         seed: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         prefetch_factor: PositiveInt | None = None,
-        eval_batch_size: PositiveInt | None = None,
+        eval_batch_size: PositiveInt = 8,
         mean: tuple[float, float, float] = MEAN,
         std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = STD,
         classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         _check_ranges(locals())  # the CLI refuses these at parse time; this covers calls from Python
-        p = get_preset(preset)
-        self.preset = preset
-        self.root = Path(root) if root else default_root(preset)
-        self.num_frames = p.num_frames if num_frames is None else num_frames
-        self.sampling = sampling or p.sampling
-        self.sampling_rate = p.sampling_rate if sampling_rate is None else sampling_rate
-        self.crop_size = p.crop_size if crop_size is None else crop_size
-        self.test_views = tuple(test_views or p.test_views)
-        self.flip = flip or p.flip
-        self.train_crop = train_crop or p.train_crop
-        self.crop_scale = tuple(crop_scale or p.crop_scale)
+        self.dataset = dataset
+        self.root = Path(root) if root else default_root(dataset)
+        self.num_frames = num_frames
+        self.sampling = sampling
+        self.sampling_rate = sampling_rate
+        self.crop_size = crop_size
+        self.test_views = tuple(test_views)
+        self.flip = flip
+        self.train_crop = train_crop
+        self.crop_scale = tuple(crop_scale)
         self.short_side_jitter = tuple(short_side_jitter)
-        self.rand_augment = p.rand_augment if rand_augment == FROM_PRESET else rand_augment
-        self.erase_prob = p.erase_prob if erase_prob is None else erase_prob
+        self.rand_augment = rand_augment
+        self.erase_prob = erase_prob
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.backend = backend
         self.num_repeats = num_repeats
@@ -187,11 +214,9 @@ class VideoDataModule(LightningDataModule):
     # ------------------------------------------------------------------------------- index access
     def _require_index(self) -> None:
         if not (self.root / "classes.txt").is_file():
-            target = get_preset(self.preset).make_target if self.preset in PRESETS else "prepare-<dataset>"
-            target += " SRC=<your video folder>" if target == "prepare-folder" else ""
             raise IndexContractError(
-                f"no prepared {self.preset!r} index at {self.root.resolve()} (classes.txt missing). "
-                f"Run `make {target} DATA_ROOT={self.root.parent}` or point data.root at a prepared index folder."
+                f"no prepared {self.dataset!r} index at {self.root.resolve()} (classes.txt missing). Run `make "
+                f"{prepare_hint(self.dataset)} DATA_ROOT={self.root.parent}` or point data.root at a prepared index folder."
             )
 
     @property
@@ -234,7 +259,8 @@ class VideoDataModule(LightningDataModule):
         from data_prep.index import SPLITS, fingerprint_of
 
         texts = [(self.root / "classes.txt").read_text(encoding="utf-8")]
-        texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in SPLITS if (self.root / f"{s}.csv").is_file()]
+        present = sorted(s for s in SPLITS if (self.root / f"{s}.csv").is_file())  # the order write_index hashes
+        texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in present]
         return fingerprint_of(texts)
 
     @property

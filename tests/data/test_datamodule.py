@@ -1,4 +1,4 @@
-"""VideoDataModule over a real index: presets, batch contract, determinism, failure policy, quarantine."""
+"""VideoDataModule over a real index: recipes, batch contract, determinism, failure policy, quarantine."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from torch import nn
 from data_prep.index import IndexRow, write_index
 from src.data.datamodule import DecodeFailureRateError, VideoDataModule
 from src.data.datasets import IndexContractError
-from src.data.presets import PRESETS
+from src.data.catalog import PREPARE_TARGETS, config_data
 from tests.data.conftest import build_index, release_fifos
 from tests.helpers.videos import frame_index_of, write_test_video
 
-TINY = dict(preset="synthetic", num_frames=4, crop_size=32, batch_size=3, num_workers=0)
+# the synthetic recipe (segment sampling, one view, no flip or augmentation), smaller
+TINY = dict(dataset="synthetic", num_frames=4, sampling="segment", crop_size=32, test_views=(1, 1), flip="off",
+            crop_scale=(0.7, 1.0), rand_augment=None, erase_prob=0.0, batch_size=3, eval_batch_size=3,
+            num_workers=0)
 
 
 class TinyClassifier(LightningModule):
@@ -65,35 +68,37 @@ def tiny_trainer(tmp_path: Path, **kwargs) -> Trainer:
 
 def test_absent_index_names_the_folder_and_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "nowhere"))
-    dm = VideoDataModule(preset="ssv2")
+    dm = VideoDataModule(dataset="ssv2")
     assert dm.root == tmp_path / "nowhere" / "ssv2"
     with pytest.raises(IndexContractError, match=r"nowhere/ssv2.*make prepare-ssv2"):
         _ = dm.num_classes
     monkeypatch.delenv("DATA_ROOT")
-    assert VideoDataModule(preset="gym99").root == Path("data") / "gym99"
+    assert VideoDataModule(dataset="gym99").root == Path("data") / "gym99"
 
 
-def test_presets_fill_unset_arguments_and_explicit_values_win() -> None:
-    k400 = VideoDataModule(preset="k400")
-    assert (k400.sampling, k400.num_frames, k400.sampling_rate, k400.test_views, k400.flip) == ("dense", 16, 4, (4, 1), "on")
-    ssv2 = VideoDataModule(preset="ssv2")
-    assert (ssv2.sampling, ssv2.test_views, ssv2.flip, ssv2.rand_augment) == ("segment", (1, 3), "swap", "m7-n4")
-    synthetic = VideoDataModule(preset="synthetic")
-    assert (synthetic.crop_size, synthetic.flip, synthetic.rand_augment, synthetic.test_views) == (96, "off", None, (1, 1))
-    custom = VideoDataModule(preset="k400", num_frames=8, sampling="segment", flip="off", test_views=(2, 3), rand_augment=None)
-    assert (custom.num_frames, custom.sampling, custom.flip, custom.test_views, custom.rand_augment) == (
-        8, "segment", "off", (2, 3), None,
-    )
-    assert set(PRESETS) == {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic", "custom"}
-    with pytest.raises(ValueError, match="unknown data preset 'ucf101'"):
-        VideoDataModule(preset="ucf101")
+def test_the_recipe_is_the_arguments_nothing_is_filled_in_behind_them(tmp_path: Path) -> None:
+    """Every argument has one concrete default (the Kinetics-style recipe) and a dataset's recipe is the data
+    section of its config, applied as written: the DataModule reproduces exactly what config.yaml records."""
+    default = VideoDataModule()
+    assert (default.sampling, default.num_frames, default.sampling_rate, default.crop_size, default.test_views,
+            default.flip, default.rand_augment, default.erase_prob) == ("dense", 16, 4, 224, (4, 1), "on", "m7-n4", 0.25)
+    synthetic = config_data("synthetic")
+    dm = VideoDataModule(**synthetic)
+    assert (dm.dataset, dm.sampling, dm.num_frames, dm.crop_size, dm.flip, dm.rand_augment, dm.erase_prob,
+            dm.crop_scale) == ("synthetic", "segment", 8, 32, "off", None, 0.0, (0.7, 1.0))
+    assert dm.eval_protocol.test_views == (1, 1)
+    assert set(PREPARE_TARGETS) >= {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic", "custom"}
+    with pytest.raises(IndexContractError, match=r"make prepare-<dataset>"):
+        _ = VideoDataModule(root=str(tmp_path / "none"), dataset="ucf101").class_names
     with pytest.raises(ValueError, match="unknown flip policy 'mirror'"):
         VideoDataModule(flip="mirror")
+    with pytest.raises(ValueError, match="data.erase_prob must be in"):
+        VideoDataModule(erase_prob=1.5)
 
 
 def test_batches_follow_the_contract(tmp_path: Path) -> None:
     root = build_index(tmp_path / "idx", train=4, val=3)
-    dm = VideoDataModule(root=str(root), num_repeats=2, test_views=(2, 3), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root), num_repeats=2, test_views=(2, 3))})
     assert dm.num_classes == 3 and dm.class_names[1] == "moving right" and len(dm.fingerprint) == 16
     dm.setup("fit")
     train = next(iter(dm.train_dataloader()))
@@ -128,7 +133,7 @@ def test_two_workers_produce_the_same_clips_as_zero_workers(tmp_path: Path) -> N
 def test_training_survives_broken_videos_and_counts_every_failure(tmp_path: Path) -> None:
     kinds = ["zero", "garbage", "truncated", "missing"]
     root = build_index(tmp_path / "idx", train=6, val=2, broken={"train": kinds})
-    dm = VideoDataModule(root=str(root), max_failure_rate=1.0, **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root), max_failure_rate=1.0)})
     model = TinyClassifier(dm.num_classes)
     tiny_trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
     bad_rows = set(range(6, 10))
@@ -151,7 +156,7 @@ def test_training_stops_with_a_clear_error_above_the_failure_rate(tmp_path: Path
 
 def test_evaluation_skips_broken_videos_and_writes_their_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = build_index(tmp_path / "idx", train=1, val=1, test=5, broken={"test": ["zero", "missing", "garbage"]})
-    dm = VideoDataModule(root=str(root), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root))})
     dm.failure_log_dir = tmp_path / "failures"
     model = TinyClassifier(dm.num_classes)
     with caplog.at_level("INFO"):
@@ -201,7 +206,7 @@ def test_an_unexpected_error_in_a_transform_names_the_row(tmp_path: Path) -> Non
     from src.data.datasets import VideoClipDataset
 
     root = build_index(tmp_path / "idx", train=2, val=1)
-    dm = VideoDataModule(root=str(root), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root))})
     dm.setup("validate")
     dataset: VideoClipDataset = dm.datasets["val"]
 
@@ -216,7 +221,7 @@ def test_an_unexpected_error_in_a_transform_names_the_row(tmp_path: Path) -> Non
 def test_a_hung_decoder_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
     root = build_index(tmp_path / "idx", train=1, val=2, broken={"val": ["hang"]})
     try:
-        dm = VideoDataModule(root=str(root), decode_timeout=1.0, **TINY)
+        dm = VideoDataModule(**{**TINY, **dict(root=str(root), decode_timeout=1.0)})
         dm.setup("validate")
         started = time.monotonic()
         batch = next(iter(dm.val_dataloader()))
@@ -230,7 +235,7 @@ def test_a_hung_decoder_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
 def test_quarantined_videos_are_never_loaded(tmp_path: Path) -> None:
     root = build_index(tmp_path / "idx", train=4, val=3)
     (root / "quarantine.txt").write_text("videos/val_001.mp4\tdoctor: broken\n")
-    dm = VideoDataModule(root=str(root), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root))})
     dm.setup("validate")
     paths = [e.path.name for e in dm.datasets["val"].entries]
     assert paths == ["val_000.mp4", "val_002.mp4"]
@@ -241,7 +246,7 @@ def test_segment_rows_and_frame_folders_decode_the_right_frames(tmp_path: Path) 
     write_test_video(root / "long.mp4", 40, 48, fps=25)
     rows = [IndexRow("long.mp4", 0, start=0.4, end=1.2, num_frames=40, fps=25.0), IndexRow("long.mp4", 1)]
     write_index(root, dataset="seg", classes=["a", "b"], splits={"train": rows, "val": rows})
-    dm = VideoDataModule(root=str(root), preset="synthetic", num_frames=4, crop_size=48, num_workers=0, batch_size=2)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root), crop_size=48, batch_size=2)})
     batch = next(iter(dm.val_dataloader()))
     frames = (batch["video"][:, 0] * 0.225 + 0.45).mul(255).round().clamp(0, 255).to(torch.uint8)
     decoded = [[frame_index_of(f.permute(1, 2, 0).numpy()) for f in clip.unbind(1)] for clip in frames]
@@ -254,7 +259,7 @@ def test_predict_yields_every_video_with_its_path(tmp_path: Path) -> None:
     for name in ("a.mp4", "b.mp4"):
         write_test_video(folder / name, 8, (40, 48))
     (folder / "c.mp4").touch()
-    dm = VideoDataModule(root=str(tmp_path / "unused"), predict_path=str(folder), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(tmp_path / "unused"), predict_path=str(folder))})
     batch = next(iter(dm.predict_dataloader()))
     assert [Path(p).name for p in batch["path"]] == ["a.mp4", "b.mp4"]
     assert batch["video"].shape == (2, 1, 3, 4, 32, 32)
@@ -268,7 +273,7 @@ def _ddp_eval_worker(rank: int, world: int, root: str, port: int, out: str) -> N
     torch.set_num_threads(1)  # one thread per rank, as in a DataLoader worker
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        dm = VideoDataModule(root=root, **TINY)
+        dm = VideoDataModule(**{**TINY, **dict(root=root)})
         dm.setup("test")
         seen = [i for batch in dm.test_dataloader() for i in batch["index"].tolist() + batch["failed_index"].tolist()]
         gathered: list = [None] * world
@@ -324,12 +329,12 @@ def test_fit_with_an_empty_validation_split_says_so_once_and_trains(tmp_path: Pa
 
 def test_testing_an_empty_split_is_an_error_naming_the_file(tmp_path: Path) -> None:
     root = _index_with_empty(tmp_path / "idx", "test")
-    dm = VideoDataModule(root=str(root), **TINY)
+    dm = VideoDataModule(**{**TINY, **dict(root=str(root))})
     with pytest.raises(IndexContractError, match=r"test\.csv holds no videos"):
         tiny_trainer(tmp_path).test(TinyClassifier(dm.num_classes), datamodule=dm)
 
 
 @pytest.mark.parametrize("name", ["num_frames", "crop_size", "limit", "decode_timeout", "batch_size"])
-def test_out_of_range_values_are_errors_not_the_presets_value(name: str) -> None:
+def test_out_of_range_values_are_errors(name: str) -> None:
     with pytest.raises(ValueError, match=f"data.{name} must be > 0"):
         VideoDataModule(**{**TINY, name: 0})

@@ -210,33 +210,30 @@ def test_one_class_is_indexed_with_a_warning(tmp_path, caplog):
     assert "single class folder (walking)" in caplog.text and "did you mean" in caplog.text
 
 
-# ------------------------------------------------------------------------------------- preset, config
-def test_custom_preset_and_recipe():
+# ------------------------------------------------------------------------------------- recipe, config
+def test_custom_recipe():
+    from src.data.catalog import prepare_hint
     from src.data.datamodule import VideoDataModule
     from src.data.datasets import IndexContractError
-    from src.data.presets import get_preset
     from src.models import build_model
     from src.task import BackboneConfig
 
-    preset = get_preset("custom")
-    assert (preset.sampling, preset.num_frames, preset.sampling_rate, preset.crop_size, preset.test_views,
-            preset.make_target) == ("dense", 16, 4, 224, (4, 1), "prepare-folder")
-    with pytest.raises(IndexContractError, match="make prepare-folder"):
-        _ = VideoDataModule(root="/nonexistent/custom", preset="custom").class_names
+    assert prepare_hint("custom").startswith("prepare-folder SRC=")
+    with pytest.raises(IndexContractError, match="make prepare-folder SRC="):
+        _ = VideoDataModule(root="/nonexistent/custom", dataset="custom").class_names
 
     config = yaml.safe_load((ROOT / "configs" / "custom.yaml").read_text())
     k400 = yaml.safe_load((ROOT / "configs" / "k400.yaml").read_text())
-    assert config["data"]["preset"] == "custom" and config["data"]["root"] is None
+    assert config["data"]["dataset"] == "custom" and config["data"]["root"] is None
     assert config["trainer"]["logger"]["init_args"]["name"] == "custom"
     assert config["model"]["backbone"] == k400["model"]["backbone"]  # StructViT-S, as the K400 recipe trains it
     assert config["model"]["init_from"]  # a fine-tuning recipe: a missing file stops the run
     assert config["model"]["lr"] < k400["model"]["lr"]
     assert config["trainer"]["max_epochs"] < k400["trainer"]["max_epochs"]
     assert config["model"]["warmup_epochs"] < k400["model"]["warmup_epochs"]
-    for key, value in config["data"].items():  # every sampling key written out, equal to the preset's
-        if key in ("num_frames", "sampling_rate", "crop_size", "flip", "sampling"):
-            assert value == getattr(preset, key)
-    assert tuple(config["data"]["test_views"]) == preset.test_views
+    # Kinetics' sampling: 16 frames 4 apart (the frame spacing the K400 checkpoint learned), 4 test clips
+    assert {k: config["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")} == {
+        k: k400["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")}
     backbone = BackboneConfig(**config["model"]["backbone"])
     with torch.device("meta"):
         model = build_model(backbone.variant, num_classes=3, **backbone.overrides())
@@ -257,7 +254,7 @@ def test_a_hand_made_index_without_manifest_trains(videos, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cli = cli_main(["fit", "--config", "configs/custom.yaml", "--model.backbone.variant", "structvit_xs",
+        cli = cli_main(["fit", "--config", "configs/custom.yaml", "--config", "configs/model/structvit_xs.yaml",
                         "--model.init_from", "null", "--data.root", str(index), "--data.num_frames", "8",
                         "--data.crop_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",
                         "--data.backend", "pyav", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
@@ -292,15 +289,15 @@ def test_fine_tune_custom_yaml_from_a_checkpoint_then_predict_a_folder(prepared,
     source = runs / "synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     assert source.is_file()
 
-    # 2. the recipe of configs/custom.yaml on the prepared folder, the variant set to the checkpoint's
-    cli("fit", "--config", "configs/custom.yaml", "--model.init_from", str(source), "--model.backbone.variant",
-        "structvit_xs", *tiny, "--data.root", str(index), "--trainer.default_root_dir", str(runs / "custom"))
+    # 2. the recipe of configs/custom.yaml on the prepared folder, the model config set to the checkpoint's
+    cli("fit", "--config", "configs/custom.yaml", "--config", "configs/model/structvit_xs.yaml", "--model.init_from",
+        str(source), *tiny, "--data.root", str(index), "--trainer.default_root_dir", str(runs / "custom"))
     run = runs / "custom" / "version_0"
     report = (run / "init_report.txt").read_text()
     assert str(source) in report and "tensors loaded" in report and "0 tensors loaded" not in report
     assert "head: 0 classes copied by name, the rest freshly initialised" in report  # no class in common
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["data"]["preset"] == "custom" and config["model"]["lr"] == 5e-5
+    assert config["data"]["dataset"] == "custom" and config["model"]["lr"] == 5e-5
 
     # 3. predict a class folder from the fine-tuned checkpoint alone (no config, no data.root)
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
