@@ -22,7 +22,6 @@ import torch
 
 from benchmarks.timing import time_call
 
-
 # configs/k400.yaml's training recipe, spelled out so the figure does not move with the DataModule's defaults
 KINETICS_TRAIN = dict(num_frames=16, sampling="dense", sampling_rate=4, crop_size=224, flip="on",
                       train_crop="random_resized", crop_scale=(0.08, 1.0), rand_augment="m7-n4", erase_prob=0.25)
