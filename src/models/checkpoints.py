@@ -15,6 +15,7 @@ checkpoint from the internet must not be able to run code.
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 import re
 import zipfile
@@ -69,6 +70,8 @@ class LoadReport:
             lines.append(f"  shape mismatch (not loaded): {name} source {src} model {dst}")
         return "\n".join(lines)
 
+
+log = logging.getLogger(__name__)
 
 # Python classes a checkpoint may hold besides tensors and containers: the official UniFormer image training
 # script stores its `args` (an argparse.Namespace of plain values) in every checkpoint. Nothing broader.
@@ -218,5 +221,5 @@ def load_pretrained(
                       and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))
                       and k not in {m[0] for m in report.mismatched}]
     report.unexpected = [k for k in state if k not in own]
-    print(report)
+    log.info("%s", report)  # callers that show it (init_from, the fine-tuning benchmark) print it themselves
     return report
