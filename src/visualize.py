@@ -109,6 +109,11 @@ def attention_blocks(model: nn.Module, stage: int) -> nn.ModuleList | None:
     return blocks
 
 
+def layer_name(model: nn.Module, stage: int, block: int) -> str:
+    """'stage 3 block 1', or 'block 1' for a model without stages (pure_attention_tiny)."""
+    return f"stage {stage} block {block}" if hasattr(model, "blocks1") else f"block {block}"
+
+
 def attention_module(model: nn.Module, stage: int, block: int) -> nn.Module:
     """The attention module of block `block` of stage `stage` (UniFormer names: `blocks{stage}[block].attn`)."""
     blocks = attention_blocks(model, stage)
@@ -245,7 +250,7 @@ def compute_structure_maps(
         dynamic_kernel=kappa.float().cpu(),
         vanilla=vanilla,
         key_filters=None if key_filters is None else key_filters.float().cpu(),
-        title=f"stage {stage} block {block} head {head}, query (t,y,x)={pos}; prediction: {name} ({probs[top]:.2f})",
+        title=f"{layer_name(model, stage, block)} head {head}, query (t,y,x)={pos}; prediction: {name} ({probs[top]:.2f})",
     )
 
 
@@ -401,7 +406,8 @@ def _plot_filters(maps: StructureMaps, filters: Tensor, symbol: str, what: str) 
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"dt={t - kt // 2}", fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
-    fig.suptitle(f"{what}, stage {maps.stage} block {maps.block} head {maps.head}", fontsize=8)
+    layer = maps.title.split(" head ")[0] if " head " in maps.title else f"stage {maps.stage} block {maps.block}"
+    fig.suptitle(f"{what}, {layer} head {maps.head}", fontsize=8)
     return fig
 
 
