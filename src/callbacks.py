@@ -94,6 +94,9 @@ class SigtermCheckpoint(Callback):
 
     Lightning turns SIGTERM into a SIGTERMException raised between two training steps, so the saved state is
     consistent: the optimiser step of the last batch is complete and its progress counters are recorded.
+    Lightning's own `ModelCheckpoint(save_on_exception=True)` is not the same guarantee: it saves on every
+    exception, in validation too, and on every rank through `trainer.save_checkpoint`'s barrier, which a rank
+    that alone hit an error never reaches; this saves only on the SIGTERM that every rank agrees on.
 
     Args:
         filename: name of the file written in the run's checkpoint folder (`last`: what `--ckpt_path last`

@@ -45,17 +45,24 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class BackboneConfig:
-    """Which backbone to build and its options; None keeps the variant's own default.
+    """Which backbone to build and its options (`src.models.list_models()` names the variants).
 
-    variant: a name of `src.models.list_models()`; structure_dim: D of StructSA (0 = plain attention);
-    kv_stride: S, the spatial stride of keys/values; drop_path_rate: stochastic depth;
-    checkpoint_stages: stages (1..4) run under activation checkpointing; attn_fp32: attention in float32
-    under mixed precision; stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions,
-    structvit_xs's default); struct_init: how StructSA's key/value filters start when training from scratch
-    ("random", the default; "shifted": D distinct delta taps; "noisy_identity"; "identity": plain attention
-    exactly; BENCHMARKS.md "Motion" has the evidence); pos_embed: learned position embedding of
-    pure_attention_tiny ("none" / "learned"); num_frames / crop_size: input size, for the pytorchvideo
-    baselines (x3d_m, mvit_b_16x4) and pure_attention_tiny only, whose heads / embeddings depend on it.
+    Args:
+        variant: the network, e.g. structvit_s, structvit_xs, uniformer_s, x3d_m, pure_attention_tiny.
+        structure_dim: D of StructSA, the number of correlation structures (0 = plain attention); null keeps
+            the variant's own value.
+        kv_stride: S, the spatial stride of StructSA's keys and values (1 or 2); null: the variant's.
+        drop_path_rate: stochastic depth at the last block (linear over depth); null: the variant's.
+        checkpoint_stages: stages (1..4) run under activation checkpointing ([]: none), memory for compute.
+        attn_fp32: compute the attention softmax in float32 under mixed precision.
+        stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions, structvit_xs's).
+        struct_init: how StructSA's key/value filters start when training from scratch: "random" (the
+            measured best, docs/structsa-init.md), "shifted" (D distinct delta taps), "noisy_identity", or
+            "identity" (plain attention exactly).
+        pos_embed: learned position embedding of pure_attention_tiny ("none" / "learned"); others: null.
+        num_frames: input frames, for the models whose heads or embeddings depend on it (x3d_m, mvit_b_16x4,
+            pure_attention_tiny); others: null.
+        crop_size: input side, for the same models; others: null.
     """
 
     variant: str = "structvit_s"
@@ -82,6 +89,30 @@ class VideoClassifier(pl.LightningModule):
     cosine decay, a guard that skips steps with a non-finite loss. Evaluation: every view of a video is
     scored, single-view and all-view (mean softmax) top-1 / top-5 / mean-class accuracy are logged; testing
     also writes the confusion matrix and per-class accuracy. Prediction returns the top-5 classes per video.
+
+    Args:
+        backbone: the network and its options.
+        num_classes: classes of the classifier (linked from the data's index).
+        class_names: their names (linked from the data's classes.txt); stored in every checkpoint.
+        data_fingerprint: hash of the index the model is trained on (linked from the data).
+        init_from: weights to start from (a checkpoint of this project or an official UniFormer .pth; 2-D
+            image weights are inflated to 3-D); null trains from scratch. Must fit the backbone.
+        init_struct_filters: how the StructSA filters start when init_from has none (a plain-attention
+            checkpoint): "identity" reproduces its function exactly.
+        lr: peak learning rate (reached after the warmup).
+        min_lr: learning rate at the end of the cosine decay.
+        warmup_start_lr: learning rate at the first step of the linear warmup.
+        warmup_epochs: length of the warmup, in epochs (fractions allowed; converted to steps).
+        weight_decay: AdamW decoupled weight decay (none on biases, norms and 1-D parameters).
+        betas: AdamW's (beta1, beta2).
+        label_smoothing: mass spread uniformly over the classes of each target.
+        mixup_alpha: Beta(alpha, alpha) of MixUp; 0 switches it off.
+        cutmix_alpha: Beta(alpha, alpha) of CutMix; 0 switches it off.
+        mixup_prob: probability that a batch is mixed at all.
+        mixup_switch_prob: probability of CutMix rather than MixUp when both are on.
+        max_nonfinite_steps: consecutive steps with a NaN/inf loss (skipped) before the run stops.
+        ignore_class_mismatch: accept a checkpoint whose class list differs from the index's (not stored in
+            checkpoints).
     """
 
     def __init__(
