@@ -55,8 +55,9 @@ test: install ## Run the whole test suite (installs first); non-zero exit on any
 test-fast: install ## Run the test suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## Check the code with ruff
+lint: install ## Check the code with ruff (lint rules and formatting)
 	$(VENV)/bin/ruff check src data_prep benchmarks tests
+	$(VENV)/bin/ruff format --check src data_prep benchmarks tests
 
 format: install ## Format the code with ruff
 	$(VENV)/bin/ruff format src data_prep benchmarks tests

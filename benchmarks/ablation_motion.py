@@ -62,22 +62,33 @@ class Arm:
         return dict(structure_dim=self.structure_dim, struct_init=self.struct_init, pos_embed=self.pos_embed)
 
 
-ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("D0", 0),
-    Arm("D0-pos", 0, pos_embed="learned"),
-    Arm("D1-identity", 1, "identity"),
-    Arm("D1-noisy_identity", 1, "noisy_identity"),
-    Arm("D1-random", 1, "random"),
-    Arm("D4-identity", 4, "identity"),
-    Arm("D4-noisy_identity", 4, "noisy_identity"),
-    Arm("D4-shifted", 4, "shifted"),
-    Arm("D4-random", 4, "random"),
-    # from a trained plain-attention model (with positions: the only plain one that learns the task at all)
-    Arm("D4-pos-from-D0-pos-identity", 4, "identity", "learned", init_from="D0-pos"),
-    Arm("D4-pos-from-D0-pos-shifted", 4, "shifted", "learned", init_from="D0-pos"),
-)}
-DEFAULT_ARMS = ("D0", "D0-pos", "D1-identity", "D1-random", "D4-identity", "D4-noisy_identity", "D4-shifted",
-                "D4-random")
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("D0", 0),
+        Arm("D0-pos", 0, pos_embed="learned"),
+        Arm("D1-identity", 1, "identity"),
+        Arm("D1-noisy_identity", 1, "noisy_identity"),
+        Arm("D1-random", 1, "random"),
+        Arm("D4-identity", 4, "identity"),
+        Arm("D4-noisy_identity", 4, "noisy_identity"),
+        Arm("D4-shifted", 4, "shifted"),
+        Arm("D4-random", 4, "random"),
+        # from a trained plain-attention model (with positions: the only plain one that learns the task at all)
+        Arm("D4-pos-from-D0-pos-identity", 4, "identity", "learned", init_from="D0-pos"),
+        Arm("D4-pos-from-D0-pos-shifted", 4, "shifted", "learned", init_from="D0-pos"),
+    )
+}
+DEFAULT_ARMS = (
+    "D0",
+    "D0-pos",
+    "D1-identity",
+    "D1-random",
+    "D4-identity",
+    "D4-noisy_identity",
+    "D4-shifted",
+    "D4-random",
+)
 
 
 @dataclass
@@ -128,7 +139,7 @@ def accuracy(model: torch.nn.Module, clips: torch.Tensor, labels: torch.Tensor, 
     model.eval()
     correct = 0
     for i in range(0, len(labels), batch):
-        correct += (model(to_input(clips[i:i + batch])).argmax(1) == labels[i:i + batch]).sum().item()
+        correct += (model(to_input(clips[i : i + batch])).argmax(1) == labels[i : i + batch]).sum().item()
     model.train()
     return correct / len(labels)
 
@@ -175,38 +186,66 @@ def save_model(model: torch.nn.Module, arm: Arm, path: Path, manifest: dict) -> 
     frames, size = manifest["generation"]["frames"], manifest["generation"]["size"]
     classes = (Path(manifest["root"]) / "classes.txt").read_text().split() if "root" in manifest else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"backbone": {"variant": MODEL, **arm.overrides(), "num_frames": frames, "crop_size": size},
-                             "num_classes": manifest["num_classes"], "class_names": classes},
-        CHECKPOINT_KEY: EvalProtocol(frames, "segment", 1, size, (1, 1), MEAN, STD).to_dict(),
-    }, path)
+    torch.save(
+        {
+            "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {
+                "backbone": {"variant": MODEL, **arm.overrides(), "num_frames": frames, "crop_size": size},
+                "num_classes": manifest["num_classes"],
+                "class_names": classes,
+            },
+            CHECKPOINT_KEY: EvalProtocol(frames, "segment", 1, size, (1, 1), MEAN, STD).to_dict(),
+        },
+        path,
+    )
 
 
 @torch.no_grad()
-def start_from(model: torch.nn.Module, arm: Arm, seed: int, save_dir: Path | None, test_x: torch.Tensor) -> dict:
+def start_from(
+    model: torch.nn.Module, arm: Arm, seed: int, save_dir: Path | None, test_x: torch.Tensor
+) -> dict:
     """Load the saved model of `arm.init_from` (same seed) into `model`; return the function gap at step 0."""
     from src.models.checkpoints import load_checkpoint_file, load_pretrained, read_state_dict
 
     path = (save_dir or Path()) / f"{arm.init_from}_seed{seed}.ckpt"
     if save_dir is None or not path.is_file():
-        raise FileNotFoundError(f"{arm.name} starts from {path}: train arm {arm.init_from} with --save-models first")
+        raise FileNotFoundError(
+            f"{arm.name} starts from {path}: train arm {arm.init_from} with --save-models first"
+        )
     state, _ = read_state_dict(load_checkpoint_file(path))  # the backbone's tensors, prefix removed
     load_pretrained(model, state, struct_init=arm.struct_init)
-    source = build_model(MODEL, num_classes=model.num_classes, **{
-        **ARMS[arm.init_from].overrides(), "num_frames": model.grid[0], "crop_size": model.grid[1] * model.patch_size})
+    source = build_model(
+        MODEL,
+        num_classes=model.num_classes,
+        **{
+            **ARMS[arm.init_from].overrides(),
+            "num_frames": model.grid[0],
+            "crop_size": model.grid[1] * model.patch_size,
+        },
+    )
     source.load_state_dict(state)
     x = to_input(test_x[:250])
     model.eval()
     source.eval()
     new, old = model(x), source(x)
     model.train()
-    return {"source": str(path), "step0_max_logit_gap": (new - old).abs().max().item(),
-            "step0_prediction_agreement": (new.argmax(1) == old.argmax(1)).float().mean().item()}
+    return {
+        "source": str(path),
+        "step0_max_logit_gap": (new - old).abs().max().item(),
+        "step0_prediction_agreement": (new.argmax(1) == old.argmax(1)).float().mean().item(),
+    }
 
 
-def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: float, eval_every: int,
-              save_dir: Path | None = None) -> Result:
+def train_arm(
+    arm: Arm,
+    seed: int,
+    index: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    eval_every: int,
+    save_dir: Path | None = None,
+) -> Result:
     """Train `arm` from scratch with `seed` and measure it (one torch thread; called in a worker process)."""
     torch.set_num_threads(1)
     train_x, train_y = load_split(index, "train")
@@ -214,8 +253,9 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
     manifest = json.loads((index / "manifest.json").read_text())
     frames, size = manifest["generation"]["frames"], manifest["generation"]["size"]
     torch.manual_seed(seed)
-    model = build_model(MODEL, num_classes=manifest["num_classes"], num_frames=frames, crop_size=size,
-                        **arm.overrides())
+    model = build_model(
+        MODEL, num_classes=manifest["num_classes"], num_frames=frames, crop_size=size, **arm.overrides()
+    )
     extra: dict = {}
     curve: list[tuple[int, float]] = []
     if arm.init_from:
@@ -228,7 +268,7 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
     for step in range(1, steps + 1):
         if pos + batch > len(perm):
             perm, pos = torch.randperm(len(train_y), generator=order), 0
-        idx = perm[pos:pos + batch]
+        idx = perm[pos : pos + batch]
         pos += batch
         start = time.perf_counter()
         loss = F.cross_entropy(model(to_input(train_x[idx])), train_y[idx])
@@ -241,19 +281,29 @@ def train_arm(arm: Arm, seed: int, index: Path, steps: int, batch: int, lr: floa
     if save_dir is not None:
         save_model(model, arm, save_dir / f"{arm.name}_seed{seed}.ckpt", {**manifest, "root": str(index)})
     return Result(
-        arm=arm.name, seed=seed, top1=curve[-1][1], curve=curve, seconds_per_step=train_seconds / steps,
-        key_filter_cosine=filter_cosine(model, "k_struct"), value_filter_cosine=filter_cosine(model, "v_struct"),
+        arm=arm.name,
+        seed=seed,
+        top1=curve[-1][1],
+        curve=curve,
+        seconds_per_step=train_seconds / steps,
+        key_filter_cosine=filter_cosine(model, "k_struct"),
+        value_filter_cosine=filter_cosine(model, "v_struct"),
         top1_mean_filters=mean_filter_accuracy(model, test_x, test_y),
-        params=sum(p.numel() for p in model.parameters()), extra=extra,
+        params=sum(p.numel() for p in model.parameters()),
+        extra=extra,
     )
 
 
 def _train_job(args: tuple) -> dict:
     arm, seed, index, steps, batch, lr, eval_every, save_dir = args
-    result = train_arm(ARMS[arm], seed, Path(index), steps, batch, lr, eval_every,
-                       Path(save_dir) if save_dir else None)
-    print(f"  {arm} seed {seed}: top-1 {100 * result.top1:.1f} %, {1000 * result.seconds_per_step:.0f} ms/step",
-          file=sys.stderr, flush=True)
+    result = train_arm(
+        ARMS[arm], seed, Path(index), steps, batch, lr, eval_every, Path(save_dir) if save_dir else None
+    )
+    print(
+        f"  {arm} seed {seed}: top-1 {100 * result.top1:.1f} %, {1000 * result.seconds_per_step:.0f} ms/step",
+        file=sys.stderr,
+        flush=True,
+    )
     return asdict(result)
 
 
@@ -266,8 +316,19 @@ def _pct(values: list[float]) -> str:
 def table(results: list[dict], arms: list[str]) -> str:
     """Markdown: one row per arm, mean ± std over seeds (std of the seeds, n - 1)."""
     steps = sorted({s for r in results for s, _ in r["curve"]})
-    head = ["arm", "D", "init", "position", "seeds", "test top-1 (%)", *[f"@{s}" for s in steps[:-1]],
-            "key filters cos", "value filters cos", "top-1, filters → mean (%)", "ms / step"]
+    head = [
+        "arm",
+        "D",
+        "init",
+        "position",
+        "seeds",
+        "test top-1 (%)",
+        *[f"@{s}" for s in steps[:-1]],
+        "key filters cos",
+        "value filters cos",
+        "top-1, filters → mean (%)",
+        "ms / step",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in arms:
         rows = [r for r in results if r["arm"] == name]
@@ -279,13 +340,25 @@ def table(results: list[dict], arms: list[str]) -> str:
         cos_k = [r["key_filter_cosine"] for r in rows if r["key_filter_cosine"] is not None]
         cos_v = [r["value_filter_cosine"] for r in rows if r["value_filter_cosine"] is not None]
         mean_f = [r["top1_mean_filters"] for r in rows if r["top1_mean_filters"] is not None]
-        lines.append("| " + " | ".join([
-            name, str(arm.structure_dim), arm.struct_init if arm.structure_dim else "–", arm.pos_embed, str(len(rows)),
-            _pct([r["top1"] for r in rows]), *at,
-            f"{statistics.fmean(cos_k):.2f}" if cos_k else "–", f"{statistics.fmean(cos_v):.2f}" if cos_v else "–",
-            _pct(mean_f) if mean_f else "–",
-            f"{1000 * statistics.median(r['seconds_per_step'] for r in rows):.0f}",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(arm.structure_dim),
+                    arm.struct_init if arm.structure_dim else "–",
+                    arm.pos_embed,
+                    str(len(rows)),
+                    _pct([r["top1"] for r in rows]),
+                    *at,
+                    f"{statistics.fmean(cos_k):.2f}" if cos_k else "–",
+                    f"{statistics.fmean(cos_v):.2f}" if cos_v else "–",
+                    _pct(mean_f) if mean_f else "–",
+                    f"{1000 * statistics.median(r['seconds_per_step'] for r in rows):.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -316,14 +389,19 @@ def step_times(arms: list[str], batch: int = 16, reps: int = 5) -> dict[str, flo
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(reps):
         for name in arms:
-            times[name].append(Timer("step()", globals={"step": steps[name]}).blocked_autorange(min_run_time=1.0).median)
+            times[name].append(
+                Timer("step()", globals={"step": steps[name]}).blocked_autorange(min_run_time=1.0).median
+            )
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def finetune_table(results: list[dict], arms: list[str]) -> str:
     """Markdown for the fine-tuned arms: the function gap to the source model at step 0, then the curve."""
-    lines = ["| arm | start of the filters the source lacks | seeds | max abs logit change at step 0 | "
-             "predictions kept at step 0 (%) | test top-1 by step (%) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | start of the filters the source lacks | seeds | max abs logit change at step 0 | "
+        "predictions kept at step 0 (%) | test top-1 by step (%) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in arms:
         rows = [r for r in results if r["arm"] == name and r["extra"]]
         if not rows:
@@ -337,8 +415,12 @@ def finetune_table(results: list[dict], arms: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation_motion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path("data"), help="the dots index goes to <root>/dots")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ablation_motion", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--data-root", type=Path, default=Path("data"), help="the dots index goes to <root>/dots"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation_motion.json"))
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=sorted(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -347,13 +429,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time, one torch thread each")
-    parser.add_argument("--dataset", default=None, help="train,val,test,frames,size of the dots index "
-                        "(default 8000,1000,1000,4,32)")
-    parser.add_argument("--save-models", type=Path, default=None,
-                        help="write each trained model to DIR/<arm>_seed<n>.ckpt (for python -m src.visualize)")
-    parser.add_argument("--time-steps", action="store_true",
-                        help="only time one training step per arm (interleaved, median of 5) and print the ratios")
-    parser.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file's '## Motion'")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="train,val,test,frames,size of the dots index (default 8000,1000,1000,4,32)",
+    )
+    parser.add_argument(
+        "--save-models",
+        type=Path,
+        default=None,
+        help="write each trained model to DIR/<arm>_seed<n>.ckpt (for python -m src.visualize)",
+    )
+    parser.add_argument(
+        "--time-steps",
+        action="store_true",
+        help="only time one training step per arm (interleaved, median of 5) and print the ratios",
+    )
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="write the table into this markdown file's '## Motion'"
+    )
     a = parser.parse_args(argv)
     if a.time_steps:
         times = step_times(a.arms, a.batch)
@@ -378,10 +472,17 @@ def main(argv: list[str] | None = None) -> int:
     finished = {(r["arm"], r["seed"]) for r in done}
     if a.save_models:  # the models are wanted: train every pair again
         done, finished = [], set()
-    jobs = [(arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every, a.save_models and str(a.save_models))
-            for arm in a.arms for seed in a.seeds if (arm, seed) not in finished]
-    print(f"ablation-motion: {len(jobs)} trainings ({len(finished)} found in {partial}), {a.jobs} at a time",
-          file=sys.stderr, flush=True)
+    jobs = [
+        (arm, seed, str(index), a.steps, a.batch, a.lr, a.eval_every, a.save_models and str(a.save_models))
+        for arm in a.arms
+        for seed in a.seeds
+        if (arm, seed) not in finished
+    ]
+    print(
+        f"ablation-motion: {len(jobs)} trainings ({len(finished)} found in {partial}), {a.jobs} at a time",
+        file=sys.stderr,
+        flush=True,
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     results = [r for r in done if r["arm"] in a.arms and r["seed"] in a.seeds]
     pool = multiprocessing.get_context("spawn").Pool(a.jobs) if a.jobs > 1 and jobs else None
@@ -401,14 +502,25 @@ def main(argv: list[str] | None = None) -> int:
     results.sort(key=lambda r: order[(r["arm"], r["seed"])])
     seconds = time.perf_counter() - start
     command = "python -m benchmarks.ablation_motion " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = {"command": command, "seconds": round(seconds), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "dataset": sizes, "steps": a.steps, "batch": a.batch, "lr": a.lr,
-              "results": results}
+    report = {
+        "command": command,
+        "seconds": round(seconds),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "dataset": sizes,
+        "steps": a.steps,
+        "batch": a.batch,
+        "lr": a.lr,
+        "results": results,
+    }
     a.out.write_text(json.dumps(report, indent=1))
     text = table(results, a.arms)
     finetune = finetune_table(results, a.arms)
     if finetune:
-        text += "\n\nFine-tuned from a saved model (step 0 = the loaded model, before any update):\n\n" + finetune
+        text += (
+            "\n\nFine-tuned from a saved model (step 0 = the loaded model, before any update):\n\n" + finetune
+        )
     print(text)
     if a.doc:
         write_section(a.doc, section_text(report, text), SECTION)
@@ -435,19 +547,21 @@ def _train_minutes(report: dict) -> float:
 
 def section_text(report: dict, text: str) -> str:
     """The BENCHMARKS.md section: the setup, the command, the table (the reading is written by hand below it)."""
-    return "\n".join([
-        f"Command: `{report['command']}` ({len(report['results'])} trainings, {_train_minutes(report):.0f} min of training "
-        f"steps in all, two at a time on {report['cpu_count']} CPU cores; torch {report['torch']}, {report['date']}; a "
-        f"rerun with the same budget resumes from `<out>.partial.jsonl`). Task: random-dot kinematograms "
-        f"({report['dataset']['frames']} frames, 8x8 dots of 4 px, half coherent, 8 directions; "
-        f"{report['dataset']['train']} train / {report['dataset']['test']} test clips, lossless H.264, decoded by "
-        f"the project's decoder). Model: `{MODEL}`. Budget: {report['steps']} steps of batch {report['batch']}, "
-        f"AdamW lr {report['lr']}. Columns @N: test top-1 after N steps. Chance: 12.5 %. ms / step: the median "
-        f"over the arm's trainings, measured while other trainings shared the machine (indicative only; the "
-        f"interleaved timing below is the one to compare).",
-        "",
-        text,
-    ])
+    return "\n".join(
+        [
+            f"Command: `{report['command']}` ({len(report['results'])} trainings, {_train_minutes(report):.0f} min of training "
+            f"steps in all, two at a time on {report['cpu_count']} CPU cores; torch {report['torch']}, {report['date']}; a "
+            f"rerun with the same budget resumes from `<out>.partial.jsonl`). Task: random-dot kinematograms "
+            f"({report['dataset']['frames']} frames, 8x8 dots of 4 px, half coherent, 8 directions; "
+            f"{report['dataset']['train']} train / {report['dataset']['test']} test clips, lossless H.264, decoded by "
+            f"the project's decoder). Model: `{MODEL}`. Budget: {report['steps']} steps of batch {report['batch']}, "
+            f"AdamW lr {report['lr']}. Columns @N: test top-1 after N steps. Chance: 12.5 %. ms / step: the median "
+            f"over the arm's trainings, measured while other trainings shared the machine (indicative only; the "
+            f"interleaved timing below is the one to compare).",
+            "",
+            text,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ class ShuffleFrames(pl.Callback):
         return video.gather(-3, index)
 
     def _apply(self, batch: Any) -> None:
-        if isinstance(batch, dict) and isinstance(batch.get("video"), torch.Tensor) and batch["video"].numel():
+        if (
+            isinstance(batch, dict)
+            and isinstance(batch.get("video"), torch.Tensor)
+            and batch["video"].numel()
+        ):
             batch["video"] = self.shuffle(batch["video"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -104,16 +108,31 @@ def arms(dims: list[int], control: bool, struct_init: str | None = None) -> list
     """The table's rows: D = 0 (UniFormer attention), 1 (ConvSA), 4 (StructSA), ..., then the control."""
     names = {0: "D=0 (plain attention, UniFormer)", 1: "D=1 (ConvSA)"}
     init = f", {struct_init} init" if struct_init else ""
-    rows = [Arm(names.get(d, f"D={d} (StructSA)") + (init if d else ""), d, struct_init=struct_init if d else None)
-            for d in dims]
+    rows = [
+        Arm(
+            names.get(d, f"D={d} (StructSA)") + (init if d else ""), d, struct_init=struct_init if d else None
+        )
+        for d in dims
+    ]
     if control:
-        rows.append(Arm(f"D={max(dims)}{init}, frames shuffled in time", max(dims), shuffle=True,
-                        struct_init=struct_init))
+        rows.append(
+            Arm(
+                f"D={max(dims)}{init}, frames shuffled in time",
+                max(dims),
+                shuffle=True,
+                struct_init=struct_init,
+            )
+        )
     return rows
 
 
-def budget_args(epochs: int | None, limit: int | None, frames: int | None, size: int | None,
-                num_workers: int | None = None) -> list[str]:
+def budget_args(
+    epochs: int | None,
+    limit: int | None,
+    frames: int | None,
+    size: int | None,
+    num_workers: int | None = None,
+) -> list[str]:
     """`src.cli fit` overrides that set the shared budget and the loader workers (only the options given)."""
     args: list[str] = []
     if num_workers is not None:
@@ -146,15 +165,39 @@ def plan_versions(plan: list[tuple[Arm, int]], runs: Path) -> list[int]:
     return versions
 
 
-def run_one(arm: Arm, seed: int, version: int, index: Path, runs: Path, pairs: list[list[int]], budget: list[str],
-            threads: int | None) -> RunResult:
+def run_one(
+    arm: Arm,
+    seed: int,
+    version: int,
+    index: Path,
+    runs: Path,
+    pairs: list[list[int]],
+    budget: list[str],
+    threads: int | None,
+) -> RunResult:
     """Fit and test one arm with one seed; the test uses the best checkpoint and the run's own config."""
     name = run_name(arm)
     run_dir = runs / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common,
-           "--trainer.logger.init_args.version", str(version), "--model.backbone.structure_dim", str(arm.structure_dim),
-           "--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", "false", *budget]
+    fit = [
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        "--data.root",
+        str(index),
+        *common,
+        "--trainer.logger.init_args.version",
+        str(version),
+        "--model.backbone.structure_dim",
+        str(arm.structure_dim),
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--trainer.enable_progress_bar",
+        "false",
+        *budget,
+    ]
     if arm.struct_init:
         fit += ["--model.backbone.struct_init", arm.struct_init]
     if arm.shuffle:
@@ -162,14 +205,36 @@ def run_one(arm: Arm, seed: int, version: int, index: Path, runs: Path, pairs: l
         fit += [f"--trainer.callbacks+={json.dumps(spec)}"]
     print(f"--- {arm.label}, seed {seed}: {run_dir}", flush=True)
     train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
-    test = ["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best_checkpoint(run_dir)), *common,
-            "--trainer.logger.init_args.version", f"version_{version}/test"]
+    test = [
+        "test",
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--ckpt_path",
+        str(best_checkpoint(run_dir)),
+        *common,
+        "--trainer.logger.init_args.version",
+        f"version_{version}/test",
+    ]
     test_s = run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
     res = test_results(run_dir / "test", pairs)
-    print(f"    {arm.label}, seed {seed}: top-1 {100 * res.top1:.1f} %, reversed pairs {100 * (res.reversed_pairs or 0):.1f} %, "
-          f"train {train_s:.0f} s", flush=True)
-    return RunResult(arm.label, arm.structure_dim, arm.shuffle, seed, str(run_dir), res.top1, res.top5,
-                     res.reversed_pairs, res.reversed_confusion, train_s, test_s)
+    print(
+        f"    {arm.label}, seed {seed}: top-1 {100 * res.top1:.1f} %, reversed pairs {100 * (res.reversed_pairs or 0):.1f} %, "
+        f"train {train_s:.0f} s",
+        flush=True,
+    )
+    return RunResult(
+        arm.label,
+        arm.structure_dim,
+        arm.shuffle,
+        seed,
+        str(run_dir),
+        res.top1,
+        res.top5,
+        res.reversed_pairs,
+        res.reversed_confusion,
+        train_s,
+        test_s,
+    )
 
 
 def mean_std(values: list[float]) -> str:
@@ -181,9 +246,11 @@ def mean_std(values: list[float]) -> str:
 
 def table(results: list[RunResult], costs: dict[int, tuple[int, float]]) -> str:
     """Markdown table: one row per arm (mean ± std over its seeds)."""
-    lines = ["| model | seeds | test top-1 (%) | reversed pairs top-1 (%) | taken for the reversed partner (%) | params "
-             "| GFLOPs / clip | train time / run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | seeds | test top-1 (%) | reversed pairs top-1 (%) | taken for the reversed partner (%) | params "
+        "| GFLOPs / clip | train time / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     order: list[str] = []
     for r in results:
         if r.arm not in order:
@@ -194,9 +261,11 @@ def table(results: list[RunResult], costs: dict[int, tuple[int, float]]) -> str:
         rev = [r.reversed_pairs for r in rows if r.reversed_pairs is not None]
         swapped = [r.reversed_confusion for r in rows if r.reversed_confusion is not None]
         minutes = statistics.fmean(r.train_seconds for r in rows) / 60
-        lines.append(f"| {arm} | {len(rows)} | {mean_std([r.top1 for r in rows])} | "
-                     f"{mean_std(rev) if rev else 'n/a'} | {mean_std(swapped) if swapped else 'n/a'} | "
-                     f"{params / 1e6:.2f} M | {gflops:.3f} | {minutes:.1f} min |")
+        lines.append(
+            f"| {arm} | {len(rows)} | {mean_std([r.top1 for r in rows])} | "
+            f"{mean_std(rev) if rev else 'n/a'} | {mean_std(swapped) if swapped else 'n/a'} | "
+            f"{params / 1e6:.2f} M | {gflops:.3f} | {minutes:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -214,11 +283,21 @@ def model_costs(dims: list[int], frames: int, size: int, num_classes: int) -> di
 def effective_budget(budget: list[str]) -> dict[str, Any]:
     """Epochs, frames, crop size, batch and train limit of the runs: configs/synthetic.yaml + the overrides."""
     config = yaml.safe_load(CONFIG.read_text())
-    values = {"epochs": config["trainer"]["max_epochs"], "frames": config["data"]["num_frames"],
-              "size": config["data"]["crop_size"], "batch": config["data"]["batch_size"], "limit": None,
-              "workers": config["data"]["num_workers"]}
-    keys = {"--trainer.max_epochs": "epochs", "--data.num_frames": "frames", "--data.crop_size": "size",
-            "--data.limit": "limit", "--data.num_workers": "workers"}
+    values = {
+        "epochs": config["trainer"]["max_epochs"],
+        "frames": config["data"]["num_frames"],
+        "size": config["data"]["crop_size"],
+        "batch": config["data"]["batch_size"],
+        "limit": None,
+        "workers": config["data"]["num_workers"],
+    }
+    keys = {
+        "--trainer.max_epochs": "epochs",
+        "--data.num_frames": "frames",
+        "--data.crop_size": "size",
+        "--data.limit": "limit",
+        "--data.num_workers": "workers",
+    }
     for flag, value in zip(budget[::2], budget[1::2]):
         values[keys[flag]] = int(value)
     return values
@@ -227,53 +306,88 @@ def effective_budget(budget: list[str]) -> dict[str, Any]:
 def section_text(results: list[RunResult], costs: dict, budget: dict, command: str, seconds: float) -> str:
     """The BENCHMARKS.md section: what ran, the table, the reading."""
     load = os.getloadavg()[0]
-    limit = f"first {budget['limit']} clips of each split" if budget["limit"] else "all 3000 train / 600 val / 600 test clips"
-    return "\n".join([
-        "structvit_xs on the synthetic motion benchmark (`data_prep.synthetic`: 14 motion classes, 12 of them in "
-        "6 time-reversed pairs), the paper's Table 1a in miniature. Every run: `python -m src.cli fit` with "
-        "`configs/synthetic.yaml` and `--model.backbone.structure_dim D`, then `test` on its best checkpoint. "
-        "*Reversed pairs* is top-1 over the test clips of the 12 paired classes; *taken for the reversed partner* "
-        "is the share of those clips predicted as the time-reversal of their class (a model blind to frame order "
-        "splits a pair about evenly, so about as many as it gets right). "
-        "The control shuffles the frames of every clip in time at the input, in training and in testing "
-        "(`benchmarks.ablation_synthetic.ShuffleFrames`).",
-        "",
-        f"Command: `{command}` ({len(results)} trainings, {seconds / 60:.0f} min in all; {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}). Budget per run: "
-        f"{budget['epochs']} epochs, {budget['frames']} frames at {budget['size']}², batch {budget['batch']}, {limit}, "
-        f"{budget['workers']} loader worker(s).",
-        "",
-        table(results, costs),
-        "",
-        f"GFLOPs: multiply-adds per {budget['frames']}×{budget['size']}² clip (`python -m src.models.flops --model "
-        f"structvit_xs --frames {budget['frames']} --size {budget['size']} --num-classes 14 --structure-dim D`). "
-        "Train time: wall time of the fit command (validation each epoch included) on the shared machine.",
-    ])
+    limit = (
+        f"first {budget['limit']} clips of each split"
+        if budget["limit"]
+        else "all 3000 train / 600 val / 600 test clips"
+    )
+    return "\n".join(
+        [
+            "structvit_xs on the synthetic motion benchmark (`data_prep.synthetic`: 14 motion classes, 12 of them in "
+            "6 time-reversed pairs), the paper's Table 1a in miniature. Every run: `python -m src.cli fit` with "
+            "`configs/synthetic.yaml` and `--model.backbone.structure_dim D`, then `test` on its best checkpoint. "
+            "*Reversed pairs* is top-1 over the test clips of the 12 paired classes; *taken for the reversed partner* "
+            "is the share of those clips predicted as the time-reversal of their class (a model blind to frame order "
+            "splits a pair about evenly, so about as many as it gets right). "
+            "The control shuffles the frames of every clip in time at the input, in training and in testing "
+            "(`benchmarks.ablation_synthetic.ShuffleFrames`).",
+            "",
+            f"Command: `{command}` ({len(results)} trainings, {seconds / 60:.0f} min in all; {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}). Budget per run: "
+            f"{budget['epochs']} epochs, {budget['frames']} frames at {budget['size']}², batch {budget['batch']}, {limit}, "
+            f"{budget['workers']} loader worker(s).",
+            "",
+            table(results, costs),
+            "",
+            f"GFLOPs: multiply-adds per {budget['frames']}×{budget['size']}² clip (`python -m src.models.flops --model "
+            f"structvit_xs --frames {budget['frames']} --size {budget['size']} --num-classes 14 --structure-dim D`). "
+            "Train time: wall time of the fit command (validation each epoch included) on the shared machine.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation grid; print the table; write results JSON and (with --doc) the BENCHMARKS.md section."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation_synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ablation_synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DATA_ROOT") or "data"))
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--dims", type=int, nargs="+", default=[0, 1, 4], help="structure dimensions D (default 0 1 4)")
+    parser.add_argument(
+        "--dims", type=int, nargs="+", default=[0, 1, 4], help="structure dimensions D (default 0 1 4)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    parser.add_argument("--control-seeds", type=int, nargs="+", default=None,
-                        help="seeds of the shuffled-frames control (default: the same as --seeds)")
+    parser.add_argument(
+        "--control-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds of the shuffled-frames control (default: the same as --seeds)",
+    )
     parser.add_argument("--no-control", action="store_true", help="skip the shuffled-frames control")
-    parser.add_argument("--struct-init", choices=STRUCT_INITS, default=None,
-                        help="StructSA filter init of the D >= 1 runs (default: the variant's)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: configs/synthetic.yaml)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N clips of each split (data.limit), to fit a smaller budget")
+    parser.add_argument(
+        "--struct-init",
+        choices=STRUCT_INITS,
+        default=None,
+        help="StructSA filter init of the D >= 1 runs (default: the variant's)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per run (default: configs/synthetic.yaml)"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N clips of each split (data.limit), to fit a smaller budget",
+    )
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the config's)")
     parser.add_argument("--size", type=int, default=None, help="crop size (default: the config's)")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="trainings at once (default 1); on 2 cores, 2 jobs with --threads 1 --num-workers 1 "
-                             "use both cores for the models")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader workers per run (default: the config's)")
-    parser.add_argument("--doc", type=Path, default=None, help="write the table into this file's '## Ablation' section")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trainings at once (default 1); on 2 cores, 2 jobs with --threads 1 --num-workers 1 "
+        "use both cores for the models",
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=None, help="loader workers per run (default: the config's)"
+    )
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="write the table into this file's '## Ablation' section"
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablation_synthetic.json"))
     args = parser.parse_args(argv)
     if any(d < 0 for d in args.dims):
@@ -285,26 +399,54 @@ def main(argv: list[str] | None = None) -> int:
     index, manifest, _ = prepare_data(args.data_root, fast=False, workers=os.cpu_count() or 1)
     runs = args.runs.resolve()
     budget = budget_args(args.epochs, args.limit, args.frames, args.size, args.num_workers)
-    plan = [(arm, seed) for arm in arms(args.dims, not args.no_control, args.struct_init)
-            for seed in (args.control_seeds or args.seeds if arm.shuffle else args.seeds)]
+    plan = [
+        (arm, seed)
+        for arm in arms(args.dims, not args.no_control, args.struct_init)
+        for seed in (args.control_seeds or args.seeds if arm.shuffle else args.seeds)
+    ]
     versions = plan_versions(plan, runs)
     print(f"ablation: {len(plan)} trainings into {runs}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the src.cli subprocesses
-        results = list(pool.map(
-            lambda job: run_one(job[0][0], job[0][1], job[1], index.resolve(), runs, manifest["reversed_pairs"],
-                                budget, args.threads),
-            zip(plan, versions)))
+        results = list(
+            pool.map(
+                lambda job: run_one(
+                    job[0][0],
+                    job[0][1],
+                    job[1],
+                    index.resolve(),
+                    runs,
+                    manifest["reversed_pairs"],
+                    budget,
+                    args.threads,
+                ),
+                zip(plan, versions),
+            )
+        )
     seconds = time.perf_counter() - start
 
     eff = effective_budget(budget)
-    costs = model_costs(sorted({r.structure_dim for r in results}), eff["frames"], eff["size"], manifest["num_classes"])
-    command = "python -m benchmarks.ablation_synthetic " + " ".join(argv if argv is not None else sys.argv[1:])
+    costs = model_costs(
+        sorted({r.structure_dim for r in results}), eff["frames"], eff["size"], manifest["num_classes"]
+    )
+    command = "python -m benchmarks.ablation_synthetic " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     text = section_text(results, costs, eff, command, seconds)
     print("\n" + table(results, costs), flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"command": command, "budget": eff, "seconds": seconds,
-                                        "costs": {str(k): v for k, v in costs.items()},
-                                        "runs": [asdict(r) for r in results]}, indent=2) + "\n")
+    args.results.write_text(
+        json.dumps(
+            {
+                "command": command,
+                "budget": eff,
+                "seconds": seconds,
+                "costs": {str(k): v for k, v in costs.items()},
+                "runs": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if args.doc is not None:
         write_section(args.doc, text)
         print(f"wrote the {SECTION!r} section of {args.doc}", flush=True)

@@ -104,7 +104,9 @@ def build_layer(case: AttentionCase) -> tuple[nn.Module, Callable[[Tensor, tuple
     return layer, layer.forward_reference, "StructSA.forward_reference"
 
 
-def _step(case: AttentionCase, layer: nn.Module, call: Callable, x: Tensor, grad: Tensor) -> Callable[[], None]:
+def _step(
+    case: AttentionCase, layer: nn.Module, call: Callable, x: Tensor, grad: Tensor
+) -> Callable[[], None]:
     """The measured callable: one forward (no grad) or one forward + backward with fresh gradients."""
     if case.mode == "forward":
 
@@ -124,7 +126,16 @@ def _step(case: AttentionCase, layer: nn.Module, call: Callable, x: Tensor, grad
 
 def case_key(case: AttentionCase, device: str) -> tuple:
     """What must match for one case's measurements to predict another's by N·N' scaling."""
-    return (case.dim, case.heads, case.structure_dim, case.kv_stride, case.path, case.mode, case.batch, device)
+    return (
+        case.dim,
+        case.heads,
+        case.structure_dim,
+        case.kv_stride,
+        case.path,
+        case.mode,
+        case.batch,
+        device,
+    )
 
 
 def _calibrate(case: AttentionCase, predictor: QuadraticPredictor, key: tuple, device: str, dtype) -> None:

@@ -93,7 +93,7 @@ def kv_variants(shape: KVShape, convs) -> dict[str, Callable[[Tensor], tuple[Ten
     def grid_view(qkv: Tensor, first: int, channels: int) -> Tensor:
         # channels [first, first + channels) of the qkv output on the (T, H, W) grid: the strides of
         # StructSA._structured's conv input (channel stride 1, spatial stride 3C), no copy
-        return qkv[:, :, first:first + channels].transpose(1, 2).reshape(qkv.shape[0], channels, t, h, w)
+        return qkv[:, :, first : first + channels].transpose(1, 2).reshape(qkv.shape[0], channels, t, h, w)
 
     def separate(fmt: torch.memory_format | None) -> Callable:
         def run(qkv: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,7 +124,9 @@ def kv_variants(shape: KVShape, convs) -> dict[str, Callable[[Tensor], tuple[Ten
     }
 
 
-def _train_step(fn: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, params: list[Tensor]) -> Callable[[], None]:
+def _train_step(
+    fn: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, params: list[Tensor]
+) -> Callable[[], None]:
     """Forward + backward of `fn(x)` with fixed output gradients (fresh input and weight gradients)."""
     grads: list[Tensor] = []
 
@@ -173,7 +175,10 @@ def measure_kv(shape: KVShape, device: str, dtype: torch.dtype, *, reps: int, wa
             used = params32[2:] if name.startswith("fused") else params32[:2]
             got = _results(fn, x32, used)
             if name.startswith("fused"):  # one weight gradient: compare it with [dK; dV]
-                got = got[:-1] + [got[-1][: shape.dim * shape.structure_dim], got[-1][shape.dim * shape.structure_dim:]]
+                got = got[:-1] + [
+                    got[-1][: shape.dim * shape.structure_dim],
+                    got[-1][shape.dim * shape.structure_dim :],
+                ]
             errors[name] = _agreement(got, current)
     convs = _kv_convs(shape, device, dtype)
     variants = kv_variants(shape, convs)
@@ -182,17 +187,28 @@ def measure_kv(shape: KVShape, device: str, dtype: torch.dtype, *, reps: int, wa
     for name, fn in variants.items():
         params = [convs[2].weight] if name.startswith("fused") else [convs[0].weight, convs[1].weight]
         step = _train_step(fn, x, params)
-        rows.append({
-            "item": "kv_structure", "shape": shape.label, "D": shape.structure_dim, "S": shape.kv_stride,
-            "variant": name, "dtype": str(dtype), "device": device, "status": "ok",
-            "ms": round(_time(step, device, reps, warmup, False), 3),
-            "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
-            "rel_err_vs_current": errors[name], "exact": errors[name] <= EXACT_REL,
-        })
+        rows.append(
+            {
+                "item": "kv_structure",
+                "shape": shape.label,
+                "D": shape.structure_dim,
+                "S": shape.kv_stride,
+                "variant": name,
+                "dtype": str(dtype),
+                "device": device,
+                "status": "ok",
+                "ms": round(_time(step, device, reps, warmup, False), 3),
+                "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
+                "rel_err_vs_current": errors[name],
+                "exact": errors[name] <= EXACT_REL,
+            }
+        )
     return _with_ratios(rows)
 
 
-def measure_depthwise(shape: DepthwiseShape, device: str, dtype: torch.dtype, *, reps: int, warmup: int) -> list[dict]:
+def measure_depthwise(
+    shape: DepthwiseShape, device: str, dtype: torch.dtype, *, reps: int, warmup: int
+) -> list[dict]:
     """One row per layout (contiguous NCDHW = current, channels_last_3d) of a conv block's depthwise Conv3d."""
     from src.models.depthwise import DepthwiseConv3d
 
@@ -208,20 +224,30 @@ def measure_depthwise(shape: DepthwiseShape, device: str, dtype: torch.dtype, *,
 
     with exact_fp32():
         current = _results(variant(conv32, torch.contiguous_format), x32, [conv32.weight, conv32.bias])
-        errors = {name: _agreement(_results(variant(conv32, fmt), x32, [conv32.weight, conv32.bias]), current)
-                  for name, fmt in layouts.items()}
+        errors = {
+            name: _agreement(_results(variant(conv32, fmt), x32, [conv32.weight, conv32.bias]), current)
+            for name, fmt in layouts.items()
+        }
     rows = []
     for name, fmt in layouts.items():
         conv = copy.deepcopy(conv32).to(dtype=dtype, memory_format=fmt)
         x = x32.detach().to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
         step = _train_step(variant(conv, fmt), x, [conv.weight, conv.bias])
-        rows.append({
-            "item": "depthwise", "shape": shape.label, "kernel": k, "variant": name, "dtype": str(dtype),
-            "device": device, "status": "ok",
-            "ms": round(_time(step, device, reps, warmup, False), 3),
-            "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
-            "rel_err_vs_current": errors[name], "exact": errors[name] <= EXACT_REL,
-        })
+        rows.append(
+            {
+                "item": "depthwise",
+                "shape": shape.label,
+                "kernel": k,
+                "variant": name,
+                "dtype": str(dtype),
+                "device": device,
+                "status": "ok",
+                "ms": round(_time(step, device, reps, warmup, False), 3),
+                "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
+                "rel_err_vs_current": errors[name],
+                "exact": errors[name] <= EXACT_REL,
+            }
+        )
     return _with_ratios(rows)
 
 

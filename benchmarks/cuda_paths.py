@@ -139,7 +139,9 @@ def exact_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def structsa_layer(shape: AttentionShape, d: int, s: int, device: str, *, attn_fp32: bool = False, seed: int = 0):
+def structsa_layer(
+    shape: AttentionShape, d: int, s: int, device: str, *, attn_fp32: bool = False, seed: int = 0
+):
     """A StructSA with generic filters (std 1/√taps: every tap matters, unit gain) on `device`."""
     from src.models.structsa import StructSA
 
@@ -159,7 +161,9 @@ def _inputs(shape: AttentionShape, device: str, seed: int = 1) -> tuple[Tensor, 
     return x.to(device), torch.randn(x.shape, generator=gen).to(device)
 
 
-def _output_and_grads(layer, call: Callable, x: Tensor, grad: Tensor, grid) -> tuple[Tensor, dict[str, Tensor]]:
+def _output_and_grads(
+    layer, call: Callable, x: Tensor, grad: Tensor, grid
+) -> tuple[Tensor, dict[str, Tensor]]:
     layer.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
     y = call(x, grid)
@@ -177,9 +181,14 @@ def fp32_fast_vs_reference(shape: AttentionShape, d: int, s: int, device: str) -
     grad_errors = {name: relative_error(fast_grads[name], ref_grads[name]) for name in ref_grads}
     worst = max(grad_errors, key=grad_errors.get)
     return {
-        "shape": shape.label, "D": d, "S": s, "device": device, "precision": "fp32",
+        "shape": shape.label,
+        "D": d,
+        "S": s,
+        "device": device,
+        "precision": "fp32",
         "output_rel_err": relative_error(fast, ref),
-        "grad_rel_err": grad_errors[worst], "worst_grad": worst,
+        "grad_rel_err": grad_errors[worst],
+        "worst_grad": worst,
         "bound": FP32_REL_BOUND,
     }
 
@@ -196,8 +205,13 @@ def bf16_fast_errors(shape: AttentionShape, d: int, s: int, device: str) -> dict
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
                 errors[attn_fp32] = relative_error(layer(x, shape.grid), exact)
     return {
-        "shape": shape.label, "D": d, "S": s, "device": device, "precision": "bf16-autocast",
-        "rel_err_attn_fp32_off": errors[False], "rel_err_attn_fp32_on": errors[True],
+        "shape": shape.label,
+        "D": d,
+        "S": s,
+        "device": device,
+        "precision": "bf16-autocast",
+        "rel_err_attn_fp32_off": errors[False],
+        "rel_err_attn_fp32_on": errors[True],
         "units_of_bf16_roundoff": [round(errors[False] / BF16_UNIT, 2), round(errors[True] / BF16_UNIT, 2)],
         "bound": BF16_REL_BOUND,
     }
@@ -224,8 +238,15 @@ def sdpa_kernels_used(shape: AttentionShape, d: int, s: int, device: str, precis
     step()  # warm-up outside the profiler (kernel selection, lazy init)
     synchronize(device)
     kernels = sdpa_kernels(operator_names(step))
-    return {"shape": shape.label, "D": d, "S": s, "device": device, "precision": precision, "kernels": kernels,
-            "allowed": list(FUSED_KERNELS[torch.device(device).type])}
+    return {
+        "shape": shape.label,
+        "D": d,
+        "S": s,
+        "device": device,
+        "precision": precision,
+        "kernels": kernels,
+        "allowed": list(FUSED_KERNELS[torch.device(device).type]),
+    }
 
 
 def _build(model: ModelInput, device: str, num_classes: int = 400):
@@ -233,7 +254,9 @@ def _build(model: ModelInput, device: str, num_classes: int = 400):
 
     torch.manual_seed(0)
     net = build_model(model.name, num_classes=num_classes, **{"drop_path_rate": 0.0, **model.overrides})
-    clips = torch.randn(model.batch, 3, model.frames, model.size, model.size, generator=torch.Generator().manual_seed(2))
+    clips = torch.randn(
+        model.batch, 3, model.frames, model.size, model.size, generator=torch.Generator().manual_seed(2)
+    )
     labels = torch.arange(model.batch) % num_classes
     return net.to(device).train(), clips.to(device), labels.to(device)
 
@@ -256,23 +279,34 @@ def bf16_training_step(model: ModelInput, device: str) -> dict:
     seconds = time.perf_counter() - start
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     finite_grads = all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
-    grad_norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None])).item()
+    grad_norm = torch.linalg.vector_norm(
+        torch.stack([g.float().norm() for g in grads if g is not None])
+    ).item()
     optimizer.step()
     finite_params = all(bool(torch.isfinite(p).all()) for p in net.parameters())
     kernels = sdpa_kernels(operator_names(step))  # a second step, profiled
     return {
-        "model": model.label, "input": [model.batch, 3, model.frames, model.size, model.size], "device": device,
-        "loss": losses[0], "finite_loss": all(math.isfinite(v) for v in losses), "finite_grads": finite_grads,
-        "finite_params_after_step": finite_params, "grad_norm": grad_norm, "first_step_s": round(seconds, 3),
-        "sdpa_kernels": kernels, "allowed": list(FUSED_KERNELS[torch.device(device).type]),
+        "model": model.label,
+        "input": [model.batch, 3, model.frames, model.size, model.size],
+        "device": device,
+        "loss": losses[0],
+        "finite_loss": all(math.isfinite(v) for v in losses),
+        "finite_grads": finite_grads,
+        "finite_params_after_step": finite_params,
+        "grad_norm": grad_norm,
+        "first_step_s": round(seconds, 3),
+        "sdpa_kernels": kernels,
+        "allowed": list(FUSED_KERNELS[torch.device(device).type]),
     }
 
 
 def _dynamo_counts() -> dict:
     from torch._dynamo.utils import counters
 
-    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
 
 
 def compile_vs_eager(model: ModelInput, device: str, backend: str, reps: int) -> dict:
@@ -320,9 +354,17 @@ def compile_vs_eager(model: ModelInput, device: str, backend: str, reps: int) ->
         times["compiled"].append(time_call(compiled_step, reps=1, warmup=0, device=device).median_s)
     eager_ms, compiled_ms = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
     return {
-        "model": model.label, "input": [model.batch, 3, model.frames, model.size, model.size], "device": device,
-        "backend": backend, "compile_s": round(compile_s, 1), "rel_err_compiled": compiled_err,
-        "rel_err_eager_bf16": eager_err, "bound": bound, "eager_step_ms": round(eager_ms, 2),
-        "compiled_step_ms": round(compiled_ms, 2), "compiled_vs_eager": round(compiled_ms / eager_ms, 3),
-        "reps": reps, **_dynamo_counts(),
+        "model": model.label,
+        "input": [model.batch, 3, model.frames, model.size, model.size],
+        "device": device,
+        "backend": backend,
+        "compile_s": round(compile_s, 1),
+        "rel_err_compiled": compiled_err,
+        "rel_err_eager_bf16": eager_err,
+        "bound": bound,
+        "eager_step_ms": round(eager_ms, 2),
+        "compiled_step_ms": round(compiled_ms, 2),
+        "compiled_vs_eager": round(compiled_ms / eager_ms, 3),
+        "reps": reps,
+        **_dynamo_counts(),
     }

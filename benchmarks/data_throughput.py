@@ -23,11 +23,22 @@ import torch
 from benchmarks.timing import time_call
 
 # configs/k400.yaml's training recipe, spelled out so the figure does not move with the DataModule's defaults
-KINETICS_TRAIN = dict(num_frames=16, sampling="dense", sampling_rate=4, crop_size=224, flip="on",
-                      train_crop="random_resized", crop_scale=(0.08, 1.0), rand_augment="m7-n4", erase_prob=0.25)
+KINETICS_TRAIN = dict(
+    num_frames=16,
+    sampling="dense",
+    sampling_rate=4,
+    crop_size=224,
+    flip="on",
+    train_crop="random_resized",
+    crop_scale=(0.08, 1.0),
+    rand_augment="m7-n4",
+    erase_prob=0.25,
+)
 
 
-def write_benchmark_video(path: Path, seconds: float = 10.0, fps: int = 30, size: tuple[int, int] = (320, 568)) -> Path:
+def write_benchmark_video(
+    path: Path, seconds: float = 10.0, fps: int = 30, size: tuple[int, int] = (320, 568)
+) -> Path:
     """A moving-texture H.264 mp4 with x264's default rate control and GOP (like re-encoded YouTube clips)."""
     import av
 
@@ -66,8 +77,9 @@ def measure(out: Path, clips: int = 8, reps: int = 5) -> dict:
     torch.set_num_threads(1)
     loaders = {}
     for backend in ("decord", "pyav"):
-        dm = VideoDataModule(root=str(out), backend=backend, num_workers=0, batch_size=1, decode_timeout=None,
-                             **KINETICS_TRAIN)
+        dm = VideoDataModule(
+            root=str(out), backend=backend, num_workers=0, batch_size=1, decode_timeout=None, **KINETICS_TRAIN
+        )
         loaders[backend] = dm.train_dataloader()
     from src.data.decoding import read_frames
     from src.data.sampling import dense_train
@@ -88,7 +100,9 @@ def measure(out: Path, clips: int = 8, reps: int = 5) -> dict:
             loader.sampler.set_epoch(rep)
             pass_s = time_call(lambda loader=loader: one_pass(loader), reps=1, warmup=0).median_s
             rng = np.random.default_rng(rep)
-            decode_s = time_call(lambda backend=backend, rng=rng: decode_only(backend, rng), reps=1, warmup=0).median_s
+            decode_s = time_call(
+                lambda backend=backend, rng=rng: decode_only(backend, rng), reps=1, warmup=0
+            ).median_s
             if rep:
                 times[backend].append(pass_s)
                 decode[backend].append(decode_s)

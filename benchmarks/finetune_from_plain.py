@@ -82,9 +82,14 @@ def function_gap(source: Path, init: str, clips: torch.Tensor, labels: torch.Ten
     before, after = plain(clips), model(clips)
     p_before = before.softmax(-1).unflatten(0, (-1, views)).mean(1)
     p_after = after.softmax(-1).unflatten(0, (-1, views)).mean(1)
-    return Gap(init, int(labels.shape[0]), float((before - after).abs().max()),
-               float((p_before.argmax(-1) == p_after.argmax(-1)).float().mean()),
-               float((p_before.argmax(-1) == labels).float().mean()), float((p_after.argmax(-1) == labels).float().mean()))
+    return Gap(
+        init,
+        int(labels.shape[0]),
+        float((before - after).abs().max()),
+        float((p_before.argmax(-1) == p_after.argmax(-1)).float().mean()),
+        float((p_before.argmax(-1) == labels).float().mean()),
+        float((p_after.argmax(-1) == labels).float().mean()),
+    )
 
 
 def val_curve(run_dir: Path) -> list[float]:
@@ -96,26 +101,60 @@ def val_curve(run_dir: Path) -> list[float]:
     return [e.value for e in events.Scalars("val/top1")] if "val/top1" in events.Tags()["scalars"] else []
 
 
-def fine_tune(source: Path, init: str, seed: int, index: Path, runs: Path, budget: list[str],
-              threads: int | None) -> FineTune:
+def fine_tune(
+    source: Path, init: str, seed: int, index: Path, runs: Path, budget: list[str], threads: int | None
+) -> FineTune:
     """`src.cli fit` from the source with `init`, then `src.cli test` of the best checkpoint."""
     name = f"from_plain_{init}"
     version = next_version(runs, name)
     run_dir = runs / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common,
-           "--trainer.logger.init_args.version", str(version), "--model.backbone.structure_dim", "4",
-           "--model.init_from", str(source), "--model.init_struct_filters", init, "--seed_everything", str(seed),
-           "--data.seed", str(seed), "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
-           *budget]
+    fit = [
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        "--data.root",
+        str(index),
+        *common,
+        "--trainer.logger.init_args.version",
+        str(version),
+        "--model.backbone.structure_dim",
+        "4",
+        "--model.init_from",
+        str(source),
+        "--model.init_struct_filters",
+        init,
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        *budget,
+    ]
     print(f"--- start {init}, seed {seed}: {run_dir}", flush=True)
     train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
-    test = ["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best_checkpoint(run_dir)), *common,
-            "--trainer.logger.init_args.version", f"version_{version}/test"]
+    test = [
+        "test",
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--ckpt_path",
+        str(best_checkpoint(run_dir)),
+        *common,
+        "--trainer.logger.init_args.version",
+        f"version_{version}/test",
+    ]
     run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
-    result = FineTune(init, seed, str(run_dir), val_curve(run_dir), test_results(run_dir / "test", []).top1, train_s)
-    print(f"    {init}, seed {seed}: val {[round(100 * v, 1) for v in result.val_top1]}, test "
-          f"{100 * result.test_top1:.1f} %, {train_s:.0f} s", flush=True)
+    result = FineTune(
+        init, seed, str(run_dir), val_curve(run_dir), test_results(run_dir / "test", []).top1, train_s
+    )
+    print(
+        f"    {init}, seed {seed}: val {[round(100 * v, 1) for v in result.val_top1]}, test "
+        f"{100 * result.test_top1:.1f} %, {train_s:.0f} s",
+        flush=True,
+    )
     return result
 
 
@@ -128,40 +167,59 @@ def section_text(source: Path, gaps: list[Gap], runs: list[FineTune], command: s
     """The BENCHMARKS.md section: the gap table and the fine-tuning table."""
     epochs = max((len(r.val_top1) for r in runs), default=0)
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Command: `{command}` (torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, 2-core CPU). Source: "
         f"`{source}` (structvit_xs, D = 0, trained on the moving-shapes benchmark). Fine-tuning budget: "
-        f"`{' '.join(budget)}` on top of `configs/synthetic.yaml`.", "",
+        f"`{' '.join(budget)}` on top of `configs/synthetic.yaml`.",
+        "",
         f"Step 0, on the first {gaps[0].clips if gaps else 0} validation videos: the D = 4 model as "
-        "`--model.init_from` builds it, against the source.", "",
+        "`--model.init_from` builds it, against the source.",
+        "",
         "| start | max abs logit diff | top-1 agreement with the source | source top-1 | start top-1 |",
         "|---|---|---|---|---|",
     ]
     for g in gaps:
-        lines.append(f"| {g.init} | {g.max_abs_logit_diff:.2e} | {100 * g.top1_agreement:.1f} % | "
-                     f"{100 * g.source_top1:.1f} % | {100 * g.start_top1:.1f} % |")
-    lines += ["", "Fine-tuning (mean ± std over seeds; val = 600 validation clips after each epoch, test = 600 test "
-              "clips with the best checkpoint):", "",
-              "| start | seeds | " + " | ".join(f"val @ epoch {e + 1}" for e in range(epochs)) + " | test top-1 | train s |",
-              "|---|---|" + "---|" * epochs + "---|---|"]
+        lines.append(
+            f"| {g.init} | {g.max_abs_logit_diff:.2e} | {100 * g.top1_agreement:.1f} % | "
+            f"{100 * g.source_top1:.1f} % | {100 * g.start_top1:.1f} % |"
+        )
+    lines += [
+        "",
+        "Fine-tuning (mean ± std over seeds; val = 600 validation clips after each epoch, test = 600 test "
+        "clips with the best checkpoint):",
+        "",
+        "| start | seeds | "
+        + " | ".join(f"val @ epoch {e + 1}" for e in range(epochs))
+        + " | test top-1 | train s |",
+        "|---|---|" + "---|" * epochs + "---|---|",
+    ]
     for init in dict.fromkeys(r.init for r in runs):
         rows = [r for r in runs if r.init == init]
         curve = [_pct([r.val_top1[e] for r in rows if len(r.val_top1) > e]) for e in range(epochs)]
-        lines.append(f"| {init} | {len(rows)} | " + " | ".join(curve) + f" | {_pct([r.test_top1 for r in rows])} | "
-                     f"{statistics.fmean(r.train_seconds for r in rows):.0f} |")
+        lines.append(
+            f"| {init} | {len(rows)} | " + " | ".join(curve) + f" | {_pct([r.test_top1 for r in rows])} | "
+            f"{statistics.fmean(r.train_seconds for r in rows):.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Measure the gaps, fine-tune every start and seed, print and write the results."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_from_plain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.finetune_from_plain", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--source", type=Path, required=True, help="checkpoint of a D = 0 run (src.cli fit)")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding synthetic/ (default data)")
+    p.add_argument(
+        "--data-root", type=Path, default=Path("data"), help="folder holding synthetic/ (default data)"
+    )
     p.add_argument("--runs", type=Path, default=Path("runs/finetune_from_plain"))
     p.add_argument("--inits", nargs="+", choices=STRUCT_INITS, default=["identity", "shifted", "random"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tuning (default 2e-4)")
+    p.add_argument(
+        "--lr", type=float, default=2e-4, help="peak learning rate of the fine-tuning (default 2e-4)"
+    )
     p.add_argument("--gap-clips", type=int, default=200, help="validation videos for the step-0 gap")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=1)
@@ -175,18 +233,39 @@ def main(argv: list[str] | None = None) -> None:
     clips, labels = val_clips(index, trained, args.gap_clips)
     gaps = [function_gap(args.source, init, clips, labels) for init in args.inits]
     for g in gaps:
-        print(f"step 0, {g.init}: max |logit diff| {g.max_abs_logit_diff:.2e}, agreement {100 * g.top1_agreement:.1f} %, "
-              f"top-1 {100 * g.source_top1:.1f} -> {100 * g.start_top1:.1f} %", flush=True)
-    budget = ["--trainer.max_epochs", str(args.epochs), "--model.lr", f"{args.lr:g}", "--model.warmup_epochs", "0.2",
-              "--data.num_workers", str(args.num_workers)]
-    runs = [fine_tune(args.source, init, seed, index, args.runs.resolve(), budget, args.threads)
-            for seed in args.seeds for init in args.inits]
-    command = "python -m benchmarks.finetune_from_plain " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+        print(
+            f"step 0, {g.init}: max |logit diff| {g.max_abs_logit_diff:.2e}, agreement {100 * g.top1_agreement:.1f} %, "
+            f"top-1 {100 * g.source_top1:.1f} -> {100 * g.start_top1:.1f} %",
+            flush=True,
+        )
+    budget = [
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--model.lr",
+        f"{args.lr:g}",
+        "--model.warmup_epochs",
+        "0.2",
+        "--data.num_workers",
+        str(args.num_workers),
+    ]
+    runs = [
+        fine_tune(args.source, init, seed, index, args.runs.resolve(), budget, args.threads)
+        for seed in args.seeds
+        for init in args.inits
+    ]
+    command = "python -m benchmarks.finetune_from_plain " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
     text = section_text(args.source, gaps, runs, command, budget)
     print("\n" + text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"command": command, "gaps": [asdict(g) for g in gaps],
-                                        "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
+    args.results.write_text(
+        json.dumps(
+            {"command": command, "gaps": [asdict(g) for g in gaps], "runs": [asdict(r) for r in runs]},
+            indent=2,
+        )
+        + "\n"
+    )
     if args.doc:
         write_section(args.doc, text, SECTION)
 

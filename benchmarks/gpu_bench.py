@@ -50,7 +50,9 @@ class BenchConfig:
     model_bf16: bool
     model_reps: int
     model_warmup: int
-    autotuned_models: tuple[ModelCase, ...]  # measured again with cudnn.benchmark (a no-op on CPU: none there)
+    autotuned_models: tuple[
+        ModelCase, ...
+    ]  # measured again with cudnn.benchmark (a no-op on CPU: none there)
     layer: LayerShape
     layer_dtype: torch.dtype
     layer_reps: int
@@ -82,10 +84,17 @@ def _stage3_kv(batch: int, s: int) -> KVShape:
 CONFIGS: dict[str, BenchConfig] = {
     "cuda": BenchConfig(
         device="cuda",
-        model_input=(8, 16, 224), model_bf16=True, model_reps=10, model_warmup=3,
+        model_input=(8, 16, 224),
+        model_bf16=True,
+        model_reps=10,
+        model_warmup=3,
         autotuned_models=(UNIFORMER, STRUCTVIT_S_4_2),
-        layer=STAGE3_16F, layer_dtype=torch.bfloat16, layer_reps=10, layer_warmup=3,
-        reference_case_s=30.0, reference_total_s=60.0,
+        layer=STAGE3_16F,
+        layer_dtype=torch.bfloat16,
+        layer_reps=10,
+        layer_warmup=3,
+        reference_case_s=30.0,
+        reference_total_s=60.0,
         kv_shapes=(_stage3_kv(8, 1), _stage3_kv(8, 2)),
         depthwise_shapes=(
             DepthwiseShape("stage1 CBlock 5³ (C=64, 8x56²)", 64, 5, (8, 56, 56), 8),
@@ -93,23 +102,53 @@ CONFIGS: dict[str, BenchConfig] = {
             DepthwiseShape("stage1 pos_embed 3³ (C=64, 8x56²)", 64, 3, (8, 56, 56), 8),
             DepthwiseShape("stage3 pos_embed 3³ (C=320, 8x14²)", 320, 3, (8, 14, 14), 8),
         ),
-        conv_dtype=torch.bfloat16, conv_reps=10, conv_warmup=3,
-        max_batch_model=STRUCTVIT_S_4_2, max_batch_input=(16, 224), max_batch_start=8, max_batch_cap=1024,
-        max_batch_limit_mib=None, max_batch_s=60.0,
-        pipeline_kind=KINETICS, pipeline_videos=4, pipeline_workers=16, pipeline_batch=8, pipeline_reps=2,
+        conv_dtype=torch.bfloat16,
+        conv_reps=10,
+        conv_warmup=3,
+        max_batch_model=STRUCTVIT_S_4_2,
+        max_batch_input=(16, 224),
+        max_batch_start=8,
+        max_batch_cap=1024,
+        max_batch_limit_mib=None,
+        max_batch_s=60.0,
+        pipeline_kind=KINETICS,
+        pipeline_videos=4,
+        pipeline_workers=16,
+        pipeline_batch=8,
+        pipeline_reps=2,
     ),
     "cpu": BenchConfig(
         device="cpu",
-        model_input=(2, 4, 32), model_bf16=False, model_reps=1, model_warmup=0, autotuned_models=(),
-        layer=LayerShape("tiny (N=32)", 128, 2, (2, 4, 4)), layer_dtype=torch.float32, layer_reps=1,
-        layer_warmup=0, reference_case_s=10.0, reference_total_s=10.0,
-        kv_shapes=(KVShape("tiny (N=32), batch 2", 128, 2, (2, 4, 4), 2, 4, 1),
-                   KVShape("tiny (N=32), batch 2", 128, 2, (2, 4, 4), 2, 4, 2)),
+        model_input=(2, 4, 32),
+        model_bf16=False,
+        model_reps=1,
+        model_warmup=0,
+        autotuned_models=(),
+        layer=LayerShape("tiny (N=32)", 128, 2, (2, 4, 4)),
+        layer_dtype=torch.float32,
+        layer_reps=1,
+        layer_warmup=0,
+        reference_case_s=10.0,
+        reference_total_s=10.0,
+        kv_shapes=(
+            KVShape("tiny (N=32), batch 2", 128, 2, (2, 4, 4), 2, 4, 1),
+            KVShape("tiny (N=32), batch 2", 128, 2, (2, 4, 4), 2, 4, 2),
+        ),
         depthwise_shapes=(DepthwiseShape("tiny 5³ (C=16, 2x8²)", 16, 5, (2, 8, 8), 2),),
-        conv_dtype=torch.float32, conv_reps=1, conv_warmup=0,
-        max_batch_model=ModelCase("structvit_xs", "structvit_xs"), max_batch_input=(4, 32), max_batch_start=2,
-        max_batch_cap=64, max_batch_limit_mib=8.0, max_batch_s=20.0,
-        pipeline_kind=TINY_KINETICS, pipeline_videos=1, pipeline_workers=1, pipeline_batch=2, pipeline_reps=1,
+        conv_dtype=torch.float32,
+        conv_reps=1,
+        conv_warmup=0,
+        max_batch_model=ModelCase("structvit_xs", "structvit_xs"),
+        max_batch_input=(4, 32),
+        max_batch_start=2,
+        max_batch_cap=64,
+        max_batch_limit_mib=8.0,
+        max_batch_s=20.0,
+        pipeline_kind=TINY_KINETICS,
+        pipeline_videos=1,
+        pipeline_workers=1,
+        pipeline_batch=2,
+        pipeline_reps=1,
     ),
 }
 
@@ -128,11 +167,21 @@ def _model_rows(cfg: BenchConfig, cases: list[ModelCase], autotune: bool) -> lis
         return []
     batch, frames, size = cfg.model_input
     with cudnn_benchmark(autotune):
-        rows = measure_models(cases, batch=batch, frames=frames, size=size, reps=cfg.model_reps,
-                              warmup=cfg.model_warmup, device=cfg.device, bf16=cfg.model_bf16)
+        rows = measure_models(
+            cases,
+            batch=batch,
+            frames=frames,
+            size=size,
+            reps=cfg.model_reps,
+            warmup=cfg.model_warmup,
+            device=cfg.device,
+            bf16=cfg.model_bf16,
+        )
     for row in rows:
-        print(f"  {row['label']:22s} cudnn.benchmark={autotune!s:5s} {row.get('step_ms', row.get('reason'))} ms/step, "
-              f"{row.get('peak_mib')} MiB")
+        print(
+            f"  {row['label']:22s} cudnn.benchmark={autotune!s:5s} {row.get('step_ms', row.get('reason'))} ms/step, "
+            f"{row.get('peak_mib')} MiB"
+        )
     return [{"item": "models", "cudnn_benchmark": autotune, **row} for row in rows]
 
 
@@ -140,8 +189,11 @@ def step_ratios(rows: list[dict]) -> list[dict]:
     """Step-time and peak-memory ratios of each StructViT to uniformer_s, from rows of the same pass."""
     out = []
     for autotune in (False, True):
-        by_label = {r["label"]: r for r in rows
-                    if r.get("status") == "ok" and r.get("cudnn_benchmark") == autotune and r.get("kind") != "ratio"}
+        by_label = {
+            r["label"]: r
+            for r in rows
+            if r.get("status") == "ok" and r.get("cudnn_benchmark") == autotune and r.get("kind") != "ratio"
+        }
         base = by_label.get(UNIFORMER.label)
         for case in (STRUCTVIT_S, STRUCTVIT_S_4_2):
             row = by_label.get(case.label)
@@ -149,12 +201,19 @@ def step_ratios(rows: list[dict]) -> list[dict]:
                 continue
             ratio = row["step_ms"] / base["step_ms"]
             target = STEP_TARGET if case is STRUCTVIT_S_4_2 else None
-            out.append({
-                "item": "models", "label": f"{case.label} / uniformer_s", "kind": "ratio", "status": "ok",
-                "cudnn_benchmark": autotune, "step_ratio": round(ratio, 3),
-                "peak_ratio": round(row["peak_mib"] / base["peak_mib"], 3),
-                "target": target, "target_met": None if target is None else ratio <= target,
-            })
+            out.append(
+                {
+                    "item": "models",
+                    "label": f"{case.label} / uniformer_s",
+                    "kind": "ratio",
+                    "status": "ok",
+                    "cudnn_benchmark": autotune,
+                    "step_ratio": round(ratio, 3),
+                    "peak_ratio": round(row["peak_mib"] / base["peak_mib"], 3),
+                    "target": target,
+                    "target_met": None if target is None else ratio <= target,
+                }
+            )
     return out
 
 
@@ -163,9 +222,14 @@ def structsa_item(cfg: BenchConfig) -> list[dict]:
     """Fast vs reference (and vanilla) at the stage-3 shape, D = 4, S = 1 and 2, forward and train."""
     cases = grid_cases((cfg.layer,), (4,), (1, 2), ("forward", "train"))
     rows = run_cases(
-        cases, reps=cfg.layer_reps, warmup=cfg.layer_warmup, device=cfg.device, dtype=cfg.layer_dtype,
+        cases,
+        reps=cfg.layer_reps,
+        warmup=cfg.layer_warmup,
+        device=cfg.device,
+        dtype=cfg.layer_dtype,
         budget=Budget(memory_bytes=_memory_budget(cfg.device), seconds=cfg.reference_case_s),
-        reference_total_s=cfg.reference_total_s, log=print,
+        reference_total_s=cfg.reference_total_s,
+        log=print,
     )
     return [{"item": "structsa", **row} for row in rows]
 
@@ -184,10 +248,14 @@ def convs_item(cfg: BenchConfig) -> list[dict]:
     for shape in cfg.kv_shapes:
         rows += measure_kv(shape, cfg.device, cfg.conv_dtype, reps=cfg.conv_reps, warmup=cfg.conv_warmup)
     for shape in cfg.depthwise_shapes:
-        rows += measure_depthwise(shape, cfg.device, cfg.conv_dtype, reps=cfg.conv_reps, warmup=cfg.conv_warmup)
+        rows += measure_depthwise(
+            shape, cfg.device, cfg.conv_dtype, reps=cfg.conv_reps, warmup=cfg.conv_warmup
+        )
     for row in rows:
-        print(f"  {row['shape']:36s} {row['variant']:30s} {row['ms']:9.3f} ms ({row['vs_current']}x), "
-              f"benchmark {row['ms_cudnn_benchmark']:9.3f} ms, exact={row['exact']}")
+        print(
+            f"  {row['shape']:36s} {row['variant']:30s} {row['ms']:9.3f} ms ({row['vs_current']}x), "
+            f"benchmark {row['ms_cudnn_benchmark']:9.3f} ms, exact={row['exact']}"
+        )
     return rows
 
 
@@ -208,8 +276,11 @@ class _Trainer:
         self.model = build_model(case.name, num_classes=400, **case.overrides).to(cfg.device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         dev = torch.device(cfg.device).type
-        self.autocast = (torch.autocast(device_type=dev, dtype=torch.bfloat16) if cfg.model_bf16
-                         else contextlib.nullcontext())
+        self.autocast = (
+            torch.autocast(device_type=dev, dtype=torch.bfloat16)
+            if cfg.model_bf16
+            else contextlib.nullcontext()
+        )
 
     def trial(self, batch: int) -> dict:
         """{batch, fits, peak_mib, step_ms, clips_per_s} or {batch, fits: False, reason}."""
@@ -234,8 +305,11 @@ class _Trainer:
                 raise
             row.update(fits=False, reason=f"out of memory: {str(err).splitlines()[0][:120]}")
         else:
-            row.update(peak_mib=round(peak / 2**20, 1), step_ms=round(seconds * 1e3, 1),
-                       clips_per_s=round(batch / seconds, 2))
+            row.update(
+                peak_mib=round(peak / 2**20, 1),
+                step_ms=round(seconds * 1e3, 1),
+                clips_per_s=round(batch / seconds, 2),
+            )
             limit = self.cfg.max_batch_limit_mib
             row["fits"] = limit is None or peak / 2**20 <= limit
             if not row["fits"]:
@@ -270,20 +344,36 @@ def max_batch_item(cfg: BenchConfig) -> list[dict]:
     """The largest training batch of the configured model that fits, with clips/s at each batch tried."""
     frames, size = cfg.max_batch_input
     trainer = _Trainer(cfg)
-    fits, fails, trials = search_largest(trainer.trial, cfg.max_batch_start, cfg.max_batch_cap,
-                                         time.monotonic() + cfg.max_batch_s)
+    fits, fails, trials = search_largest(
+        trainer.trial, cfg.max_batch_start, cfg.max_batch_cap, time.monotonic() + cfg.max_batch_s
+    )
     for t in trials:
-        print(f"  batch {t['batch']:4d}: " + (f"fits, {t['peak_mib']} MiB, {t['clips_per_s']} clips/s" if t["fits"]
-                                              else f"does not fit: {t['reason']}"))
+        print(
+            f"  batch {t['batch']:4d}: "
+            + (
+                f"fits, {t['peak_mib']} MiB, {t['clips_per_s']} clips/s"
+                if t["fits"]
+                else f"does not fit: {t['reason']}"
+            )
+        )
     best = max((t for t in trials if t["fits"]), key=lambda t: t["batch"], default=None)
-    return [{
-        "item": "max_batch", "label": cfg.max_batch_model.label, "input": [frames, size],
-        "precision": "bf16-autocast" if cfg.model_bf16 else "fp32", "status": "ok",
-        "largest_batch": fits, "smallest_failing": fails,
-        "limit": "out of memory" if cfg.max_batch_limit_mib is None else f"{cfg.max_batch_limit_mib} MiB (modelled)",
-        "clips_per_s_at_largest": best["clips_per_s"] if best else None, "trials": trials,
-        "complete": fails is not None and fails - fits <= max(1, fits // 16),
-    }]
+    return [
+        {
+            "item": "max_batch",
+            "label": cfg.max_batch_model.label,
+            "input": [frames, size],
+            "precision": "bf16-autocast" if cfg.model_bf16 else "fp32",
+            "status": "ok",
+            "largest_batch": fits,
+            "smallest_failing": fails,
+            "limit": "out of memory"
+            if cfg.max_batch_limit_mib is None
+            else f"{cfg.max_batch_limit_mib} MiB (modelled)",
+            "clips_per_s_at_largest": best["clips_per_s"] if best else None,
+            "trials": trials,
+            "complete": fails is not None and fails - fits <= max(1, fits // 16),
+        }
+    ]
 
 
 # ----------------------------------------------------------------------------------------- pipeline
@@ -297,10 +387,23 @@ def _repeated_index(source: Path, out: Path, repeats: int) -> Path:
     with open(source / "train.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     classes = (source / "classes.txt").read_text().split()
-    train = [IndexRow(str((source / r["path"]).resolve()), int(r["label"]), num_frames=int(r["num_frames"]),
-                      fps=float(r["fps"])) for _ in range(repeats) for r in rows]
-    write_index(out, dataset="gpu-check-pipeline", classes=classes, splits={"train": train, "val": train[:1]},
-                version="generated")
+    train = [
+        IndexRow(
+            str((source / r["path"]).resolve()),
+            int(r["label"]),
+            num_frames=int(r["num_frames"]),
+            fps=float(r["fps"]),
+        )
+        for _ in range(repeats)
+        for r in rows
+    ]
+    write_index(
+        out,
+        dataset="gpu-check-pipeline",
+        classes=classes,
+        splits={"train": train, "val": train[:1]},
+        version="generated",
+    )
     return out
 
 
@@ -313,13 +416,33 @@ def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
     index = video_set(cfg.pipeline_kind, cfg.pipeline_videos, work / "videos")
     print(f"  {cfg.pipeline_videos} {cfg.pipeline_kind.name} videos in {time.perf_counter() - start:.1f} s")
     clips_per_pass = cfg.pipeline_workers * cfg.pipeline_batch * 2  # two batches per worker and pass
-    repeated = _repeated_index(index, work / "pipeline-index", math.ceil(clips_per_pass / cfg.pipeline_videos))
+    repeated = _repeated_index(
+        index, work / "pipeline-index", math.ceil(clips_per_pass / cfg.pipeline_videos)
+    )
     # the loader first: once this process has decoded, the data module starts workers from a forkserver
     # (decord's threads would deadlock forked children), which a training process does not pay
-    rows = [measure_loader(cfg.pipeline_kind, repeated, "decord", cfg.pipeline_workers, reps=cfg.pipeline_reps,
-                           warmup=1, batch_size=cfg.pipeline_batch)]
-    rows.append(measure_loader(cfg.pipeline_kind, index, "decord", 0, reps=cfg.pipeline_reps, warmup=0,
-                               batch_size=cfg.pipeline_batch))
+    rows = [
+        measure_loader(
+            cfg.pipeline_kind,
+            repeated,
+            "decord",
+            cfg.pipeline_workers,
+            reps=cfg.pipeline_reps,
+            warmup=1,
+            batch_size=cfg.pipeline_batch,
+        )
+    ]
+    rows.append(
+        measure_loader(
+            cfg.pipeline_kind,
+            index,
+            "decord",
+            0,
+            reps=cfg.pipeline_reps,
+            warmup=0,
+            batch_size=cfg.pipeline_batch,
+        )
+    )
     for row in rows:
         print(f"  {row['stage']:15s} workers={row['workers']:2d}: {row['clips_per_s']} clips/s")
     return [{"item": "pipeline", **row} for row in rows]
@@ -328,19 +451,30 @@ def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
 def feeding(model_rows: list[dict], pipeline_rows: list[dict]) -> list[dict]:
     """For each model: its step rate against the loader's rate, and the loader workers (cores) one GPU needs."""
     per_worker = next((r for r in pipeline_rows if r.get("in_process") and r.get("status") == "ok"), None)
-    loader = next((r for r in pipeline_rows if r.get("stage") == "dataloader" and r.get("status") == "ok"), None)
+    loader = next(
+        (r for r in pipeline_rows if r.get("stage") == "dataloader" and r.get("status") == "ok"), None
+    )
     out = []
     for row in model_rows:
-        if row.get("status") != "ok" or row.get("kind") == "ratio" or row.get("cudnn_benchmark") or per_worker is None:
+        if (
+            row.get("status") != "ok"
+            or row.get("kind") == "ratio"
+            or row.get("cudnn_benchmark")
+            or per_worker is None
+        ):
             continue
         rate = row["clips_per_s"]
-        out.append({
-            "model": row["label"], "step_clips_per_s": rate, "worker_clips_per_s": per_worker["clips_per_s"],
-            "workers_needed": math.ceil(rate / per_worker["clips_per_s"]),
-            "loader_workers": loader["workers"] if loader else None,
-            "loader_clips_per_s": loader["clips_per_s"] if loader else None,
-            "loader_over_step": round(loader["clips_per_s"] / rate, 2) if loader else None,
-        })
+        out.append(
+            {
+                "model": row["label"],
+                "step_clips_per_s": rate,
+                "worker_clips_per_s": per_worker["clips_per_s"],
+                "workers_needed": math.ceil(rate / per_worker["clips_per_s"]),
+                "loader_workers": loader["workers"] if loader else None,
+                "loader_clips_per_s": loader["clips_per_s"] if loader else None,
+                "loader_over_step": round(loader["clips_per_s"] / rate, 2) if loader else None,
+            }
+        )
     return out
 
 
@@ -351,5 +485,9 @@ def run_item(name: str, cfg: BenchConfig, work: Path) -> list[dict]:
     """Run one item by name."""
     if name == "pipeline":
         return pipeline_item(cfg, work)
-    return {"models": models_item, "structsa": structsa_item, "convs": convs_item,
-            "max_batch": max_batch_item}[name](cfg)
+    return {
+        "models": models_item,
+        "structsa": structsa_item,
+        "convs": convs_item,
+        "max_batch": max_batch_item,
+    }[name](cfg)

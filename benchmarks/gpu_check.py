@@ -64,11 +64,20 @@ class Part:
 # Budgets: on CUDA the expected times (docs/gpu-check.md) plus margin, capped together by TOTAL_BUDGET_S; on
 # CPU generous, for a loaded 2-core host (the dry run's parts overlap two at a time).
 PARTS = (
-    Part("tests", "StructSA fast = reference (fp32), bf16 error, SDPA kernel per config, bf16-mixed step", 90, 75),
+    Part(
+        "tests",
+        "StructSA fast = reference (fp32), bf16 error, SDPA kernel per config, bf16-mixed step",
+        90,
+        75,
+    ),
     Part("cli", "synthetic data, `src.cli fit` (bf16-mixed, ddp, 1 device) then `test`", 120, 90),
     Part("models", "training steps side by side and ratios, cuDNN autotuning off and on", 90, 90),
-    Part("bench", "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, largest batch", 120, 60),
-    Part("pipeline", "DataLoader clips/s (16 workers on CUDA) and one worker's rate vs the step rate", 60, 60),
+    Part(
+        "bench", "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, largest batch", 120, 60
+    ),
+    Part(
+        "pipeline", "DataLoader clips/s (16 workers on CUDA) and one worker's rate vs the step rate", 60, 60
+    ),
     Part("compile", "torch.compile vs eager: output and training-step time", 180, 75),
 )
 TOTAL_BUDGET_S = {"cuda": 460.0, "cpu": 115.0}  # issue 17: at most 8 min on the GPU, under 2 min dry
@@ -99,15 +108,35 @@ CLI_PLANS = {
     "cuda": CliPlan(
         data=dict(train=224, val=56, test=56, frames=16, size=96, workers=16),
         configs=("configs/synthetic.yaml", "configs/model/structvit_s_4_2.yaml"),
-        overrides=("--data.num_frames", "16", "--data.crop_size", "96", "--data.batch_size", "16",
-                   "--data.num_workers", "8", "--trainer.max_epochs", "2"),
+        overrides=(
+            "--data.num_frames",
+            "16",
+            "--data.crop_size",
+            "96",
+            "--data.batch_size",
+            "16",
+            "--data.num_workers",
+            "8",
+            "--trainer.max_epochs",
+            "2",
+        ),
         accelerator="cuda",
     ),
     "cpu": CliPlan(
         data=dict(train=8, val=4, test=4, frames=8, size=32, workers=1),
         configs=("configs/synthetic.yaml",),
-        overrides=("--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "4",
-                   "--data.num_workers", "0", "--trainer.max_epochs", "1"),
+        overrides=(
+            "--data.num_frames",
+            "8",
+            "--data.crop_size",
+            "32",
+            "--data.batch_size",
+            "4",
+            "--data.num_workers",
+            "0",
+            "--trainer.max_epochs",
+            "1",
+        ),
         accelerator="cpu",
     ),
 }
@@ -139,8 +168,9 @@ def run_logged(cmd: list[str], log: Path, timeout: float, env: dict[str, str]) -
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code: int | None = proc.wait(timeout=max(timeout, 1.0))
         except subprocess.TimeoutExpired:
@@ -181,7 +211,9 @@ def junit_outcomes(path: Path) -> list[dict]:
                 outcome = "failed" if tag == "failure" else tag
                 reason = (node.get("message") or node.text or "")[:300]
                 break
-        outcomes.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "reason": reason})
+        outcomes.append(
+            {"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "reason": reason}
+        )
     return outcomes
 
 
@@ -195,21 +227,48 @@ def read_jsonl(path: Path) -> list[dict]:
 def run_test_part(name: str, ctx: Context, timeout: float) -> dict:
     """Run one gpu test file under pytest; its tests' outcomes and the measurements they recorded."""
     log, junit, rows = (ctx.work / f"{name}.{ext}" for ext in ("log", "xml", "jsonl"))
-    cmd = [sys.executable, "-m", "pytest", TEST_FILES[name], "-m", "gpu", "-p", "no:cacheprovider", "-q",
-           "-o", "addopts=--strict-markers -ra", f"--junitxml={junit}", f"--timeout={int(timeout)}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        TEST_FILES[name],
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "addopts=--strict-markers -ra",
+        f"--junitxml={junit}",
+        f"--timeout={int(timeout)}",
+    ]
     if ctx.select:
         cmd += ["-k", ctx.select]
     env = ctx.env(GPU_CHECK_RECORD=str(rows), GPU_CHECK_TOLERANCE_SCALE=str(ctx.tolerance_scale))
     code, seconds = run_logged(cmd, log, timeout, env)
     outcomes = junit_outcomes(junit)
     counts = {k: sum(o["outcome"] == k for o in outcomes) for k in ("passed", "failed", "error", "skipped")}
-    result = {"seconds": round(seconds, 1), "exit_code": code, "counts": counts, "rows": read_jsonl(rows),
-              "tests": outcomes}
+    result = {
+        "seconds": round(seconds, 1),
+        "exit_code": code,
+        "counts": counts,
+        "rows": read_jsonl(rows),
+        "tests": outcomes,
+    }
     if code is None:
-        return {**result, "status": "error", "reason": f"timed out after {timeout:.0f} s", "log_tail": tail(log)}
+        return {
+            **result,
+            "status": "error",
+            "reason": f"timed out after {timeout:.0f} s",
+            "log_tail": tail(log),
+        }
     if counts["failed"] or counts["error"]:
-        return {**result, "status": "failed", "reason": f"{counts['failed'] + counts['error']} test(s) failed",
-                "log_tail": tail(log)}
+        return {
+            **result,
+            "status": "failed",
+            "reason": f"{counts['failed'] + counts['error']} test(s) failed",
+            "log_tail": tail(log),
+        }
     if code not in (0, 5) or not outcomes:
         return {**result, "status": "error", "reason": f"pytest exit code {code}", "log_tail": tail(log)}
     if not counts["passed"]:
@@ -225,19 +284,61 @@ def cli_commands(ctx: Context) -> dict[str, list[str]]:
     data, runs = ctx.work / "synthetic", ctx.work / "runs"
     py = sys.executable
     d = plan.data
-    generate = [py, "-m", "data_prep.synthetic", "--out", str(data), "--train", str(d["train"]), "--val",
-                str(d["val"]), "--test", str(d["test"]), "--frames", str(d["frames"]), "--size", str(d["size"]),
-                "--workers", str(d["workers"])]
+    generate = [
+        py,
+        "-m",
+        "data_prep.synthetic",
+        "--out",
+        str(data),
+        "--train",
+        str(d["train"]),
+        "--val",
+        str(d["val"]),
+        "--test",
+        str(d["test"]),
+        "--frames",
+        str(d["frames"]),
+        "--size",
+        str(d["size"]),
+        "--workers",
+        str(d["workers"]),
+    ]
     common = [arg for config in plan.configs for arg in ("--config", config)] + [
-        "--data.root", str(data), *plan.overrides,
-        "--trainer.accelerator", plan.accelerator, "--trainer.devices", "1", "--trainer.strategy", "ddp",
-        "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "1", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.logger.init_args.name", "gpu-check", "--trainer.default_root_dir", str(runs / "gpu-check")]
+        "--data.root",
+        str(data),
+        *plan.overrides,
+        "--trainer.accelerator",
+        plan.accelerator,
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--trainer.logger.init_args.name",
+        "gpu-check",
+        "--trainer.default_root_dir",
+        str(runs / "gpu-check"),
+    ]
     fit = [py, "-m", "src.cli", "fit", *common, "--trainer.logger.init_args.version", "fit"]
     ckpt = runs / "gpu-check" / "fit" / "checkpoints" / "last.ckpt"
-    test = [py, "-m", "src.cli", "test", *common, "--trainer.logger.init_args.version", "test",
-            "--ckpt_path", str(ckpt)]
+    test = [
+        py,
+        "-m",
+        "src.cli",
+        "test",
+        *common,
+        "--trainer.logger.init_args.version",
+        "test",
+        "--ckpt_path",
+        str(ckpt),
+    ]
     return {"data": generate, "fit": fit, "test": test}
 
 
@@ -288,11 +389,18 @@ def _cli_checks(ctx: Context, text: str) -> dict:
     if scored != checks["test_videos"]:
         problems.append(f"test scored {scored} videos of {checks['test_videos']}")
     if checks["nonfinite_skips"]:
-        problems.append(f"{checks['nonfinite_skips']} training step(s) had a non-finite loss under bf16-mixed")
+        problems.append(
+            f"{checks['nonfinite_skips']} training step(s) had a non-finite loss under bf16-mixed"
+        )
     note = "" if ctx.device == "cuda" else "NCCL is CUDA-only: gloo here"
     if problems:
         return {**checks, "status": "failed", "reason": "; ".join(problems), "log_tail": text[-LOG_TAIL:]}
-    return {**checks, "status": "passed", "reason": f"fit + test through the CLI, {backend[-1]} DDP", "note": note}
+    return {
+        **checks,
+        "status": "passed",
+        "reason": f"fit + test through the CLI, {backend[-1]} DDP",
+        "note": note,
+    }
 
 
 def _display(cmd: list[str]) -> str:
@@ -303,16 +411,31 @@ def _display(cmd: list[str]) -> str:
 def run_bench_part(name: str, ctx: Context, timeout: float) -> dict:
     """Run the part's benchmark items in a worker process; rows measured before a crash or kill are kept."""
     log, out = ctx.work / f"{name}.log", ctx.work / f"{name}.json"
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--device", ctx.device, "--work", str(ctx.work),
-           "--worker", ",".join(BENCH_ITEMS[name]), "--worker-out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_check",
+        "--device",
+        ctx.device,
+        "--work",
+        str(ctx.work),
+        "--worker",
+        ",".join(BENCH_ITEMS[name]),
+        "--worker-out",
+        str(out),
+    ]
     code, seconds = run_logged(cmd, log, timeout, ctx.env())
     done = json.loads(out.read_text()) if out.is_file() else {"rows": [], "item_seconds": {}}
     result = {"seconds": round(seconds, 1), "exit_code": code, **done}
     errors = [r for r in done["rows"] if r.get("status") == "error"]
     missing = [i for i in BENCH_ITEMS[name] if i not in done["item_seconds"]]
     if code is None:
-        return {**result, "status": "error", "reason": f"timed out after {timeout:.0f} s; not run: {missing}",
-                "log_tail": tail(log)}
+        return {
+            **result,
+            "status": "error",
+            "reason": f"timed out after {timeout:.0f} s; not run: {missing}",
+            "log_tail": tail(log),
+        }
     if code != 0 or errors or missing:
         reason = "; ".join(r["reason"] for r in errors) or f"worker exit code {code}; not run: {missing}"
         return {**result, "status": "error", "reason": reason[:500], "log_tail": tail(log)}
@@ -350,7 +473,11 @@ def run_part(part: Part, ctx: Context) -> dict:
     budget = min(part.budget(ctx.device), left)
     base = {"what": part.what, "budget_s": part.budget(ctx.device)}
     if budget < MIN_PART_S:
-        return {**base, "status": "skipped", "reason": f"the check's total budget is used up ({left:.0f} s left)"}
+        return {
+            **base,
+            "status": "skipped",
+            "reason": f"the check's total budget is used up ({left:.0f} s left)",
+        }
     start = time.perf_counter()
     try:
         if part.name in TEST_FILES:
@@ -374,19 +501,31 @@ def summary(parts: dict[str, dict]) -> dict:
     models = parts.get("models", {}).get("rows", [])
     ratios = [r for r in models if r.get("kind") == "ratio"]
     out: dict = {
-        "step_ratios": {r["label"] + (", cudnn.benchmark" if r["cudnn_benchmark"] else ""): r["step_ratio"]
-                        for r in ratios},
-        "step_target": next((f"{r['label']} <= {r['target']}x: {'met' if r['target_met'] else 'not met'}"
-                             for r in ratios if r.get("target") and not r["cudnn_benchmark"]), None),
+        "step_ratios": {
+            r["label"] + (", cudnn.benchmark" if r["cudnn_benchmark"] else ""): r["step_ratio"]
+            for r in ratios
+        },
+        "step_target": next(
+            (
+                f"{r['label']} <= {r['target']}x: {'met' if r['target_met'] else 'not met'}"
+                for r in ratios
+                if r.get("target") and not r["cudnn_benchmark"]
+            ),
+            None,
+        ),
         "feeding": feeding(models, pipeline),
     }
     largest = next((r for r in bench if r.get("item") == "max_batch" and r.get("status") == "ok"), None)
     if largest:
-        out["largest_batch"] = {k: largest[k] for k in ("label", "largest_batch", "smallest_failing", "limit")}
+        out["largest_batch"] = {
+            k: largest[k] for k in ("label", "largest_batch", "smallest_failing", "limit")
+        }
     compile_rows = parts.get("compile", {}).get("rows", [])
     if compile_rows:
-        out["compile"] = {k: compile_rows[0].get(k) for k in ("compile_s", "eager_step_ms", "compiled_step_ms",
-                                                               "compiled_vs_eager")}
+        out["compile"] = {
+            k: compile_rows[0].get(k)
+            for k in ("compile_s", "eager_step_ms", "compiled_step_ms", "compiled_vs_eager")
+        }
     return out
 
 
@@ -426,24 +565,37 @@ def check(args: argparse.Namespace, parts: list[Part]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(args.device, work, started + args.budget_s, args.tolerance_scale, args.select)
     results: dict = {
-        "check": "gpu-check", "device": args.device, "command": "python -m benchmarks.gpu_check "
-        + " ".join(args.argv), "machine": machine, "budget_s": args.budget_s,
-        "limits_on_this_device": list(CPU_LIMITS) if args.device == "cpu" else [], "parts": {},
+        "check": "gpu-check",
+        "device": args.device,
+        "command": "python -m benchmarks.gpu_check " + " ".join(args.argv),
+        "machine": machine,
+        "budget_s": args.budget_s,
+        "limits_on_this_device": list(CPU_LIMITS) if args.device == "cpu" else [],
+        "parts": {},
     }
     lock = threading.Lock()
 
     def run_and_write(part: Part) -> None:
-        print(f"[gpu-check] {part.name}: {part.what} (budget {part.budget(args.device):.0f} s, "
-              f"{ctx.deadline - time.monotonic():.0f} s left)", flush=True)
+        print(
+            f"[gpu-check] {part.name}: {part.what} (budget {part.budget(args.device):.0f} s, "
+            f"{ctx.deadline - time.monotonic():.0f} s left)",
+            flush=True,
+        )
         result = run_part(part, ctx)
-        print(f"[gpu-check] {part.name}: {result['status']} in {result.get('seconds', 0):.0f} s: "
-              f"{result.get('reason', '')}", flush=True)
+        print(
+            f"[gpu-check] {part.name}: {result['status']} in {result.get('seconds', 0):.0f} s: "
+            f"{result.get('reason', '')}",
+            flush=True,
+        )
         probe.join()
         with lock:
             done = {**results["parts"], part.name: result}
             results["parts"] = {p.name: done[p.name] for p in parts if p.name in done}  # in part order
-            results.update(summary=summary(results["parts"]), duration_s=round(time.monotonic() - started, 1),
-                           exit_code=exit_code(results["parts"]))
+            results.update(
+                summary=summary(results["parts"]),
+                duration_s=round(time.monotonic() - started, 1),
+                exit_code=exit_code(results["parts"]),
+            )
             _write_json(out, results)
             out.with_suffix(".md").write_text(render(results))
 
@@ -454,8 +606,11 @@ def check(args: argparse.Namespace, parts: list[Part]) -> int:
     if not args.work and not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     code = results["exit_code"]
-    print(f"[gpu-check] {'PASSED' if code == 0 else 'FAILED'} in {results['duration_s']:.0f} s: {out} and "
-          f"{out.with_suffix('.md')}" + (f"; work folder {work}" if args.work or args.keep_work else ""), flush=True)
+    print(
+        f"[gpu-check] {'PASSED' if code == 0 else 'FAILED'} in {results['duration_s']:.0f} s: {out} and "
+        f"{out.with_suffix('.md')}" + (f"; work folder {work}" if args.work or args.keep_work else ""),
+        flush=True,
+    )
     return code
 
 
@@ -464,17 +619,38 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results JSON (or a folder for it); default benchmarks/results/gpu-check[-cpu].json")
-    parser.add_argument("--only", default=",".join(p.name for p in PARTS), help="comma-separated parts to run")
-    parser.add_argument("--work", default=None, help="folder for data, runs and logs (default: a temporary one)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (or a folder for it); default benchmarks/results/gpu-check[-cpu].json",
+    )
+    parser.add_argument(
+        "--only", default=",".join(p.name for p in PARTS), help="comma-separated parts to run"
+    )
+    parser.add_argument(
+        "--work", default=None, help="folder for data, runs and logs (default: a temporary one)"
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--budget-s", type=float, default=None, help="total time budget of the parts (default 460 s on CUDA, 115 s on CPU)")
-    parser.add_argument("--tolerance-scale", type=float, default=1.0,
-                        help="multiply every correctness bound (0 makes every comparison fail: proves the exit code)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="total time budget of the parts (default 460 s on CUDA, 115 s on CPU)",
+    )
+    parser.add_argument(
+        "--tolerance-scale",
+        type=float,
+        default=1.0,
+        help="multiply every correctness bound (0 makes every comparison fail: proves the exit code)",
+    )
     parser.add_argument("--select", default=None, help="pytest -k expression for the test parts")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="CPU dry run only: parts run at the same time (default 2; on CUDA always 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="CPU dry run only: parts run at the same time (default 2; on CUDA always 1)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -485,8 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [n for n in names if n not in known]:
         parser.error(f"--only {unknown}: choose from {list(known)}")
     if args.device == "cuda" and not _cuda_available():
-        print("gpu-check: no CUDA GPU is visible here; run the CPU dry run with `make gpu-check DEVICE=cpu`",
-              file=sys.stderr)
+        print(
+            "gpu-check: no CUDA GPU is visible here; run the CPU dry run with `make gpu-check DEVICE=cpu`",
+            file=sys.stderr,
+        )
         return 2
     args.budget_s = args.budget_s or TOTAL_BUDGET_S[args.device]
     args.argv = argv

@@ -38,15 +38,18 @@ def header(results: dict) -> str:
     lines = [
         f"# make gpu-check ({results['device']})\n",
         f"Command: `{results['command']}` · device: {device} · host CPU: {m['cpu']} ({m['cpu_cores']} cores) · "
-        f"torch {m['torch']}" + (f" (CUDA {m['cuda']}, cuDNN {m['cudnn']})" if m.get("cuda") else "")
+        f"torch {m['torch']}"
+        + (f" (CUDA {m['cuda']}, cuDNN {m['cudnn']})" if m.get("cuda") else "")
         + f" · date {m['date']} · load average at start {m.get('load_average_1m')} · "
         f"run time {results.get('duration_s', 0):.0f} s of {results['budget_s']:.0f} s · "
         f"exit code {results.get('exit_code')}\n",
     ]
     if results.get("limits_on_this_device"):
         lines.append("Not checked on this device: " + "; ".join(results["limits_on_this_device"]) + ".\n")
-    parts = [(name, p["status"], p.get("seconds"), p.get("budget_s"), p.get("reason", ""))
-             for name, p in results["parts"].items()]
+    parts = [
+        (name, p["status"], p.get("seconds"), p.get("budget_s"), p.get("reason", ""))
+        for name, p in results["parts"].items()
+    ]
     lines.append(_table(("part", "status", "s", "budget s", "result"), parts))
     return "\n".join(lines)
 
@@ -56,38 +59,129 @@ def correctness(results: dict) -> str:
     out = []
     fp32 = _rows(results, "tests", key="output_rel_err")
     if fp32:
-        out.append("## StructSA fast vs reference path, float32 (TF32 off), relative error\n\n" + _table(
-            ("shape", "D", "S", "output", "worst gradient", "bound", "passed"),
-            ((r["shape"], r["D"], r["S"], _e(r["output_rel_err"]), f"{_e(r['grad_rel_err'])} ({r['worst_grad']})",
-              _e(r["bound"]), r.get("passed")) for r in fp32)))
+        out.append(
+            "## StructSA fast vs reference path, float32 (TF32 off), relative error\n\n"
+            + _table(
+                ("shape", "D", "S", "output", "worst gradient", "bound", "passed"),
+                (
+                    (
+                        r["shape"],
+                        r["D"],
+                        r["S"],
+                        _e(r["output_rel_err"]),
+                        f"{_e(r['grad_rel_err'])} ({r['worst_grad']})",
+                        _e(r["bound"]),
+                        r.get("passed"),
+                    )
+                    for r in fp32
+                ),
+            )
+        )
     bf16 = _rows(results, "tests", key="rel_err_attn_fp32_off")
     if bf16:
-        out.append("## Fast path under bf16 autocast vs float64 reference, relative error\n\n" + _table(
-            ("shape", "D", "S", "attn_fp32 off", "attn_fp32 on", "bf16 units (off, on)", "bound", "passed"),
-            ((r["shape"], r["D"], r["S"], _e(r["rel_err_attn_fp32_off"]), _e(r["rel_err_attn_fp32_on"]),
-              r["units_of_bf16_roundoff"], _e(r["bound"]), r.get("passed")) for r in bf16)))
+        out.append(
+            "## Fast path under bf16 autocast vs float64 reference, relative error\n\n"
+            + _table(
+                (
+                    "shape",
+                    "D",
+                    "S",
+                    "attn_fp32 off",
+                    "attn_fp32 on",
+                    "bf16 units (off, on)",
+                    "bound",
+                    "passed",
+                ),
+                (
+                    (
+                        r["shape"],
+                        r["D"],
+                        r["S"],
+                        _e(r["rel_err_attn_fp32_off"]),
+                        _e(r["rel_err_attn_fp32_on"]),
+                        r["units_of_bf16_roundoff"],
+                        _e(r["bound"]),
+                        r.get("passed"),
+                    )
+                    for r in bf16
+                ),
+            )
+        )
     kernels = _rows(results, "tests", key="kernels")
     if kernels:
-        out.append("## SDPA kernel that ran (profiler, forward + backward)\n\n" + _table(
-            ("shape", "D", "S", "precision", "kernels", "passed"),
-            ((r["shape"], r["D"], r["S"], r["precision"], ", ".join(r["kernels"]) or "none", r.get("passed"))
-             for r in kernels)))
+        out.append(
+            "## SDPA kernel that ran (profiler, forward + backward)\n\n"
+            + _table(
+                ("shape", "D", "S", "precision", "kernels", "passed"),
+                (
+                    (
+                        r["shape"],
+                        r["D"],
+                        r["S"],
+                        r["precision"],
+                        ", ".join(r["kernels"]) or "none",
+                        r.get("passed"),
+                    )
+                    for r in kernels
+                ),
+            )
+        )
     steps = _rows(results, "tests", key="finite_grads")
     if steps:
-        out.append("## bf16-mixed training step\n\n" + _table(
-            ("model", "input", "loss", "finite loss / grads / params", "grad norm", "SDPA", "passed"),
-            ((r["model"], "×".join(map(str, r["input"])), f"{r['loss']:.4f}",
-              f"{r['finite_loss']} / {r['finite_grads']} / {r['finite_params_after_step']}",
-              f"{r['grad_norm']:.3g}", ", ".join(r["sdpa_kernels"]), r.get("passed")) for r in steps)))
+        out.append(
+            "## bf16-mixed training step\n\n"
+            + _table(
+                ("model", "input", "loss", "finite loss / grads / params", "grad norm", "SDPA", "passed"),
+                (
+                    (
+                        r["model"],
+                        "×".join(map(str, r["input"])),
+                        f"{r['loss']:.4f}",
+                        f"{r['finite_loss']} / {r['finite_grads']} / {r['finite_params_after_step']}",
+                        f"{r['grad_norm']:.3g}",
+                        ", ".join(r["sdpa_kernels"]),
+                        r.get("passed"),
+                    )
+                    for r in steps
+                ),
+            )
+        )
     compiled = _rows(results, "compile", key="compile_s")
     if compiled:
-        out.append("## torch.compile vs eager (bf16 autocast, training step)\n\n" + _table(
-            ("model", "input", "backend", "compile s", "error compiled / eager bf16", "bound", "eager ms",
-             "compiled ms", "compiled / eager", "graphs, breaks", "passed"),
-            ((r["model"], "×".join(map(str, r["input"])), r["backend"], r["compile_s"],
-              f"{_e(r['rel_err_compiled'])} / {_e(r['rel_err_eager_bf16'])}", _e(r["bound"]), r["eager_step_ms"],
-              r["compiled_step_ms"], r["compiled_vs_eager"], f"{r['graphs']}, {r['graph_breaks']}", r.get("passed"))
-             for r in compiled)))
+        out.append(
+            "## torch.compile vs eager (bf16 autocast, training step)\n\n"
+            + _table(
+                (
+                    "model",
+                    "input",
+                    "backend",
+                    "compile s",
+                    "error compiled / eager bf16",
+                    "bound",
+                    "eager ms",
+                    "compiled ms",
+                    "compiled / eager",
+                    "graphs, breaks",
+                    "passed",
+                ),
+                (
+                    (
+                        r["model"],
+                        "×".join(map(str, r["input"])),
+                        r["backend"],
+                        r["compile_s"],
+                        f"{_e(r['rel_err_compiled'])} / {_e(r['rel_err_eager_bf16'])}",
+                        _e(r["bound"]),
+                        r["eager_step_ms"],
+                        r["compiled_step_ms"],
+                        r["compiled_vs_eager"],
+                        f"{r['graphs']}, {r['graph_breaks']}",
+                        r.get("passed"),
+                    )
+                    for r in compiled
+                ),
+            )
+        )
     return "\n".join(out)
 
 
@@ -97,9 +191,17 @@ def cli(results: dict) -> str:
     if not part or "steps" not in part:
         return ""
     rows = [(name, s["exit_code"], s["seconds"], f"`{s['command']}`") for name, s in part["steps"].items()]
-    facts = (f"DDP backend {part.get('ddp_backend')}, last.ckpt {part.get('checkpoint')}, test scored "
-             f"{part.get('test_videos_scored')} of {part.get('test_videos')} videos, test/top1 {part.get('test_top1')}")
-    return "## CLI: the commands a user types\n\n" + _table(("step", "exit", "s", "command"), rows) + "\n" + facts + "\n"
+    facts = (
+        f"DDP backend {part.get('ddp_backend')}, last.ckpt {part.get('checkpoint')}, test scored "
+        f"{part.get('test_videos_scored')} of {part.get('test_videos')} videos, test/top1 {part.get('test_top1')}"
+    )
+    return (
+        "## CLI: the commands a user types\n\n"
+        + _table(("step", "exit", "s", "command"), rows)
+        + "\n"
+        + facts
+        + "\n"
+    )
 
 
 def models(results: dict) -> str:
@@ -110,15 +212,46 @@ def models(results: dict) -> str:
     if not steps:
         return ""
     text = "## Training step, timed steps interleaved\n\n" + _table(
-        ("model", "cudnn.benchmark", "input", "precision", "status", "ms/step", "clips/s", "peak MiB", "SDPA"),
-        ((r["label"], r["cudnn_benchmark"], "×".join(map(str, r.get("input", []))), r.get("precision"), r["status"],
-          r.get("step_ms"), r.get("clips_per_s"), r.get("peak_mib"), ", ".join(r.get("sdpa_kernels", [])))
-         for r in steps))
+        (
+            "model",
+            "cudnn.benchmark",
+            "input",
+            "precision",
+            "status",
+            "ms/step",
+            "clips/s",
+            "peak MiB",
+            "SDPA",
+        ),
+        (
+            (
+                r["label"],
+                r["cudnn_benchmark"],
+                "×".join(map(str, r.get("input", []))),
+                r.get("precision"),
+                r["status"],
+                r.get("step_ms"),
+                r.get("clips_per_s"),
+                r.get("peak_mib"),
+                ", ".join(r.get("sdpa_kernels", [])),
+            )
+            for r in steps
+        ),
+    )
     if ratios:
-        text += "\n" + _table(("ratio", "cudnn.benchmark", "step time", "peak memory", "target"),
-                              ((r["label"], r["cudnn_benchmark"], f"{r['step_ratio']}×", f"{r['peak_ratio']}×",
-                                f"≤ {r['target']}×: {'met' if r['target_met'] else 'not met'}" if r["target"] else "—")
-                               for r in ratios))
+        text += "\n" + _table(
+            ("ratio", "cudnn.benchmark", "step time", "peak memory", "target"),
+            (
+                (
+                    r["label"],
+                    r["cudnn_benchmark"],
+                    f"{r['step_ratio']}×",
+                    f"{r['peak_ratio']}×",
+                    f"≤ {r['target']}×: {'met' if r['target_met'] else 'not met'}" if r["target"] else "—",
+                )
+                for r in ratios
+            ),
+        )
     return text
 
 
@@ -129,7 +262,11 @@ def structsa(results: dict) -> str:
         return ""
 
     def figure(r: dict) -> str:
-        return f"{r['median_ms']:.2f} ms, {r['peak_mib']:.0f} MiB" if r["status"] == "ok" else r.get("reason", "")[:70]
+        return (
+            f"{r['median_ms']:.2f} ms, {r['peak_mib']:.0f} MiB"
+            if r["status"] == "ok"
+            else r.get("reason", "")[:70]
+        )
 
     index = {(r["mode"], r["kv_stride"], r["path"]): r for r in rows}
     body = []
@@ -137,15 +274,31 @@ def structsa(results: dict) -> str:
         if path != "fast":
             continue
         ref = index.get((mode, s, "reference"))
-        speed = (f"{ref['median_ms'] / r['median_ms']:.1f}× faster, {ref['peak_mib'] / r['peak_mib']:.1f}× less memory"
-                 if ref and ref["status"] == "ok" and r["status"] == "ok" else "—")
-        body.append((r["label"], mode, r["structure_dim"], s, figure(r), figure(ref) if ref else "—", r.get("kernel"),
-                     speed))
+        speed = (
+            f"{ref['median_ms'] / r['median_ms']:.1f}× faster, {ref['peak_mib'] / r['peak_mib']:.1f}× less memory"
+            if ref and ref["status"] == "ok" and r["status"] == "ok"
+            else "—"
+        )
+        body.append(
+            (
+                r["label"],
+                mode,
+                r["structure_dim"],
+                s,
+                figure(r),
+                figure(ref) if ref else "—",
+                r.get("kernel"),
+                speed,
+            )
+        )
     vanilla = [(r["label"], r["mode"], figure(r), r.get("kernel")) for r in rows if r["path"] == "vanilla"]
-    return ("## StructSA fast vs reference path\n\n"
-            + _table(("shape", "mode", "D", "S", "fast", "reference", "fast kernel", "fast vs reference"), body)
-            + "\nVanilla attention (D = 0) at the same shape: "
-            + "; ".join(f"{m} {f} ({k})" for _, m, f, k in vanilla) + "\n")
+    return (
+        "## StructSA fast vs reference path\n\n"
+        + _table(("shape", "mode", "D", "S", "fast", "reference", "fast kernel", "fast vs reference"), body)
+        + "\nVanilla attention (D = 0) at the same shape: "
+        + "; ".join(f"{m} {f} ({k})" for _, m, f, k in vanilla)
+        + "\n"
+    )
 
 
 def convs(results: dict) -> str:
@@ -153,11 +306,22 @@ def convs(results: dict) -> str:
     rows = _rows(results, "bench", key="variant")
     if not rows:
         return ""
-    return ("## Conv3d variants (forward + backward), against the current form\n\n" + _table(
+    return "## Conv3d variants (forward + backward), against the current form\n\n" + _table(
         ("shape", "variant", "ms", "vs current", "ms, cudnn.benchmark", "vs current", "rel. error", "exact"),
-        ((r["shape"] + (f", D={r['D']} S={r['S']}" if "D" in r else ""), r["variant"], r["ms"], r["vs_current"],
-          r["ms_cudnn_benchmark"], r["benchmark_vs_current"], _e(r["rel_err_vs_current"]), r["exact"])
-         for r in rows)))
+        (
+            (
+                r["shape"] + (f", D={r['D']} S={r['S']}" if "D" in r else ""),
+                r["variant"],
+                r["ms"],
+                r["vs_current"],
+                r["ms_cudnn_benchmark"],
+                r["benchmark_vs_current"],
+                _e(r["rel_err_vs_current"]),
+                r["exact"],
+            )
+            for r in rows
+        ),
+    )
 
 
 def largest_batch(results: dict) -> str:
@@ -165,11 +329,20 @@ def largest_batch(results: dict) -> str:
     if not rows:
         return ""
     r = rows[0]
-    trials = "; ".join(f"{t['batch']}: " + (f"{t['peak_mib']} MiB, {t['clips_per_s']} clips/s" if t["fits"]
-                                            else t.get("reason", "does not fit")[:40]) for t in r["trials"])
-    return (f"## Largest batch\n\n{r['label']} at {r['input'][0]}×{r['input'][1]}², {r['precision']}: "
-            f"**{r['largest_batch']}** fits, {r['smallest_failing']} does not (limit: {r['limit']}). "
-            f"Trials: {trials}.\n")
+    trials = "; ".join(
+        f"{t['batch']}: "
+        + (
+            f"{t['peak_mib']} MiB, {t['clips_per_s']} clips/s"
+            if t["fits"]
+            else t.get("reason", "does not fit")[:40]
+        )
+        for t in r["trials"]
+    )
+    return (
+        f"## Largest batch\n\n{r['label']} at {r['input'][0]}×{r['input'][1]}², {r['precision']}: "
+        f"**{r['largest_batch']}** fits, {r['smallest_failing']} does not (limit: {r['limit']}). "
+        f"Trials: {trials}.\n"
+    )
 
 
 def pipeline(results: dict) -> str:
@@ -180,17 +353,46 @@ def pipeline(results: dict) -> str:
         return ""
     text = "## Data pipeline against the step rate\n\n" + _table(
         ("dataset", "stage", "workers", "clips/s", "clips/s per worker"),
-        ((r["dataset"], r["stage"], r["workers"], r["clips_per_s"], r["clips_per_s_per_worker"]) for r in rows))
+        (
+            (r["dataset"], r["stage"], r["workers"], r["clips_per_s"], r["clips_per_s_per_worker"])
+            for r in rows
+        ),
+    )
     if feeding:
         text += "\n" + _table(
-            ("model", "step clips/s", "one worker clips/s", "workers (cores) needed", "loader clips/s", "loader / step"),
-            ((f["model"], f["step_clips_per_s"], f["worker_clips_per_s"], f["workers_needed"],
-              f"{f['loader_clips_per_s']} ({f['loader_workers']} workers)", f["loader_over_step"]) for f in feeding))
+            (
+                "model",
+                "step clips/s",
+                "one worker clips/s",
+                "workers (cores) needed",
+                "loader clips/s",
+                "loader / step",
+            ),
+            (
+                (
+                    f["model"],
+                    f["step_clips_per_s"],
+                    f["worker_clips_per_s"],
+                    f["workers_needed"],
+                    f"{f['loader_clips_per_s']} ({f['loader_workers']} workers)",
+                    f["loader_over_step"],
+                )
+                for f in feeding
+            ),
+        )
     return text
 
 
-SECTIONS: tuple[Callable[[dict], str], ...] = (header, correctness, cli, models, structsa, convs, largest_batch,
-                                               pipeline)
+SECTIONS: tuple[Callable[[dict], str], ...] = (
+    header,
+    correctness,
+    cli,
+    models,
+    structsa,
+    convs,
+    largest_batch,
+    pipeline,
+)
 
 
 def render(results: dict) -> str:

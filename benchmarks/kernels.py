@@ -34,4 +34,6 @@ def sdpa_kernels(op_names: Iterable[str]) -> list[str]:
     """Every SDPA kernel among `op_names` (a whole network may mix fused and math calls)."""
     names = list(op_names)
     found = [kernel for fragment, kernel in _KERNELS if any(fragment in name for name in names)]
-    return [k for i, k in enumerate(found) if k not in found[:i] and not (k == "flash" and "flash-cpu" in found)]
+    return [
+        k for i, k in enumerate(found) if k not in found[:i] and not (k == "flash" and "flash-cpu" in found)
+    ]

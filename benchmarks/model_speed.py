@@ -15,7 +15,9 @@ from benchmarks.timing import Timing, time_call
 from src.models.structsa import StructSA
 
 
-def time_layer(module: StructSA, x: torch.Tensor, grid: tuple[int, int, int], path: str, repeats: int) -> Timing:
+def time_layer(
+    module: StructSA, x: torch.Tensor, grid: tuple[int, int, int], path: str, repeats: int
+) -> Timing:
     """Seconds per forward + backward of module's `path` ("fast" or "reference"), one warm-up run first."""
     fn = module.forward if path == "fast" else module.forward_reference
 
@@ -45,11 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     for path in ("fast", "reference"):
         timing = time_layer(module, x, grid, path, args.repeats)
         medians[path] = timing.median_s
-        print(f"{path:<9} median {timing.median_s * 1e3:9.1f} ms  min {timing.min_s * 1e3:.0f}  "
-              f"max {timing.max_s * 1e3:.0f}  ({timing.reps} runs)")
-    print(f"reference / fast = {medians['reference'] / medians['fast']:.1f}x  "
-          f"(threads {torch.get_num_threads()}, x {tuple(x.shape)}, grid {grid}, D {args.structure_dim}, "
-          f"S {args.kv_stride})")
+        print(
+            f"{path:<9} median {timing.median_s * 1e3:9.1f} ms  min {timing.min_s * 1e3:.0f}  "
+            f"max {timing.max_s * 1e3:.0f}  ({timing.reps} runs)"
+        )
+    print(
+        f"reference / fast = {medians['reference'] / medians['fast']:.1f}x  "
+        f"(threads {torch.get_num_threads()}, x {tuple(x.shape)}, grid {grid}, D {args.structure_dim}, "
+        f"S {args.kv_stride})"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ MODEL_CASES = (
 )
 
 
-def _prepare(case: ModelCase, *, batch: int, frames: int, size: int, device: str, bf16: bool,
-             num_classes: int) -> tuple[Callable[[], None], dict]:
+def _prepare(
+    case: ModelCase, *, batch: int, frames: int, size: int, device: str, bf16: bool, num_classes: int
+) -> tuple[Callable[[], None], dict]:
     """(one training step of the built model, the row describing it)."""
     from src.models import build_model
 
@@ -89,8 +90,10 @@ def measure_models(
     The models' timed steps are interleaved (model 1, 2, 3, 1, 2, 3, ...), so a change in the host's load
     during the run hits every model alike and the ratios between them stay fair.
     """
-    prepared = [_prepare(c, batch=batch, frames=frames, size=size, device=device, bf16=bf16,
-                         num_classes=num_classes) for c in cases]
+    prepared = [
+        _prepare(c, batch=batch, frames=frames, size=size, device=device, bf16=bf16, num_classes=num_classes)
+        for c in cases
+    ]
     samples: list[list[float]] = [[] for _ in prepared]
     rows = []
     try:
@@ -105,19 +108,23 @@ def measure_models(
             else:
                 peak, ops = peak_bytes(step, device), operator_names(step)
             median = statistics.median(times)
-            rows.append({
-                **row,
-                "status": "ok",
-                "step_ms": round(median * 1e3, 2),
-                "min_ms": round(min(times) * 1e3, 2),
-                "max_ms": round(max(times) * 1e3, 2),
-                "reps": len(times),
-                "clips_per_s": round(batch / median, 3),
-                "peak_mib": round(peak / 2**20, 1),
-                "sdpa_kernels": sdpa_kernels(ops),
-            })
+            rows.append(
+                {
+                    **row,
+                    "status": "ok",
+                    "step_ms": round(median * 1e3, 2),
+                    "min_ms": round(min(times) * 1e3, 2),
+                    "max_ms": round(max(times) * 1e3, 2),
+                    "reps": len(times),
+                    "clips_per_s": round(batch / median, 3),
+                    "peak_mib": round(peak / 2**20, 1),
+                    "sdpa_kernels": sdpa_kernels(ops),
+                }
+            )
     except (torch.OutOfMemoryError, MemoryError) as err:
         reason = f"out of memory: {str(err).splitlines()[0][:200]}"
         done = {r["label"] for r in rows}
-        rows += [{**row, "status": "oom", "reason": reason} for _, row in prepared if row["label"] not in done]
+        rows += [
+            {**row, "status": "oom", "reason": reason} for _, row in prepared if row["label"] not in done
+        ]
     return rows

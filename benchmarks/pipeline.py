@@ -68,15 +68,29 @@ def _datamodule(kind: VideoKind, index_dir: Path, backend: str, workers: int, ba
     from src.data.catalog import config_data
     from src.data.datamodule import VideoDataModule
 
-    return VideoDataModule(**{
-        **config_data(kind.dataset), "root": str(index_dir), "backend": backend, "num_workers": workers,
-        "batch_size": batch_size, "persistent_workers": workers > 0, "decode_timeout": None,
-        "prefetch_factor": 2 if workers > 0 else None,
-    })
+    return VideoDataModule(
+        **{
+            **config_data(kind.dataset),
+            "root": str(index_dir),
+            "backend": backend,
+            "num_workers": workers,
+            "batch_size": batch_size,
+            "persistent_workers": workers > 0,
+            "decode_timeout": None,
+            "prefetch_factor": 2 if workers > 0 else None,
+        }
+    )
 
 
 def measure_loader(
-    kind: VideoKind, index_dir: Path, backend: str, workers: int, *, reps: int, warmup: int, batch_size: int = 2
+    kind: VideoKind,
+    index_dir: Path,
+    backend: str,
+    workers: int,
+    *,
+    reps: int,
+    warmup: int,
+    batch_size: int = 2,
 ) -> dict:
     """clips/s of the real train DataLoader (decode + the dataset config's augmentation + collate) with `workers`.
 

@@ -56,8 +56,10 @@ def compare(base: dict[str, float], other: dict[str, float], top: int = 12) -> s
     for op in ops:
         b, o = base.get(op, 0.0), other.get(op, 0.0)
         lines.append(f"{op[:58]:58s} {b:9.1f} {o:9.1f} {o - b:+9.1f}")
-    lines.append(f"{'total self CPU':58s} {sum(base.values()):9.1f} {sum(other.values()):9.1f} "
-                 f"{sum(other.values()) - sum(base.values()):+9.1f}")
+    lines.append(
+        f"{'total self CPU':58s} {sum(base.values()):9.1f} {sum(other.values()):9.1f} "
+        f"{sum(other.values()) - sum(base.values()):+9.1f}"
+    )
     return "\n".join(lines)
 
 

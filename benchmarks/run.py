@@ -29,7 +29,9 @@ from benchmarks.tables import gpu_training_rates, render, update_document
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("structsa", "scaling", "model", "pipeline")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
+DEFAULT_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
+)
 
 
 def _budget(suite: Suite) -> Budget:
@@ -75,11 +77,19 @@ def run_models(suite: Suite, log: Callable[[str], None]) -> list[dict]:
     batch, frames, size = suite.model_input
     cases = [case for case in MODEL_CASES if case.label in suite.model_names]
     rows = measure_models(
-        cases, batch=batch, frames=frames, size=size, reps=suite.model_reps, warmup=suite.model_warmup,
-        device=suite.device, bf16=suite.model_bf16,
+        cases,
+        batch=batch,
+        frames=frames,
+        size=size,
+        reps=suite.model_reps,
+        warmup=suite.model_warmup,
+        device=suite.device,
+        bf16=suite.model_bf16,
     )
     for row in rows:
-        log(f"  {row['label']:18s} {row.get('step_ms', row.get('reason'))} ms/step, {row.get('peak_mib')} MiB")
+        log(
+            f"  {row['label']:18s} {row.get('step_ms', row.get('reason'))} ms/step, {row.get('peak_mib')} MiB"
+        )
     return rows
 
 
@@ -93,14 +103,18 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
     for kind in suite.video_kinds:
         start = time.perf_counter()
         index_dir = video_set(kind, suite.videos_per_kind, cache_dir)
-        log(f"  {kind.name}: {suite.videos_per_kind} videos at {index_dir} ({time.perf_counter() - start:.1f} s)")
+        log(
+            f"  {kind.name}: {suite.videos_per_kind} videos at {index_dir} ({time.perf_counter() - start:.1f} s)"
+        )
         jobs = [(measure_decode, (kind, index_dir, b)) for b in suite.backends]
         jobs += [(measure_loader, (kind, index_dir, b, 0)) for b in suite.backends]
         jobs += [(measure_loader, (kind, index_dir, "decord", w)) for w in suite.loader_workers]
         for fn, args in jobs:
             row = _guarded(lambda fn=fn, args=args: fn(*args, reps=reps, warmup=warmup), kind=kind.name)
-            log(f"  {kind.name:5s} {row.get('stage', fn.__name__):15s} {row.get('backend', ''):7s} "
-                f"workers={row.get('workers', '?')}: {row.get('clips_per_s', row.get('reason'))} clips/s")
+            log(
+                f"  {kind.name:5s} {row.get('stage', fn.__name__):15s} {row.get('backend', ''):7s} "
+                f"workers={row.get('workers', '?')}: {row.get('clips_per_s', row.get('reason'))} clips/s"
+            )
             rows.append(row)
     return rows
 
@@ -120,10 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where generated videos are kept")
-    parser.add_argument("--doc", type=Path, default=None, help="also replace this suite's section of this file")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where generated videos are kept"
+    )
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="also replace this suite's section of this file"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: on a shared host OpenMP's spinning barriers make multi-thread "
         "timings swing several-fold)",
     )
@@ -134,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only {sorted(unknown)}: choose from {SECTIONS}")
     if suite.device == "cuda" and not torch.cuda.is_available():
-        print(f"suite {suite.name!r} needs a CUDA GPU and none is visible; run --suite cpu here", file=sys.stderr)
+        print(
+            f"suite {suite.name!r} needs a CUDA GPU and none is visible; run --suite cpu here",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(args.threads)
     out_dir = args.out or RESULTS
@@ -163,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"].update(kept)
         results["section_runs"] = {k: v for k, v in old.get("section_runs", {}).items() if k in kept}
         for k in kept:
-            results["section_runs"].setdefault(k, {"date": old["machine"]["date"],
-                                                   "load_average_1m": old["machine"].get("load_average_1m")})
+            results["section_runs"].setdefault(
+                k, {"date": old["machine"]["date"], "load_average_1m": old["machine"].get("load_average_1m")}
+            )
     started = time.perf_counter()
     for section in sections:
         print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
@@ -172,13 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         rows = runners[section]() if section != "pipeline" else _section_rows(runners[section])
         results["sections"][section] = rows
         results.setdefault("section_runs", {})[section] = {
-            "date": results["machine"]["date"], "load_average_1m": results["machine"].get("load_average_1m")}
+            "date": results["machine"]["date"],
+            "load_average_1m": results["machine"].get("load_average_1m"),
+        }
         results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - section_start, 1)
         results["duration_s"] = round(time.perf_counter() - started, 1)
         _write(out_dir, suite.name, results, args.doc)
     errors = [r for rows in results["sections"].values() for r in rows if r.get("status") == "error"]
-    print(f"done in {results['duration_s']:.0f} s: {out_dir / (suite.name + '.json')}"
-          + (f"; {len(errors)} measurement(s) failed" if errors else ""))
+    print(
+        f"done in {results['duration_s']:.0f} s: {out_dir / (suite.name + '.json')}"
+        + (f"; {len(errors)} measurement(s) failed" if errors else "")
+    )
     return 1 if errors else 0
 
 

@@ -36,7 +36,9 @@ from src.models import build_model
 SECTION = "## Stem"
 
 
-def render_split(split: str, count: int, frames: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def render_split(
+    split: str, count: int, frames: int, size: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` clips of `split` as normalised float tensors (N, 3, frames, size, size) and their labels."""
     classes = len(synthetic.CLASSES)
     keep = np.linspace(0, 15, frames).round().astype(int)  # the generator's 16 frames, evenly subsampled
@@ -56,19 +58,27 @@ def train_arm(stem: str, data: dict, epochs: int, lr: float, batch: int, seed: i
     torch.manual_seed(seed)
     xtr, ytr, xva, yva = data["xtr"], data["ytr"], data["xva"], data["yva"]
     model = build_model("structvit_xs", num_classes=len(synthetic.CLASSES), stem=stem)
-    params = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": 0.05},
-              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    params = [
+        {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": 0.05},
+        {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(params, lr=lr)
     steps = len(xtr) // batch
     total, warmup = steps * epochs, max(steps // 2, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1)))
+        ),
+    )
     curve, start = [], time.perf_counter()
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(xtr))
         for i in range(steps):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             loss = F.cross_entropy(model(xtr[idx]), ytr[idx], label_smoothing=0.1)
             optimizer.zero_grad()
             loss.backward()
@@ -76,7 +86,7 @@ def train_arm(stem: str, data: dict, epochs: int, lr: float, batch: int, seed: i
             schedule.step()
         model.eval()
         with torch.no_grad():
-            pred = torch.cat([model(xva[i:i + 100]).argmax(1) for i in range(0, len(xva), 100)])
+            pred = torch.cat([model(xva[i : i + 100]).argmax(1) for i in range(0, len(xva), 100)])
         curve.append(float((pred == yva).float().mean()))
         print(f"  stem={stem}: epoch {len(curve)} val top-1 {100 * curve[-1]:.1f} %", flush=True)
     return {"stem": stem, "val_top1": curve, "seconds": time.perf_counter() - start}
@@ -98,7 +108,9 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stem_synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.stem_synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--stems", nargs="+", default=["patch", "conv"], choices=["patch", "conv"])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train", type=int, default=3000)
@@ -108,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--doc", type=Path, default=None, help="write the table into this file's '## Stem' section")
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="write the table into this file's '## Stem' section"
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/stem_synthetic.json"))
     args = parser.parse_args(argv)
     if args.train < args.batch or args.val < 1 or args.epochs < 1:
@@ -130,21 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.stem_synthetic " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + table(results), flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"command": command, "options": {k: str(v) for k, v in vars(args).items()},
-                                        "results": results}, indent=2) + "\n")
+    args.results.write_text(
+        json.dumps(
+            {"command": command, "options": {k: str(v) for k, v in vars(args).items()}, "results": results},
+            indent=2,
+        )
+        + "\n"
+    )
     if args.doc is not None:
-        text = "\n".join([
-            "structvit_xs from scratch on the synthetic benchmark with UniFormer's 4×4 patchify stem vs the "
-            "convolutional stem (two 3×3×3 convolutions, `stem=\"conv\"`, its default): validation top-1 (%) after "
-            "each epoch, same clips, recipe and seed, one torch thread per arm, arms in parallel. Clips rendered in "
-            f"memory ({args.train} train / {args.val} val, {args.frames} frames at {args.size}², no augmentation), "
-            f"AdamW lr {args.lr:g}, batch {args.batch}, half-epoch warmup then cosine over {args.epochs} epochs.",
-            "",
-            f"Command: `{command}` ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{time.strftime('%Y-%m-%d')}, {(time.perf_counter() - start) / 60:.0f} min in all).",
-            "",
-            table(results),
-        ])
+        text = "\n".join(
+            [
+                "structvit_xs from scratch on the synthetic benchmark with UniFormer's 4×4 patchify stem vs the "
+                'convolutional stem (two 3×3×3 convolutions, `stem="conv"`, its default): validation top-1 (%) after '
+                "each epoch, same clips, recipe and seed, one torch thread per arm, arms in parallel. Clips rendered in "
+                f"memory ({args.train} train / {args.val} val, {args.frames} frames at {args.size}², no augmentation), "
+                f"AdamW lr {args.lr:g}, batch {args.batch}, half-epoch warmup then cosine over {args.epochs} epochs.",
+                "",
+                f"Command: `{command}` ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                f"{time.strftime('%Y-%m-%d')}, {(time.perf_counter() - start) / 60:.0f} min in all).",
+                "",
+                table(results),
+            ]
+        )
         write_section(args.doc, text, SECTION)
         print(f"wrote the {SECTION!r} section of {args.doc}", flush=True)
     return 0

@@ -52,7 +52,9 @@ def grid_cases(
             for shape in shapes:
                 for s in strides:
                     for path in ("fast", "reference"):
-                        cases.append(AttentionCase(structure_dim=d, kv_stride=s, path=path, **common(shape, mode)))
+                        cases.append(
+                            AttentionCase(structure_dim=d, kv_stride=s, path=path, **common(shape, mode))
+                        )
     return cases
 
 
@@ -93,11 +95,25 @@ def run_cases(
         elif left <= 0 or (predicted is not None and predicted * calls > left):
             reason = f"skipped: the section's time budget ({total_s:.0f} s) is used up"
         if reason:
-            row = {**asdict(case), "grid": list(case.grid), "tokens": case.tokens, "keys": case.keys,
-                   "attended": case.attended, "gmacs": round(case.gmacs(), 6), "status": "skipped", "reason": reason}
+            row = {
+                **asdict(case),
+                "grid": list(case.grid),
+                "tokens": case.tokens,
+                "keys": case.keys,
+                "attended": case.attended,
+                "gmacs": round(case.gmacs(), 6),
+                "status": "skipped",
+                "reason": reason,
+            }
         else:
             row = measure_attention(
-                case, reps=reps, warmup=warmup, device=device, dtype=dtype, budget=case_budget, predictor=predictor,
+                case,
+                reps=reps,
+                warmup=warmup,
+                device=device,
+                dtype=dtype,
+                budget=case_budget,
+                predictor=predictor,
                 reference_reps=reference_reps,
             )
         if case.path == "reference":

@@ -43,7 +43,9 @@ class Suite:
     reference_total_s: float = 300.0
     structsa_s: float = float("inf")  # time budget of items 1-2 (cases predicted to overrun are skipped)
     scaling_s: float = float("inf")  # time budget of item 3
-    reference_reps: int | None = None  # timed reference calls if not `reps` (the target suite: too slow for 5)
+    reference_reps: int | None = (
+        None  # timed reference calls if not `reps` (the target suite: too slow for 5)
+    )
     # item 3
     scaling_frames: tuple[int, ...] = ()
     scaling_modes: tuple[str, ...] = ("forward", "train")

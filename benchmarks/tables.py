@@ -51,7 +51,11 @@ def _ok(row: dict | None, key: str) -> float | None:
 
 
 def _index(rows: Iterable[dict]) -> dict[tuple, dict]:
-    return {(r["label"], r["mode"], r["structure_dim"], r["kv_stride"], r["path"]): r for r in rows if "label" in r}
+    return {
+        (r["label"], r["mode"], r["structure_dim"], r["kv_stride"], r["path"]): r
+        for r in rows
+        if "label" in r
+    }
 
 
 def header(results: dict) -> str:
@@ -77,16 +81,20 @@ def _section_dates(results: dict) -> str:
 def structsa_tables(rows: list[dict]) -> str:
     """Item 1 (fast vs reference) and item 2 (StructSA vs vanilla), one table per mode."""
     idx = _index(rows)
-    keys = sorted({(r["label"], r["structure_dim"], r["kv_stride"]) for r in rows if r["path"] != "vanilla"},
-                  key=lambda k: (k[0], k[1], k[2]))
+    keys = sorted(
+        {(r["label"], r["structure_dim"], r["kv_stride"]) for r in rows if r["path"] != "vanilla"},
+        key=lambda k: (k[0], k[1], k[2]),
+    )
     labels = list(dict.fromkeys(r["label"] for r in rows))
     keys.sort(key=lambda k: (labels.index(k[0]), k[1], k[2]))
     modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]
     out = ["### 1. StructSA: fast exact path vs reference path\n"]
     for mode in modes:
         out.append(f"**{MODE_TITLES[mode]}** — time per call (ms, median) and peak memory (MiB, allocator)\n")
-        out.append("| shape | D | S | keys D·N' | fast kernel | fast ms | reference ms | speed-up | fast MiB | "
-                   "reference MiB | memory ratio |")
+        out.append(
+            "| shape | D | S | keys D·N' | fast kernel | fast ms | reference ms | speed-up | fast MiB | "
+            "reference MiB | memory ratio |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, d, s in keys:
             fast, ref = idx.get((label, mode, d, s, "fast")), idx.get((label, mode, d, s, "reference"))
@@ -101,8 +109,10 @@ def structsa_tables(rows: list[dict]) -> str:
     out.append("### 2. The cost of structure: StructSA (fast path) vs vanilla attention (D = 0)\n")
     for mode in modes:
         out.append(f"**{MODE_TITLES[mode]}** — ratios StructSA / vanilla at the same shape\n")
-        out.append("| shape | D | S | vanilla ms | StructSA ms | time ratio | GMACs ratio (analytic) | "
-                   "memory ratio |")
+        out.append(
+            "| shape | D | S | vanilla ms | StructSA ms | time ratio | GMACs ratio (analytic) | "
+            "memory ratio |"
+        )
         out.append("|---|---|---|---|---|---|---|---|")
         for label, d, s in keys:
             fast, van = idx.get((label, mode, d, s, "fast")), idx.get((label, mode, 0, 1, "vanilla"))
@@ -120,12 +130,16 @@ def structsa_tables(rows: list[dict]) -> str:
 def scaling_table(rows: list[dict]) -> str:
     """Item 3: time and memory against tokens; the growth columns show linear vs quadratic memory."""
     first = rows[0]
-    out = [f"### 3. Scaling with tokens (D = {first['structure_dim']}, S = {first['kv_stride']}, "
-           f"C = {first['dim']}, {first['heads']} heads, {first['grid'][1]}×{first['grid'][2]} tokens per frame)\n"]
+    out = [
+        f"### 3. Scaling with tokens (D = {first['structure_dim']}, S = {first['kv_stride']}, "
+        f"C = {first['dim']}, {first['heads']} heads, {first['grid'][1]}×{first['grid'][2]} tokens per frame)\n"
+    ]
     for mode in [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]:
         out.append(f"**{MODE_TITLES[mode]}**\n")
-        out.append("| tokens N | fast kernel | fast ms | fast MiB | fast MiB growth | reference ms | reference MiB | "
-                   "reference MiB growth | speed-up | memory ratio |")
+        out.append(
+            "| tokens N | fast kernel | fast ms | fast MiB | fast MiB growth | reference ms | reference MiB | "
+            "reference MiB growth | speed-up | memory ratio |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         mode_rows = [r for r in rows if r["mode"] == mode]
         tokens = sorted({r["tokens"] for r in mode_rows})
@@ -147,16 +161,20 @@ def scaling_table(rows: list[dict]) -> str:
     stops = [r for r in rows if r["path"] == "reference" and r.get("status") != "ok"]
     if stops:
         first = min(stops, key=lambda r: r["tokens"])
-        out.append(f"The reference path stopped at N = {first['tokens']} ({first['mode']}): {first['reason']}.\n")
+        out.append(
+            f"The reference path stopped at N = {first['tokens']} ({first['mode']}): {first['reason']}.\n"
+        )
     return "\n".join(out)
 
 
 def model_table(rows: list[dict]) -> str:
     """Item 4: whole-model training steps, with ratios to uniformer_s."""
-    out = ["### 4. Whole model: one training step (forward, loss, backward, AdamW)\n",
-           "| model | input (B,3,T,H,W) | precision | params (M) | attention kernels | ms / step | clips/s | peak MiB | "
-           "time vs uniformer_s | memory vs uniformer_s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "### 4. Whole model: one training step (forward, loss, backward, AdamW)\n",
+        "| model | input (B,3,T,H,W) | precision | params (M) | attention kernels | ms / step | clips/s | peak MiB | "
+        "time vs uniformer_s | memory vs uniformer_s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base = next((r for r in rows if r.get("model") == "uniformer_s"), None)
     for r in rows:
         if r.get("status") != "ok":
@@ -173,13 +191,17 @@ def model_table(rows: list[dict]) -> str:
 
 def pipeline_table(rows: list[dict], gpu_rates: dict[str, float] | None = None) -> str:
     """Item 5: clips/s per stage, backend and worker count; workers per GPU from the GPU step rate."""
-    out = ["### 5. Data pipeline (generated videos; one pass over the set per repetition)\n",
-           "| dataset | codec, size, sampling | stage | backend | workers | clips/s | clips/s per worker |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "### 5. Data pipeline (generated videos; one pass over the set per repetition)\n",
+        "| dataset | codec, size, sampling | stage | backend | workers | clips/s | clips/s per worker |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("status") != "ok":
-            out.append(f"| {r.get('dataset', r.get('kind', '?'))} | | {r.get('stage', '')} | | | "
-                       f"{r.get('reason')} | |")
+            out.append(
+                f"| {r.get('dataset', r.get('kind', '?'))} | | {r.get('stage', '')} | | | "
+                f"{r.get('reason')} | |"
+            )
             continue
         out.append(
             f"| {r['dataset']} | {r['codec']} {r['resolution']}, {r['sampling']} | {r['stage']} | {r['backend']} | "
@@ -188,16 +210,27 @@ def pipeline_table(rows: list[dict], gpu_rates: dict[str, float] | None = None) 
         )
     out.append("")
     for dataset in dict.fromkeys(r["dataset"] for r in rows if r.get("status") == "ok"):
-        per_worker = next((r["clips_per_s_per_worker"] for r in rows if r.get("dataset") == dataset
-                           and r.get("stage") == "decode+augment" and r.get("backend") == "decord"), None)
+        per_worker = next(
+            (
+                r["clips_per_s_per_worker"]
+                for r in rows
+                if r.get("dataset") == dataset
+                and r.get("stage") == "decode+augment"
+                and r.get("backend") == "decord"
+            ),
+            None,
+        )
         if not per_worker:
             continue
-        line = f"- {dataset}: one worker decodes and augments {per_worker:.2f} clips/s (decord), so 16 workers " \
-               f"give about {16 * per_worker:.0f} clips/s if workers scale linearly"
+        line = (
+            f"- {dataset}: one worker decodes and augments {per_worker:.2f} clips/s (decord), so 16 workers "
+            f"give about {16 * per_worker:.0f} clips/s if workers scale linearly"
+        )
         if gpu_rates:
             need = {label: math.ceil(rate / per_worker) for label, rate in gpu_rates.items()}
             line += "; workers needed to feed the measured GPU training rate: " + ", ".join(
-                f"{label} {gpu_rates[label]:.1f} clips/s → {n}" for label, n in need.items())
+                f"{label} {gpu_rates[label]:.1f} clips/s → {n}" for label, n in need.items()
+            )
         else:
             line += " (no GPU training rate measured yet: run `make bench-gpu`)"
         out.append(line + ".")
@@ -238,7 +271,7 @@ def update_document(doc: Path, suite: str, tables: str) -> None:
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     block = f"{begin}\n{tables.rstrip()}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + f"\n\n## Results: {suite} suite\n\n{block}\n"
     doc.write_text(text)

@@ -109,8 +109,14 @@ def video_set(kind: VideoKind, count: int, cache_dir: Path, *, scale: float = 1.
         frames = write_video(tmp / rel, kind, seconds, seed=i, scale=scale)
         rows.append(IndexRow(rel, i, num_frames=frames, fps=float(kind.fps)))
     classes = [f"class_{i:03d}" for i in range(count)]
-    write_index(tmp, dataset=f"bench-{kind.name}", classes=classes, splits={"train": rows, "val": rows},
-                version="generated", extra={"generator": spec})
+    write_index(
+        tmp,
+        dataset=f"bench-{kind.name}",
+        classes=classes,
+        splits={"train": rows, "val": rows},
+        version="generated",
+        extra={"generator": spec},
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

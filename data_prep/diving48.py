@@ -97,7 +97,9 @@ def prepare(
     if len(classes) != 48:
         log.warning("%s has %d classes (Diving-48 has 48)", source / VOCAB, len(classes))
     if not extracted and base_url:  # a download that turns out truncated is fetched again, then reported
-        extract_downloads([(DownloadItem(f"{base_url.rstrip('/')}/{ARCHIVE}", source / ARCHIVE), out / "videos")])
+        extract_downloads(
+            [(DownloadItem(f"{base_url.rstrip('/')}/{ARCHIVE}", source / ARCHIVE), out / "videos")]
+        )
     elif not extracted:
         safe_extract(source / ARCHIVE, out / "videos", progress=progress)
     videos = out / "videos" / "rgb"

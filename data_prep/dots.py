@@ -14,10 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 DIRECTIONS: tuple[tuple[str, int, int], ...] = (
-    ("right", 0, 1), ("left", 0, -1),
-    ("down", 1, 0), ("up", -1, 0),
-    ("down_right", 1, 1), ("up_left", -1, -1),
-    ("down_left", 1, -1), ("up_right", -1, 1),
+    ("right", 0, 1),
+    ("left", 0, -1),
+    ("down", 1, 0),
+    ("up", -1, 0),
+    ("down_right", 1, 1),
+    ("up_left", -1, -1),
+    ("down_left", 1, -1),
+    ("up_right", -1, 1),
 )
 CLASSES: tuple[str, ...] = tuple(name for name, _, _ in DIRECTIONS)
 # (forward, reversed): each direction and its opposite, which is the same clip played backwards.
@@ -31,8 +35,15 @@ def _colours(rng: np.random.Generator, count: int) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def render_dots(direction: int, rng: np.random.Generator, frames: int = 4, grid: int = 8, cell: int = 4,
-                dots: int = 16, coherence: float = 0.5) -> np.ndarray:
+def render_dots(
+    direction: int,
+    rng: np.random.Generator,
+    frames: int = 4,
+    grid: int = 8,
+    cell: int = 4,
+    dots: int = 16,
+    coherence: float = 0.5,
+) -> np.ndarray:
     """One kinematogram of class `direction`: (frames, grid·cell, grid·cell, 3) uint8 RGB on black.
 
     `dots` cells are lit per frame; round(coherence · dots) of them move one cell per frame in the class

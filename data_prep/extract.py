@@ -228,7 +228,9 @@ def safe_extract(archive: Path | Sequence[Path], dest: Path, *, progress: bool =
     return count
 
 
-def extract_downloads(jobs: Sequence[tuple[DownloadItem, Path]], *, delete_archives: bool = False, **download_kw) -> None:
+def extract_downloads(
+    jobs: Sequence[tuple[DownloadItem, Path]], *, delete_archives: bool = False, **download_kw
+) -> None:
     """Extract each downloaded archive `item.dest` into its folder; one that turns out truncated or corrupt is
     deleted and fetched again once. An archive still bad after that is deleted too (a re-run, once the mirror is
     fixed, fetches it afresh instead of reusing it) and, after all the others are extracted, one ExtractError

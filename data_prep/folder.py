@@ -92,19 +92,30 @@ def _has_jpegs(folder: Path) -> bool:
         return False
 
 
-def _scan_class(folder: Path, src: Path, cls: str, split: str | None, videos: list[Video], skipped: list[dict],
-                seen: set[Path]) -> None:
+def _scan_class(
+    folder: Path,
+    src: Path,
+    cls: str,
+    split: str | None,
+    videos: list[Video],
+    skipped: list[dict],
+    seen: set[Path],
+) -> None:
     """Every video under one class folder (any depth); everything else goes to `skipped` with its reason."""
     real = folder.resolve()
     if real in seen:
-        skipped.append({"id": folder.relative_to(src).as_posix() + "/", "reason": "folder link loop: already visited"})
+        skipped.append(
+            {"id": folder.relative_to(src).as_posix() + "/", "reason": "folder link loop: already visited"}
+        )
         return
     seen.add(real)
     class_root = src / split / cls if split else src / cls
     try:
         entries = sorted(folder.iterdir())
     except OSError as err:
-        skipped.append({"id": folder.relative_to(src).as_posix() + "/", "reason": f"cannot list: {err.strerror}"})
+        skipped.append(
+            {"id": folder.relative_to(src).as_posix() + "/", "reason": f"cannot list: {err.strerror}"}
+        )
         return
     for entry in entries:
         rel = entry.relative_to(src).as_posix()
@@ -120,11 +131,21 @@ def _scan_class(folder: Path, src: Path, cls: str, split: str | None, videos: li
             if suffix in VIDEO_SUFFIXES:
                 videos.append(Video(rel, entry, cls, entry.relative_to(class_root).as_posix(), split))
             elif suffix in JPEG_SUFFIXES:
-                skipped.append({"id": rel, "reason": "a JPEG frame outside a frame folder: put each video's frames "
-                                                     "in a folder of their own (<class>/<video>/00001.jpg ...)"})
+                skipped.append(
+                    {
+                        "id": rel,
+                        "reason": "a JPEG frame outside a frame folder: put each video's frames "
+                        "in a folder of their own (<class>/<video>/00001.jpg ...)",
+                    }
+                )
             else:
-                skipped.append({"id": rel, "reason": f"not a video (suffix {suffix or 'none'!r}; videos are "
-                                                     f"{' '.join(VIDEO_SUFFIXES)} or JPEG-frame folders)"})
+                skipped.append(
+                    {
+                        "id": rel,
+                        "reason": f"not a video (suffix {suffix or 'none'!r}; videos are "
+                        f"{' '.join(VIDEO_SUFFIXES)} or JPEG-frame folders)",
+                    }
+                )
         else:
             skipped.append({"id": rel, "reason": "not a regular file (a broken link?)"})
 
@@ -142,7 +163,9 @@ def _class_folders(parent: Path, src: Path, skipped: list[dict], index_here: boo
         elif index_here and entry.name in INDEX_FILES:
             continue
         else:
-            reason = "not in a class folder" if entry.suffix.lower() in VIDEO_SUFFIXES else "not a class folder"
+            reason = (
+                "not in a class folder" if entry.suffix.lower() in VIDEO_SUFFIXES else "not a class folder"
+            )
             skipped.append({"id": rel, "reason": f"{reason} (layout: {LAYOUT_HELP})"})
     return folders
 
@@ -153,9 +176,13 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
     if layout not in LAYOUTS:
         raise FolderError(f"--layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if not src.exists():
-        raise FolderError(f"SRC {src} does not exist: give the folder of your videos, laid out as {LAYOUT_HELP}")
+        raise FolderError(
+            f"SRC {src} does not exist: give the folder of your videos, laid out as {LAYOUT_HELP}"
+        )
     if not src.is_dir():
-        raise FolderError(f"SRC {src} is a file, not a folder: give the folder of your videos ({LAYOUT_HELP})")
+        raise FolderError(
+            f"SRC {src} is a file, not a folder: give the folder of your videos ({LAYOUT_HELP})"
+        )
     skipped: list[dict] = []
     index_here = out is not None and out.resolve() == src.resolve()
     top = _class_folders(src, src, skipped, index_here)
@@ -173,12 +200,16 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
     split_folders: list[str] = []
     if layout == "splits":
         if "train" not in names:
-            raise FolderError(f"{src} has no train/ folder: the splits layout is SRC/train/<class>/<video> (val/ and "
-                              "test/ optional); or pass --layout classes for SRC/<class>/<video>")
+            raise FolderError(
+                f"{src} has no train/ folder: the splits layout is SRC/train/<class>/<video> (val/ and "
+                "test/ optional); or pass --layout classes for SRC/<class>/<video>"
+            )
         unknown = sorted(names - set(SPLITS))
         if unknown:
-            raise FolderError(f"{src}: folder(s) {', '.join(unknown)} beside train/: only train, val and test belong "
-                              "there in the splits layout")
+            raise FolderError(
+                f"{src}: folder(s) {', '.join(unknown)} beside train/: only train, val and test belong "
+                "there in the splits layout"
+            )
         split_folders = [s for s in SPLITS if s in names]
         found: dict[str, set[str]] = {}
         for split in split_folders:
@@ -189,11 +220,15 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
                 if len(videos) > count:
                     found[split].add(folder.name)
                 else:
-                    skipped.append({"id": f"{split}/{folder.name}/", "reason": "empty class folder (no videos)"})
+                    skipped.append(
+                        {"id": f"{split}/{folder.name}/", "reason": "empty class folder (no videos)"}
+                    )
         classes = sorted(found["train"])
         for split in split_folders[1:]:
             if not found[split]:  # an empty val/ or test/ counts as absent: that split is drawn from train/
-                skipped.append({"id": f"{split}/", "reason": "empty split folder (drawn from train/ instead)"})
+                skipped.append(
+                    {"id": f"{split}/", "reason": "empty split folder (drawn from train/ instead)"}
+                )
         split_folders = [s for s in split_folders if s == "train" or found[s]]
         for split in split_folders[1:]:
             extra = sorted(found[split] - found["train"])
@@ -219,7 +254,9 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
         raise FolderError(f"no class folder with videos in {where}{hint}; the layout is {LAYOUT_HELP}")
     bad = [c for c in classes if "\n" in c or "\r" in c]
     if bad:
-        raise FolderError(f"class folder name(s) {bad!r} hold a line break; rename them (classes.txt is one per line)")
+        raise FolderError(
+            f"class folder name(s) {bad!r} hold a line break; rename them (classes.txt is one per line)"
+        )
     return Scan(layout, videos, skipped, classes, split_folders)
 
 
@@ -261,8 +298,8 @@ def draw_splits(videos: Sequence[Video], fractions: dict[str, float], seed: int)
         ordered = sorted(by_class[cls], key=lambda v: _order_key(seed, v))
         n_val, n_test = split_counts(len(ordered), fractions.get("val", 0.0), fractions.get("test", 0.0))
         out["test"] += ordered[:n_test]
-        out["val"] += ordered[n_test:n_test + n_val]
-        out["train"] += ordered[n_test + n_val:]
+        out["val"] += ordered[n_test : n_test + n_val]
+        out["train"] += ordered[n_test + n_val :]
     return out
 
 
@@ -282,8 +319,10 @@ def link_source(src: Path, out: Path) -> Path:
     if _is_within(src_real, out_real):
         return src
     if _is_within(out_real, src_real):
-        raise FolderError(f"--out {out} lies inside SRC {src}: it would be read as a class folder; choose an index "
-                          "folder outside SRC (e.g. make prepare-folder DATA_ROOT=/elsewhere)")
+        raise FolderError(
+            f"--out {out} lies inside SRC {src}: it would be read as a class folder; choose an index "
+            "folder outside SRC (e.g. make prepare-folder DATA_ROOT=/elsewhere)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     link = out / LINK
     if link.is_symlink():
@@ -291,7 +330,9 @@ def link_source(src: Path, out: Path) -> Path:
             return link
         log.info("re-pointing %s from %s to %s", link, os.readlink(link), src_real)
     elif link.exists():
-        raise FolderError(f"{link} exists and is not a link to SRC {src_real}; move it away or choose another --out")
+        raise FolderError(
+            f"{link} exists and is not a link to SRC {src_real}; move it away or choose another --out"
+        )
     tmp = out / f".{LINK}.tmp-{os.getpid()}"
     try:
         if tmp.is_symlink():
@@ -299,8 +340,13 @@ def link_source(src: Path, out: Path) -> Path:
         os.symlink(src_real, tmp, target_is_directory=True)
         os.replace(tmp, link)
     except OSError as err:
-        log.warning("cannot make the link %s -> %s (%s): the index rows point at SRC by relative paths; "
-                    "keep the two folders where they are", link, src_real, err.strerror)
+        log.warning(
+            "cannot make the link %s -> %s (%s): the index rows point at SRC by relative paths; "
+            "keep the two folders where they are",
+            link,
+            src_real,
+            err.strerror,
+        )
         return src
     return link
 
@@ -311,8 +357,10 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
         if not 0 <= value < 1:
             raise FolderError(f"{name} {value}: use a fraction in [0, 1)")
     if val_fraction + test_fraction >= 1:
-        raise FolderError(f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training videos; "
-                          "their sum must be below 1")
+        raise FolderError(
+            f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training videos; "
+            "their sum must be below 1"
+        )
 
 
 def _summary(items: Sequence[dict], limit: int = 5) -> str:
@@ -350,7 +398,9 @@ def prepare(
     for video in found.videos:
         info = infos.get(where[video.id])
         if isinstance(info, str):
-            failed.setdefault(video.split or UNSPLIT, []).append({"id": video.id, "reason": f"unreadable: {info}"})
+            failed.setdefault(video.split or UNSPLIT, []).append(
+                {"id": video.id, "reason": f"unreadable: {info}"}
+            )
         else:
             good.append(video)
 
@@ -371,25 +421,45 @@ def prepare(
         for video in sorted(assigned[split], key=lambda v: v.id):
             info = infos.get(where[video.id])
             rel = os.path.relpath(where[video.id], out).replace(os.sep, "/")
-            rows[split].append(IndexRow(rel, label[video.cls], num_frames=info.num_frames if info else None,
-                                        fps=info.fps if info and info.fps else None))
+            rows[split].append(
+                IndexRow(
+                    rel,
+                    label[video.cls],
+                    num_frames=info.num_frames if info else None,
+                    fps=info.fps if info and info.fps else None,
+                )
+            )
     write_test = bool(rows["test"])
     if not write_test:
-        del rows["test"]  # no test.csv: `test` evaluates val (a stale one from an earlier run is removed below)
+        del rows[
+            "test"
+        ]  # no test.csv: `test` evaluates val (a stale one from an earlier run is removed below)
     per_class = {c: {s: sum(1 for v in assigned[s] if v.cls == c) for s in SPLITS} for c in found.classes}
     missing_in = {s: [c for c in found.classes if per_class[c][s] == 0] for s in SPLITS}
     extra = {
         "source": str(src.resolve()),
         "layout": found.layout,
-        "split_rule": {"seed": seed, "drawn": sorted(drawn), "val_fraction": val_fraction,
-                       "test_fraction": test_fraction, "from_folders": found.split_folders},
+        "split_rule": {
+            "seed": seed,
+            "drawn": sorted(drawn),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "from_folders": found.split_folders,
+        },
         "class_counts": per_class,
         "classes_missing": {s: cs for s, cs in missing_in.items() if cs and (s != "test" or write_test)},
         "skipped": found.skipped,
         "probe": _probe_summary(infos),
     }
-    manifest = write_index(out, dataset=dataset, classes=found.classes, splits=rows, version="folder",
-                           failed={**{s: [] for s in rows}, **failed}, extra=extra)
+    manifest = write_index(
+        out,
+        dataset=dataset,
+        classes=found.classes,
+        splits=rows,
+        version="folder",
+        failed={**{s: [] for s in rows}, **failed},
+        extra=extra,
+    )
     if not write_test and (out / "test.csv").is_file():
         (out / "test.csv").unlink()
     _report(manifest, found, src, out, base, write_test)
@@ -401,13 +471,24 @@ def _report(manifest: dict, found: Scan, src: Path, out: Path, base: Path, write
     classes = found.classes
     name = manifest["dataset"]
     shown = ", ".join(classes[:8]) + (" ..." if len(classes) > 8 else "")
-    how = ("split folders " + "/".join(found.split_folders) if found.layout == "splits" else "one folder per class")
+    how = (
+        "split folders " + "/".join(found.split_folders)
+        if found.layout == "splits"
+        else "one folder per class"
+    )
     print(f"{name}: {len(classes)} classes ({shown}) from {src} [{how}]")
     if len(classes) == 1:
-        log.warning("%s holds a single class folder (%s): a classifier needs 2 or more; is SRC one level too high "
-                    "(did you mean %s)?", src, classes[0], src / classes[0])
+        log.warning(
+            "%s holds a single class folder (%s): a classifier needs 2 or more; is SRC one level too high "
+            "(did you mean %s)?",
+            src,
+            classes[0],
+            src / classes[0],
+        )
     if found.skipped:
-        print(f"{name}: skipped {len(found.skipped)} entries: {_summary(found.skipped)} (all listed in manifest.json)")
+        print(
+            f"{name}: skipped {len(found.skipped)} entries: {_summary(found.skipped)} (all listed in manifest.json)"
+        )
     failures = [f for items in manifest["failed"].values() for f in items]
     if failures:
         print(f"{name}: {len(failures)} video(s) failed to probe and are left out (manifest.json `failed`):")
@@ -418,18 +499,26 @@ def _report(manifest: dict, found: Scan, src: Path, out: Path, base: Path, write
     for split, cs in manifest["classes_missing"].items():
         log.warning("%s: %d class(es) have no %s video: %s", name, len(cs), split, ", ".join(cs[:10]))
     if manifest["counts"].get("val", 0) == 0:
-        log.warning("%s: the val split is empty: training will run without validation (raise --val-fraction, "
-                    "or add videos)", name)
+        log.warning(
+            "%s: the val split is empty: training will run without validation (raise --val-fraction, "
+            "or add videos)",
+            name,
+        )
     if not write_test:
         print(f"{name}: no test split (test evaluates val)")
     if base != src:
         print(f"{name}: {out / LINK} -> {src.resolve()} (the videos stay where they are)")
     print(
         f"{name}: wrote {out} | "
-        + " | ".join(f"{s}: {manifest['counts'][s]} indexed, {manifest['failed_counts'].get(s, 0)} failed"
-                     for s in manifest["counts"])
-        + (f" | {len(manifest['failed'].get(UNSPLIT, []))} failed before the split" if UNSPLIT in manifest["failed"]
-           else "")
+        + " | ".join(
+            f"{s}: {manifest['counts'][s]} indexed, {manifest['failed_counts'].get(s, 0)} failed"
+            for s in manifest["counts"]
+        )
+        + (
+            f" | {len(manifest['failed'].get(UNSPLIT, []))} failed before the split"
+            if UNSPLIT in manifest["failed"]
+            else ""
+        )
     )
 
 
@@ -440,13 +529,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="per class, where the split is drawn")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="per class; 0 = no test split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn split")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="auto: splits when SRC holds train/")
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="auto", help="auto: splits when SRC holds train/"
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
     try:
-        prepare(args.src, args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-                layout=args.layout, workers=args.workers, probe=not args.no_probe, progress=not args.quiet)
+        prepare(
+            args.src,
+            args.out,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            layout=args.layout,
+            workers=args.workers,
+            probe=not args.no_probe,
+            progress=not args.quiet,
+        )
     except FolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

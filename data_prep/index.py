@@ -45,7 +45,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def rows_to_csv(rows: Sequence[IndexRow]) -> str:
     """Serialise rows with `path,label` and only the optional columns that some row fills."""
-    columns = ["path", "label"] + [c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)]
+    columns = ["path", "label"] + [
+        c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)
+    ]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -96,7 +98,9 @@ def write_index(
     for name, rows in splits.items():
         for row in rows:
             if not (row.label == -1 or 0 <= row.label < len(classes)):
-                raise ValueError(f"{dataset}/{name}: label {row.label} of {row.path} is outside 0..{len(classes) - 1}")
+                raise ValueError(
+                    f"{dataset}/{name}: label {row.label} of {row.path} is outside 0..{len(classes) - 1}"
+                )
 
     classes_text = "".join(f"{c}\n" for c in classes)
     csv_texts = {name: rows_to_csv(rows) for name, rows in splits.items()}

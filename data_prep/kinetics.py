@@ -60,7 +60,9 @@ def parse_annotations(text: str, source: str = "annotations") -> list[dict]:
     return rows
 
 
-CANONICAL_CLASSES = Path(__file__).with_name("k400_classes.txt")  # the 400 names of the official annotations, sorted
+CANONICAL_CLASSES = Path(__file__).with_name(
+    "k400_classes.txt"
+)  # the 400 names of the official annotations, sorted
 
 
 def canonical_classes() -> list[str]:
@@ -139,8 +141,12 @@ def prepare(
     classes = canonical_classes()
     absent = check_classes(annotations, classes, str(downloads / "annotations"))
     if absent:
-        log.warning("%d of the 400 classes have no annotated video in %s (kept, with their official label ids): %s",
-                    len(absent), ", ".join(splits), ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""))
+        log.warning(
+            "%d of the 400 classes have no annotated video in %s (kept, with their official label ids): %s",
+            len(absent),
+            ", ".join(splits),
+            ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""),
+        )
 
     archives: dict[str, list[Path]] = {}
     items = []
@@ -166,7 +172,9 @@ def prepare(
 
     jobs = [(item, out / "videos" / Path(item.dest).parent.name) for item in pending]
     if replacement and "train" in splits:
-        jobs.append((DownloadItem(f"{base}/{REPLACEMENT}", replacement_archive), out / "videos" / "replacement"))
+        jobs.append(
+            (DownloadItem(f"{base}/{REPLACEMENT}", replacement_archive), out / "videos" / "replacement")
+        )
     extract_downloads(jobs, delete_archives=delete_archives, **kw)
 
     split_items: dict[str, list[Item]] = {}

@@ -58,13 +58,20 @@ DOTS_CRF = 0
 DOTS_PIX_FMT = "yuv444p"
 
 CLASSES: tuple[str, ...] = (
-    "move_right", "move_left",
-    "move_down", "move_up",
-    "grow", "shrink",
-    "rotate_cw", "rotate_ccw",
-    "orbit_cw", "orbit_ccw",
-    "converge", "diverge",
-    "bounce", "jump",
+    "move_right",
+    "move_left",
+    "move_down",
+    "move_up",
+    "grow",
+    "shrink",
+    "rotate_cw",
+    "rotate_ccw",
+    "orbit_cw",
+    "orbit_ccw",
+    "converge",
+    "diverge",
+    "bounce",
+    "jump",
 )
 # (forward, reversed): the reversed class is the forward class's frames in the opposite order.
 REVERSED_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11))
@@ -154,7 +161,7 @@ def _draw(canvas: np.ndarray, pad: int, sprite: _Sprite) -> None:
     keep = 1.0 - alpha
     for f in range(frames):
         y, x = oy[f] + pad, ox[f] + pad
-        patch = canvas[f, y:y + box, x:x + box]
+        patch = canvas[f, y : y + box, x : x + box]
         patch *= keep[f]
         patch += paint[f]
 
@@ -184,7 +191,7 @@ def _background(rng: np.random.Generator, frames: int, size: int) -> tuple[np.nd
     out = np.empty((frames, size, size, 3), dtype=np.float32)
     for f in range(frames):
         y, x = margin + shift_y[f], margin + shift_x[f]
-        out[f] = texture[y:y + size, x:x + size]
+        out[f] = texture[y : y + size, x : x + size]
     return out, _luma(np.clip(mean, 0.0, 1.0))
 
 
@@ -193,8 +200,15 @@ def _new_sprite(rng: np.random.Generator, bg_luma: float, frames: int, side: flo
     color = _contrasting_color(rng, bg_luma, 0.28)
     accent = _contrasting_color(rng, _luma(color), 0.2)
     flat = np.zeros(frames)
-    return _Sprite(int(rng.integers(NUM_SHAPES)), color, accent, flat.copy(), flat.copy(),
-                   np.full(frames, side), np.full(frames, rng.uniform(0.0, 2 * np.pi)))
+    return _Sprite(
+        int(rng.integers(NUM_SHAPES)),
+        color,
+        accent,
+        flat.copy(),
+        flat.copy(),
+        np.full(frames, side),
+        np.full(frames, rng.uniform(0.0, 2 * np.pi)),
+    )
 
 
 def _main_side(rng: np.random.Generator, size: int) -> float:
@@ -323,13 +337,22 @@ def _distractors(rng: np.random.Generator, frames: int, size: int) -> list[_Spri
         vel = 0.8 * vel + rng.normal(0.0, 0.012 * size, size=2)
         pos = np.clip(pos + vel, side / 2, size - side / 2)
         track[f] = pos
-    return [_Sprite(int(rng.integers(NUM_SHAPES)), rng.uniform(0, 1, 3), rng.uniform(0, 1, 3),
-                    track[:, 0], track[:, 1], np.full(frames, side),
-                    rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * np.linspace(0, 1, frames))]
+    return [
+        _Sprite(
+            int(rng.integers(NUM_SHAPES)),
+            rng.uniform(0, 1, 3),
+            rng.uniform(0, 1, 3),
+            track[:, 0],
+            track[:, 1],
+            np.full(frames, side),
+            rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * np.linspace(0, 1, frames),
+        )
+    ]
 
 
-def _static_object(rng: np.random.Generator, main: _Sprite, frames: int, size: int, bg: float
-                   ) -> tuple[_Sprite, bool] | None:
+def _static_object(
+    rng: np.random.Generator, main: _Sprite, frames: int, size: int, bg: float
+) -> tuple[_Sprite, bool] | None:
     """Maybe a second, static large object; in front of the main one only where it never hides its centre."""
     if rng.uniform() < 0.5:
         return None
@@ -353,7 +376,9 @@ def render_clip(class_index: int, rng: np.random.Generator, frames: int = 16, si
     backwards, so `render_clip(b, rng_copy) == render_clip(a, rng_copy)[::-1]` exactly.
     """
     if not 0 <= class_index < len(CLASSES):
-        raise ValueError(f"class_index {class_index} is outside 0..{len(CLASSES) - 1} ({len(CLASSES)} classes)")
+        raise ValueError(
+            f"class_index {class_index} is outside 0..{len(CLASSES) - 1} ({len(CLASSES)} classes)"
+        )
     if frames < 2 or size < 16:
         raise ValueError(f"need frames >= 2 and size >= 16 to show motion; got frames={frames}, size={size}")
     if class_index in _REVERSE_OF:
@@ -373,10 +398,10 @@ def render_clip(class_index: int, rng: np.random.Generator, frames: int = 16, si
     layers = behind + mains + front
     pad = max(_sprite_box(sp) for sp in layers)
     padded = np.zeros((frames, size + 2 * pad, size + 2 * pad, 3), dtype=np.float32)
-    padded[:, pad:pad + size, pad:pad + size] = background
+    padded[:, pad : pad + size, pad : pad + size] = background
     for sp in layers:
         _draw(padded, pad, sp)
-    canvas = padded[:, pad:pad + size, pad:pad + size]
+    canvas = padded[:, pad : pad + size, pad : pad + size]
     noise = rng.uniform(2.0, 8.0) / 255.0
     grain = rng.random(canvas.shape, dtype=np.float32)  # uniform noise: a third of the cost of Gaussian
     grain -= np.float32(0.5)
@@ -391,7 +416,9 @@ def render_clip(class_index: int, rng: np.random.Generator, frames: int = 16, si
 # ----------------------------------------------------------------------------------------------- files
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS, crf: int = CRF, pix_fmt: str = "yuv420p") -> None:
+def write_mp4(
+    path: Path, frames: np.ndarray, fps: int = FPS, crf: int = CRF, pix_fmt: str = "yuv420p"
+) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 mp4, through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -425,8 +452,9 @@ class _Job:
     path: str  # relative to the index folder
 
 
-def _run_job(job: _Job, out_dir: str, frames: int, size: int, seed: int, task: str = "shapes"
-             ) -> tuple[_Job, str | None]:
+def _run_job(
+    job: _Job, out_dir: str, frames: int, size: int, seed: int, task: str = "shapes"
+) -> tuple[_Job, str | None]:
     """Render and encode one clip; returns the job and an error message or None."""
     try:
         rng = clip_rng(seed, job.split, job.row)
@@ -447,11 +475,26 @@ def _star_run_job(args: tuple) -> tuple[_Job, str | None]:
 def _generation_options(task: str = "shapes", **sizes: int) -> dict:
     """Everything the clips depend on; recorded in the manifest and compared for the cache."""
     if task == "dots":
-        return {"task": "dots", **sizes, "fps": FPS, "codec": "h264", "crf": DOTS_CRF, "pix_fmt": DOTS_PIX_FMT,
-                "preset": PRESET, "grid": DOTS_GRID, "generator_version": GENERATOR_VERSION}
+        return {
+            "task": "dots",
+            **sizes,
+            "fps": FPS,
+            "codec": "h264",
+            "crf": DOTS_CRF,
+            "pix_fmt": DOTS_PIX_FMT,
+            "preset": PRESET,
+            "grid": DOTS_GRID,
+            "generator_version": GENERATOR_VERSION,
+        }
     # the moving-shapes options carry no "task" key, so folders generated before the dots task stay cached
-    return {**sizes, "fps": FPS, "codec": "h264", "crf": CRF, "preset": PRESET,
-            "generator_version": GENERATOR_VERSION}
+    return {
+        **sizes,
+        "fps": FPS,
+        "codec": "h264",
+        "crf": CRF,
+        "preset": PRESET,
+        "generator_version": GENERATOR_VERSION,
+    }
 
 
 def _cached_manifest(out_dir: Path, options: dict) -> dict | None:
@@ -514,8 +557,10 @@ def generate_dataset(
     if size % 2 or size < 16:
         raise ValueError(f"--size must be even and >= 16 (H.264 yuv420p needs even sides), got {size}")
     if task == "dots" and size % DOTS_GRID:
-        raise ValueError(f"--size must be a multiple of {DOTS_GRID} for --task dots (an {DOTS_GRID}x{DOTS_GRID} "
-                         f"grid of dots), got {size}")
+        raise ValueError(
+            f"--size must be a multiple of {DOTS_GRID} for --task dots (an {DOTS_GRID}x{DOTS_GRID} "
+            f"grid of dots), got {size}"
+        )
     if frames < 2:
         raise ValueError(f"--frames must be >= 2 to show motion, got {frames}")
     if workers < 1:
@@ -551,7 +596,10 @@ def generate_dataset(
         for done, (job, error) in enumerate(stream, 1):
             results[job] = error
             if progress and (done % max(len(jobs) // 10, 1) == 0 or done == len(jobs)):
-                print(f"synthetic: {done}/{len(jobs)} clips, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+                print(
+                    f"synthetic: {done}/{len(jobs)} clips, {time.perf_counter() - start:.1f} s",
+                    file=sys.stderr,
+                )
     finally:
         if pool is not None:
             pool.close()
@@ -567,7 +615,12 @@ def generate_dataset(
             failed.setdefault(job.split, []).append({"id": job.path, "reason": results[job]})
     _remove_stale_clips(out_dir, keep=clips_dir)
     return write_index(
-        out_dir, dataset=DATASET, classes=classes, splits=splits, version=GENERATOR_VERSION, failed=failed,
+        out_dir,
+        dataset=DATASET,
+        classes=classes,
+        splits=splits,
+        version=GENERATOR_VERSION,
+        failed=failed,
         extra={
             "reversed_pairs": [list(pair) for pair in pairs],
             "generation": options,
@@ -586,7 +639,9 @@ def _remove_stale_clips(out_dir: Path, keep: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: generate (or find cached) the benchmark and print a one-line summary per split."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="index folder to write (e.g. data/synthetic)")
     parser.add_argument("--train", type=int, default=3000, help="training clips (default 3000)")
     parser.add_argument("--val", type=int, default=600, help="validation clips (default 600)")
@@ -596,24 +651,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same clips (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching cache exists")
-    parser.add_argument("--task", choices=TASKS, default="shapes",
-                        help="shapes: the moving-shapes benchmark (default); dots: random-dot kinematograms, "
-                             "a motion-only task (8 directions; e.g. --frames 4 --size 32)")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="shapes",
+        help="shapes: the moving-shapes benchmark (default); dots: random-dot kinematograms, "
+        "a motion-only task (8 directions; e.g. --frames 4 --size 32)",
+    )
     a = parser.parse_args(argv)
-    options = _generation_options(a.task, train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size,
-                                  seed=a.seed)
+    options = _generation_options(
+        a.task, train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size, seed=a.seed
+    )
     start = time.perf_counter()
     try:
         cached = not a.force and _cached_manifest(a.out, options) is not None
-        manifest = generate_dataset(a.out, train=a.train, val=a.val, test=a.test, frames=a.frames, size=a.size,
-                                    seed=a.seed, workers=a.workers, force=a.force, progress=True, task=a.task)
+        manifest = generate_dataset(
+            a.out,
+            train=a.train,
+            val=a.val,
+            test=a.test,
+            frames=a.frames,
+            size=a.size,
+            seed=a.seed,
+            workers=a.workers,
+            force=a.force,
+            progress=True,
+            task=a.task,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     state = "cached (same options)" if cached else f"generated in {elapsed:.1f} s with {a.workers} worker(s)"
-    print(f"synthetic benchmark in {a.out}: {manifest['num_classes']} classes, counts {manifest['counts']}, "
-          f"{state}; fingerprint {manifest['fingerprint']}")
+    print(
+        f"synthetic benchmark in {a.out}: {manifest['num_classes']} classes, counts {manifest['counts']}, "
+        f"{state}; fingerprint {manifest['fingerprint']}"
+    )
     failed = sum(manifest.get("failed_counts", {}).values())
     if failed:
         print(f"warning: {failed} clips failed; see 'failed' in {a.out / 'manifest.json'}", file=sys.stderr)

@@ -37,7 +37,9 @@ class ThroughputMonitor(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_end = None  # the first step of an epoch includes worker start-up: not a fair sample
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -78,7 +80,9 @@ class FirstBatchFrames(Callback):
         self.max_frames = max_frames
         self._done = False
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._done or not trainer.is_global_zero:
             return
         self._done = True
@@ -106,7 +110,9 @@ class SigtermCheckpoint(Callback):
     def __init__(self, filename: str = ModelCheckpoint.CHECKPOINT_NAME_LAST) -> None:
         self.filename = filename
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
         checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -114,7 +120,9 @@ class SigtermCheckpoint(Callback):
             return
         path = Path(checkpoint.dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
-        rank_zero_info(f"SIGTERM: saved {path} at global step {trainer.global_step}; resume with --ckpt_path last")
+        rank_zero_info(
+            f"SIGTERM: saved {path} at global step {trainer.global_step}; resume with --ckpt_path last"
+        )
 
 
 class JsonLinesPredictionWriter(BasePredictionWriter):
@@ -164,11 +172,15 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._path.write_text("")
         except OSError as err:
-            raise OSError(f"cannot write predictions to {self._path} ({err.strerror}); choose another place with "
-                          "--predict_writer.output FILE.jsonl") from None
+            raise OSError(
+                f"cannot write predictions to {self._path} ({err.strerror}); choose another place with "
+                "--predict_writer.output FILE.jsonl"
+            ) from None
         if self.features and not getattr(pl_module, "has_embeddings", False):
-            raise ValueError(f"--predict_writer.features: {type(getattr(pl_module, 'backbone', pl_module)).__name__} "
-                             "has no pre-logit features")
+            raise ValueError(
+                f"--predict_writer.features: {type(getattr(pl_module, 'backbone', pl_module)).__name__} "
+                "has no pre-logit features"
+            )
         self._counts = [0, 0]
         self._embeddings, self._embedded_paths = [], []
 
@@ -201,15 +213,25 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
 
             array_path, list_path = self.features_paths()
             width = getattr(getattr(pl_module, "backbone", None), "num_features", 0)
-            array = torch.stack(self._embeddings).numpy() if self._embeddings else np.zeros((0, width), np.float32)
+            array = (
+                torch.stack(self._embeddings).numpy()
+                if self._embeddings
+                else np.zeros((0, width), np.float32)
+            )
             np.save(array_path, array.astype(np.float32))
             list_path.write_text("".join(f"{p}\n" for p in self._embedded_paths), encoding="utf-8")
-            written = f"; features {array.shape[0]} x {array.shape[1]} to {array_path} (paths in {list_path.name})"
+            written = (
+                f"; features {array.shape[0]} x {array.shape[1]} to {array_path} (paths in {list_path.name})"
+            )
         counts = torch.tensor(self._counts, dtype=torch.long, device=pl_module.device)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         predicted, failed = (int(v) for v in counts.tolist())
-        where = f"{self._path}" + (f" (and .rank<r> files of the other {trainer.world_size - 1} ranks)" if trainer.world_size > 1 else "")
+        where = f"{self._path}" + (
+            f" (and .rank<r> files of the other {trainer.world_size - 1} ranks)"
+            if trainer.world_size > 1
+            else ""
+        )
         rank_zero_info(
             f"predicted {predicted} of {predicted + failed} videos; {failed} failed (listed with their error) — "
             f"written to {where}{written}"

@@ -50,7 +50,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._cleaned: set[Path] = set()
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:

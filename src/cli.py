@@ -53,7 +53,9 @@ DEFAULT_LOGGER = {
 class SaveConfigWithCheckpoints(SaveConfigCallback):
     """Saves the resolved config as `config.yaml` in the run folder and also inside every checkpoint."""
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["cli_config"] = self.parser.dump(self.config, skip_none=False)
 
 
@@ -77,8 +79,14 @@ class VideoCLI(LightningCLI):
         )
         # last.ckpt: the newest state after every validation / epoch, whether or not val/top1 improved
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults({"last_checkpoint.filename": LAST, "last_checkpoint.monitor": None,
-                             "last_checkpoint.save_top_k": 1, "last_checkpoint.enable_version_counter": False})
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(FirstBatchFrames, "first_batch_frames")
@@ -113,15 +121,22 @@ class VideoCLI(LightningCLI):
         if config.get("ckpt_path"):
             adopt_checkpoint_protocol(config.data, read_card(config.ckpt_path))
 
-    def predict(self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None,
-                return_predictions: bool | None = None, **kwargs: Any) -> Any:
+    def predict(
+        self,
+        model: LightningModule,
+        datamodule: Any = None,
+        ckpt_path: str | None = None,
+        return_predictions: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """`trainer.predict` on the model rebuilt from `ckpt_path` by `src.trained.load_trained` (the same
         function as export and visualize); predictions are on disk, so they are not also kept in memory."""
         if ckpt_path:
             model = load_trained(ckpt_path).module
         kwargs.pop("weights_only", None)  # the checkpoint was read by load_trained's safe loader
-        return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions),
-                                    **kwargs)
+        return self.trainer.predict(
+            model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with `hang_guard.collective_timeout` as the process-group timeout of a DDP strategy
@@ -140,6 +155,7 @@ class VideoCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs, strategy=timed_ddp_strategy("ddp", guard.timeout))
         return trainer
 
+
 def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
     """Fill the data config of a prediction from the checkpoint: its class names, its normalisation, and each
     protocol value the config leaves unset; a value set otherwise is kept and reported."""
@@ -152,8 +168,13 @@ def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
         if given is None:
             data[name] = value
         elif given != value:
-            log.warning("predict: data.%s=%s is set; the checkpoint %s was evaluated with %s", name, given,
-                        card.path, value)
+            log.warning(
+                "predict: data.%s=%s is set; the checkpoint %s was evaluated with %s",
+                name,
+                given,
+                card.path,
+                value,
+            )
 
 
 def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:
@@ -184,7 +205,9 @@ def find_last_checkpoint(config: Any) -> Path:
             "give a checkpoint path or check trainer.logger.init_args.save_dir / name"
         )
     newest = candidates[-1]
-    fallbacks = sorted(root.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    fallbacks = sorted(
+        root.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     for candidate in fallbacks:
         try:
             load_checkpoint_file(candidate, mmap=True)
@@ -192,13 +215,18 @@ def find_last_checkpoint(config: Any) -> Path:
             log.warning("--ckpt_path last: skipping %s", err)
             continue
         if candidate != newest:
-            log.warning("--ckpt_path last: %s is corrupt; resuming from the newest intact checkpoint %s instead",
-                        newest, candidate)
+            log.warning(
+                "--ckpt_path last: %s is corrupt; resuming from the newest intact checkpoint %s instead",
+                newest,
+                candidate,
+            )
         return candidate
     raise CheckpointFileError(f"--ckpt_path last: no intact checkpoint under {root}/version_*/checkpoints/")
 
 
-def cli_main(args: list[str] | None = None, run: bool = True, model_class: type = VideoClassifier) -> VideoCLI:
+def cli_main(
+    args: list[str] | None = None, run: bool = True, model_class: type = VideoClassifier
+) -> VideoCLI:
     """Build the CLI (and run the subcommand when `run`); `model_class`: a VideoClassifier subclass (tests)."""
     from src.data.datamodule import VideoDataModule
 
@@ -206,7 +234,11 @@ def cli_main(args: list[str] | None = None, run: bool = True, model_class: type 
         model_class,
         VideoDataModule,
         save_config_callback=SaveConfigWithCheckpoints,
-        trainer_defaults={"use_distributed_sampler": False, "logger": DEFAULT_LOGGER, "plugins": [ATOMIC_CHECKPOINT_IO]},
+        trainer_defaults={
+            "use_distributed_sampler": False,
+            "logger": DEFAULT_LOGGER,
+            "plugins": [ATOMIC_CHECKPOINT_IO],
+        },
         parser_kwargs={"parser_mode": "yaml"},
         seed_everything_default=0,  # a run is reproducible unless a seed is chosen (the configs set it too)
         auto_configure_optimizers=False,

@@ -33,8 +33,18 @@ RUN_NAME = "synthetic"
 # The tiny variant for the tests: every stage runs, in about a minute on two shared cores.
 FAST_DATA = {"train": 28, "val": 14, "test": 14, "frames": 8, "size": 32}
 FAST_FIT = [
-    "--trainer.max_epochs", "2", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "7",
-    "--data.num_workers", "1", "--trainer.log_every_n_steps", "1",
+    "--trainer.max_epochs",
+    "2",
+    "--data.num_frames",
+    "8",
+    "--data.crop_size",
+    "32",
+    "--data.batch_size",
+    "7",
+    "--data.num_workers",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",
 ]
 
 
@@ -83,8 +93,9 @@ def event_scalars(log_dir: Path) -> dict[str, float]:
     return {tag: value for tag, (_, value) in values.items()}
 
 
-def summarize(names: list[str], matrix: list[list[int]], pairs: list[list[int]], top5: float | None = None
-              ) -> TestResults:
+def summarize(
+    names: list[str], matrix: list[list[int]], pairs: list[list[int]], top5: float | None = None
+) -> TestResults:
     """Top-1, mean-class and reversed-pair accuracy from a confusion matrix; `pairs` are class-index pairs."""
     support = [sum(row) for row in matrix]
     correct = [matrix[i][i] for i in range(len(names))]
@@ -149,7 +160,9 @@ def cli_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], *, threads: int | None = None, quiet: bool = False, log: Path | None = None) -> float:
+def run_cli(
+    args: list[str], *, threads: int | None = None, quiet: bool = False, log: Path | None = None
+) -> float:
     """Run `python -m src.cli ARGS` from the repository root; returns its wall time, raises on failure."""
     command = [sys.executable, "-m", "src.cli", *args]
     print("$ python -m src.cli " + " ".join(args), flush=True)
@@ -180,7 +193,9 @@ def prepare_data(data_root: Path, fast: bool, workers: int) -> tuple[Path, dict,
     return root, manifest, time.perf_counter() - start
 
 
-def sample_clips(index: Path, manifest: dict, out_dir: Path, per_class: int = 1, pairs: int = 2) -> list[Path]:
+def sample_clips(
+    index: Path, manifest: dict, out_dir: Path, per_class: int = 1, pairs: int = 2
+) -> list[Path]:
     """Copy one test clip of each class of the first `pairs` reversed pairs into `out_dir` (for predict)."""
     classes = [i for pair in manifest.get("reversed_pairs", [])[:pairs] for i in pair]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +264,15 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(data_root: Path, runs: Path, *, fast: bool = False, extra: list[str] | None = None,
-             threads: int | None = None, quiet: bool = False) -> dict:
+def run_demo(
+    data_root: Path,
+    runs: Path,
+    *,
+    fast: bool = False,
+    extra: list[str] | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> dict:
     """Generate, fit, test, predict; returns the summary (also written to `<run_dir>/demo_summary.json`)."""
     start = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -258,16 +280,28 @@ def run_demo(data_root: Path, runs: Path, *, fast: bool = False, extra: list[str
     print(f"[1/4] data: generating (or finding cached) the synthetic benchmark under {data_root}", flush=True)
     index, manifest, data_s = prepare_data(data_root, fast, workers=os.cpu_count() or 1)
     counts = manifest["counts"]
-    print(f"      {index}: {counts['train']} train / {counts['val']} val / {counts['test']} test clips, "
-          f"{manifest['num_classes']} classes, {len(manifest['reversed_pairs'])} time-reversed pairs "
-          f"(fingerprint {manifest['fingerprint']}), {data_s:.1f} s", flush=True)
+    print(
+        f"      {index}: {counts['train']} train / {counts['val']} val / {counts['test']} test clips, "
+        f"{manifest['num_classes']} classes, {len(manifest['reversed_pairs'])} time-reversed pairs "
+        f"(fingerprint {manifest['fingerprint']}), {data_s:.1f} s",
+        flush=True,
+    )
 
     version = next_version(runs, name)
     run_dir = Path(runs) / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit_args = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(Path(index).resolve()),
-                *common, "--trainer.logger.init_args.version", str(version),
-                *(FAST_FIT if fast else []), *(extra or [])]
+    fit_args = [
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        "--data.root",
+        str(Path(index).resolve()),
+        *common,
+        "--trainer.logger.init_args.version",
+        str(version),
+        *(FAST_FIT if fast else []),
+        *(extra or []),
+    ]
     print(f"[2/4] fit: training {'' if not fast else '(fast variant) '}into {run_dir}", flush=True)
     fit_s = run_cli(fit_args, threads=threads, quiet=quiet)
 
@@ -275,16 +309,31 @@ def run_demo(data_root: Path, runs: Path, *, fast: bool = False, extra: list[str
     config = run_dir / "config.yaml"
     after_fit = ["--config", str(config), "--ckpt_path", str(checkpoint), *common]
     print(f"[3/4] test: {checkpoint.name} on the test split", flush=True)
-    test_s = run_cli(["test", *after_fit, "--trainer.logger.init_args.version", f"version_{version}/test"],
-                     threads=threads, quiet=quiet)
+    test_s = run_cli(
+        ["test", *after_fit, "--trainer.logger.init_args.version", f"version_{version}/test"],
+        threads=threads,
+        quiet=quiet,
+    )
     results = test_results(run_dir / "test", manifest["reversed_pairs"])
 
     print("[4/4] predict: a few test clips through `src.cli predict`", flush=True)
     samples = sample_clips(index, manifest, run_dir / "predict" / "clips")
     # the checkpoint alone: its classes and evaluation protocol come from the file, no config or data.root
-    predict_s = run_cli(["predict", "--ckpt_path", str(checkpoint), "--data.predict_path", str(samples[0].parent),
-                         "--predict_writer.output", str(run_dir / "predict" / "predictions.jsonl"),
-                         "--predict_writer.features", "true"], threads=threads, quiet=quiet)
+    predict_s = run_cli(
+        [
+            "predict",
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.predict_path",
+            str(samples[0].parent),
+            "--predict_writer.output",
+            str(run_dir / "predict" / "predictions.jsonl"),
+            "--predict_writer.features",
+            "true",
+        ],
+        threads=threads,
+        quiet=quiet,
+    )
     predictions = [
         {"file": Path(rec["path"]).name, "class": rec["top5"][0]["class"], "prob": rec["top5"][0]["prob"]}
         for rec in read_predictions(run_dir / "predict" / "predictions.jsonl")
@@ -316,20 +365,38 @@ def run_demo(data_root: Path, runs: Path, *, fast: bool = False, extra: list[str
 def main(argv: list[str] | None = None) -> int:
     """Command line of `make demo`; arguments it does not know are passed on to `src.cli fit`."""
     parser = argparse.ArgumentParser(prog="python -m src.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DATA_ROOT") or "data"),
-                        help="where the benchmark is generated (<data-root>/synthetic); default $DATA_ROOT or ./data")
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="TensorBoard / checkpoint root (default runs)")
-    parser.add_argument("--fast", action="store_true", help="tiny data and 2 epochs: the end-to-end check of the tests")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="torch CPU threads of the src.cli processes (OMP_NUM_THREADS; default: the cores "
-                             "left beside two loader workers, at least 1: %(default)s here)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("DATA_ROOT") or "data"),
+        help="where the benchmark is generated (<data-root>/synthetic); default $DATA_ROOT or ./data",
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="TensorBoard / checkpoint root (default runs)"
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="tiny data and 2 epochs: the end-to-end check of the tests"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch CPU threads of the src.cli processes (OMP_NUM_THREADS; default: the cores "
+        "left beside two loader workers, at least 1: %(default)s here)",
+    )
     parser.add_argument("--quiet", action="store_true", help="hide the output of the src.cli steps")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     if any(not a.startswith("--") for a in extra[:1]):
         parser.error(f"unexpected argument {extra[0]!r}; extra arguments go to `src.cli fit` as --key value")
-    run_demo(args.data_root.resolve(), args.runs.resolve(), fast=args.fast, extra=extra, threads=args.threads,
-             quiet=args.quiet)
+    run_demo(
+        args.data_root.resolve(),
+        args.runs.resolve(),
+        fast=args.fast,
+        extra=extra,
+        threads=args.threads,
+        quiet=args.quiet,
+    )
     return 0
 
 

@@ -67,7 +67,9 @@ def require(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ExportError(f"{purpose} needs the `{module}` package, which is not installed: {INSTALL_HINT}") from None
+        raise ExportError(
+            f"{purpose} needs the `{module}` package, which is not installed: {INSTALL_HINT}"
+        ) from None
 
 
 @contextmanager
@@ -102,8 +104,15 @@ def example_clips(clip_shape: Sequence[int], batch: int, seed: int = 0) -> Tenso
     return torch.randn(batch, *clip_shape, generator=generator)
 
 
-def export_onnx(model: nn.Module, clip_shape: Sequence[int], out: str | Path, *, batch: int = 2,
-                opset: int = DEFAULT_OPSET, dynamo: bool = False) -> Path:
+def export_onnx(
+    model: nn.Module,
+    clip_shape: Sequence[int],
+    out: str | Path,
+    *,
+    batch: int = 2,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+) -> Path:
     """Write `model` ((B, *clip_shape) -> (B, K)) as ONNX with a dynamic batch dimension; returns the path."""
     out = Path(out)
     onnx = require("onnx", "ONNX export")
@@ -118,7 +127,9 @@ def export_onnx(model: nn.Module, clip_shape: Sequence[int], out: str | Path, *,
     # (`--dynamo`) for a torch where the TorchScript-based exporter is gone.
     if dynamo:
         require("onnxscript", "ONNX export with --dynamo")
-        opset = max(opset, DYNAMO_MIN_OPSET)  # below it, the dynamo exporter converts down and often fails noisily
+        opset = max(
+            opset, DYNAMO_MIN_OPSET
+        )  # below it, the dynamo exporter converts down and often fails noisily
     kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     if dynamo:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
@@ -149,7 +160,9 @@ def onnx_opset(path: str | Path) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
-def export_torchscript(model: nn.Module, clip_shape: Sequence[int], out: str | Path, *, batch: int = 2) -> Path:
+def export_torchscript(
+    model: nn.Module, clip_shape: Sequence[int], out: str | Path, *, batch: int = 2
+) -> Path:
     """Write `model` ((B, *clip_shape) -> (B, K)) as a traced TorchScript file; returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +176,9 @@ def export_torchscript(model: nn.Module, clip_shape: Sequence[int], out: str | P
             torch.jit.save(traced, str(out))
     except Exception as err:  # noqa: BLE001
         reason = _first_line(err)
-        raise ExportError(f"{out}: TorchScript export failed ({type(err).__name__}: {reason}); try --format onnx") from err
+        raise ExportError(
+            f"{out}: TorchScript export failed ({type(err).__name__}: {reason}); try --format onnx"
+        ) from err
     return out
 
 
@@ -224,13 +239,27 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what the sidecar records."""
-        return {"runtime": self.runtime, "batch_sizes": self.batch_sizes, "max_abs_diff": self.max_abs_diff,
-                "max_abs_diff_per_batch": {str(b): d for b, d in self.per_batch.items()}, "atol": self.atol,
-                "passed": self.passed, "inputs": "random normal clips, seeded"}
+        return {
+            "runtime": self.runtime,
+            "batch_sizes": self.batch_sizes,
+            "max_abs_diff": self.max_abs_diff,
+            "max_abs_diff_per_batch": {str(b): d for b, d in self.per_batch.items()},
+            "atol": self.atol,
+            "passed": self.passed,
+            "inputs": "random normal clips, seeded",
+        }
 
 
-def check_export(model: nn.Module, path: str | Path, fmt: str, clip_shape: Sequence[int], *,
-                 batch_sizes: Sequence[int] = (1, 3), atol: float = DEFAULT_ATOL, seed: int = 0) -> CheckResult:
+def check_export(
+    model: nn.Module,
+    path: str | Path,
+    fmt: str,
+    clip_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+) -> CheckResult:
     """Run the exported file and eager `model` on the same random clips at each batch size; compare logits."""
     run = load_exported(path, fmt)
     per_batch: dict[int, float] = {}
@@ -242,7 +271,9 @@ def check_export(model: nn.Module, path: str | Path, fmt: str, clip_shape: Seque
             got = run(clips)
         except Exception as err:  # noqa: BLE001
             reason = _first_line(err)
-            raise ExportError(f"{path}: the exported {fmt} file fails on a batch of {size} clips ({reason})") from err
+            raise ExportError(
+                f"{path}: the exported {fmt} file fails on a batch of {size} clips ({reason})"
+            ) from err
         if tuple(got.shape) != tuple(expected.shape):
             raise ExportMismatchError(
                 f"{path}: output shape {tuple(got.shape)} for a batch of {size}, eager gives {tuple(expected.shape)}"
@@ -270,13 +301,26 @@ class ExportReport:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def sidecar_metadata(*, fmt: str, out: Path, variant: str, class_names: Sequence[str], protocol: Any,
-                     opset: int | None, dynamo: bool, check: CheckResult | None, backbone: dict | None = None,
-                     source: Path | None = None) -> dict[str, Any]:
+def sidecar_metadata(
+    *,
+    fmt: str,
+    out: Path,
+    variant: str,
+    class_names: Sequence[str],
+    protocol: Any,
+    opset: int | None,
+    dynamo: bool,
+    check: CheckResult | None,
+    backbone: dict | None = None,
+    source: Path | None = None,
+) -> dict[str, Any]:
     """The sidecar's content: what a caller needs to feed the exported file and read its output."""
     clip_shape = list(protocol.clip_shape)
-    exporter = ("torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False, TorchScript-based)") \
-        if fmt == "onnx" else "torch.jit.trace"
+    exporter = (
+        ("torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False, TorchScript-based)")
+        if fmt == "onnx"
+        else "torch.jit.trace"
+    )
     return {
         "format": fmt,
         "file": out.name,
@@ -286,18 +330,39 @@ def sidecar_metadata(*, fmt: str, out: Path, variant: str, class_names: Sequence
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "eval_protocol": protocol.to_dict(),
-        "input": {"name": INPUT_NAME, "shape": ["batch", *clip_shape], "dtype": "float32",
-                  "preprocessing": PREPROCESSING},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(class_names)], "dtype": "float32",
-                   "meaning": "logits; softmax over the last axis, then the mean over a video's views"},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", *clip_shape],
+            "dtype": "float32",
+            "preprocessing": PREPROCESSING,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(class_names)],
+            "dtype": "float32",
+            "meaning": "logits; softmax over the last axis, then the mean over a video's views",
+        },
         "check": check.to_dict() if check is not None else None,
-        "exporter": {"method": exporter, "opset": opset if fmt == "onnx" else None, "torch": torch.__version__},
+        "exporter": {
+            "method": exporter,
+            "opset": opset if fmt == "onnx" else None,
+            "torch": torch.__version__,
+        },
         "source_checkpoint": str(source) if source is not None else None,
     }
 
 
-def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, batch: int = 2, opset: int = DEFAULT_OPSET,
-                      check_clips: int = 3, atol: float = DEFAULT_ATOL, dynamo: bool = False) -> ExportReport:
+def export_checkpoint(
+    ckpt: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    batch: int = 2,
+    opset: int = DEFAULT_OPSET,
+    check_clips: int = 3,
+    atol: float = DEFAULT_ATOL,
+    dynamo: bool = False,
+) -> ExportReport:
     """Export a checkpoint's backbone, check it, write the sidecar. Raises ExportMismatchError past `atol`."""
     from src.models.checkpoints import CheckpointFileError
     from src.trained import load_trained
@@ -307,7 +372,9 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, batch: int
     if batch < 1:
         raise ExportError(f"--batch {batch}: the example batch must hold at least one clip")
     if check_clips == 1 or check_clips < 0:
-        raise ExportError(f"--check-clips {check_clips}: give N >= 2 (batches of 1 and N clips are run) or 0 to skip")
+        raise ExportError(
+            f"--check-clips {check_clips}: give N >= 2 (batches of 1 and N clips are run) or 0 to skip"
+        )
     if fmt == "onnx":  # before the minutes of loading and exporting: fail now if the runtime is missing
         require("onnx", "ONNX export")
         if check_clips:
@@ -334,9 +401,18 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, batch: int
     check = None
     if check_clips:
         check = check_export(model, out, fmt, protocol.clip_shape, batch_sizes=(1, check_clips), atol=atol)
-    metadata = sidecar_metadata(fmt=fmt, out=out, variant=trained.variant, class_names=trained.class_names,
-                                protocol=protocol, opset=opset, dynamo=dynamo, check=check,
-                                backbone=dict(trained.module.hparams.backbone), source=trained.path)
+    metadata = sidecar_metadata(
+        fmt=fmt,
+        out=out,
+        variant=trained.variant,
+        class_names=trained.class_names,
+        protocol=protocol,
+        opset=opset,
+        dynamo=dynamo,
+        check=check,
+        backbone=dict(trained.module.hparams.backbone),
+        source=trained.path,
+    )
     sidecar = sidecar_path(out)
     sidecar.write_text(json.dumps(metadata, indent=2) + "\n")
     report = ExportReport(out, fmt, out.stat().st_size, sidecar, seconds, check, metadata)
@@ -359,24 +435,46 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by `python -m src.cli fit`")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
-    p.add_argument("--out", type=Path, help="exported file (default: beside the checkpoint, .onnx / .torchscript.pt); "
-                                            "the sidecar <out>.json is written beside it")
-    p.add_argument("--batch", type=int, default=2, help="batch size of the example clips traced (default 2); "
-                                                        "the exported batch dimension is dynamic anyway")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="exported file (default: beside the checkpoint, .onnx / .torchscript.pt); "
+        "the sidecar <out>.json is written beside it",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=2,
+        help="batch size of the example clips traced (default 2); "
+        "the exported batch dimension is dynamic anyway",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--dynamo", action="store_true", help="ONNX through torch.export (needs onnxscript) instead of "
-                                                          "the TorchScript-based exporter")
-    p.add_argument("--check-clips", type=int, default=3, help="check batches of 1 and N random clips against eager "
-                                                               "PyTorch (default 3; 0 skips the check)")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"largest absolute logit difference accepted "
-                                                                    f"(default {DEFAULT_ATOL:g})")
+    p.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="ONNX through torch.export (needs onnxscript) instead of the TorchScript-based exporter",
+    )
+    p.add_argument(
+        "--check-clips",
+        type=int,
+        default=3,
+        help="check batches of 1 and N random clips against eager PyTorch (default 3; 0 skips the check)",
+    )
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"largest absolute logit difference accepted (default {DEFAULT_ATOL:g})",
+    )
     return p
 
 
 def _describe(report: ExportReport) -> list[str]:
     meta = report.metadata
     size_mb = report.size_bytes / 1e6
-    method = meta["exporter"]["method"] + (f", opset {meta['exporter']['opset']}" if report.format == "onnx" else "")
+    method = meta["exporter"]["method"] + (
+        f", opset {meta['exporter']['opset']}" if report.format == "onnx" else ""
+    )
     protocol = meta["eval_protocol"]
     lines = [
         f"exported {meta['variant']} ({meta['num_classes']} classes) to {report.path} ({report.format}, {method}) "
@@ -390,9 +488,11 @@ def _describe(report: ExportReport) -> list[str]:
         lines.append("check skipped (--check-clips 0)")
     else:
         verdict = "OK" if check.passed else "FAILED"
-        lines.append(f"check against eager PyTorch ({check.runtime}, batch sizes "
-                     f"{', '.join(map(str, check.batch_sizes))}): max abs diff {check.max_abs_diff:.3g} "
-                     f"(atol {check.atol:g}) {verdict}")
+        lines.append(
+            f"check against eager PyTorch ({check.runtime}, batch sizes "
+            f"{', '.join(map(str, check.batch_sizes))}): max abs diff {check.max_abs_diff:.3g} "
+            f"(atol {check.atol:g}) {verdict}"
+        )
     lines.append(f"sidecar {report.sidecar}")
     return lines
 
@@ -404,8 +504,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or default_out(args.ckpt, args.format)
     try:
-        report = export_checkpoint(args.ckpt, args.format, out, batch=args.batch, opset=args.opset,
-                                   check_clips=args.check_clips, atol=args.atol, dynamo=args.dynamo)
+        report = export_checkpoint(
+            args.ckpt,
+            args.format,
+            out,
+            batch=args.batch,
+            opset=args.opset,
+            check_clips=args.check_clips,
+            atol=args.atol,
+            dynamo=args.dynamo,
+        )
     except ExportMismatchError as err:
         print(f"src.export: check failed: {err}", file=sys.stderr)
         return EXIT_MISMATCH
@@ -418,9 +526,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "DEFAULT_ATOL", "DEFAULT_OPSET", "FORMATS", "INPUT_NAME", "OUTPUT_NAME", "CheckResult", "ExportError",
-    "ExportMismatchError", "ExportReport", "check_export", "example_clips", "export_checkpoint", "export_onnx",
-    "export_torchscript", "load_exported", "sidecar_metadata", "sidecar_path",
+    "DEFAULT_ATOL",
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "CheckResult",
+    "ExportError",
+    "ExportMismatchError",
+    "ExportReport",
+    "check_export",
+    "example_clips",
+    "export_checkpoint",
+    "export_onnx",
+    "export_torchscript",
+    "load_exported",
+    "sidecar_metadata",
+    "sidecar_path",
 ]
 
 if __name__ == "__main__":

@@ -115,13 +115,17 @@ class HangGuard(Callback):
             self._signal_started_ranks(signum)  # the ranks this process started get it too
         self._sigterm = True
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
         """Every rank, every step, at the same point: stop together when any rank has received SIGTERM."""
         stop = self._sigterm
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            rank_zero_info(f"SIGTERM: stopping all {trainer.world_size} processes at global step {trainer.global_step}")
+            rank_zero_info(
+                f"SIGTERM: stopping all {trainer.world_size} processes at global step {trainer.global_step}"
+            )
             raise SIGTERMException()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -148,9 +152,15 @@ class HangGuard(Callback):
         reader.close()
         self._thread, self._sockets = None, None
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         """Say what a collective timeout means, beside torch's own message."""
-        if trainer.world_size > 1 and isinstance(exception, RuntimeError) and re.search(r"time[sd]? ?out", str(exception), re.I):
+        if (
+            trainer.world_size > 1
+            and isinstance(exception, RuntimeError)
+            and re.search(r"time[sd]? ?out", str(exception), re.I)
+        ):
             sys.stderr.write(
                 f"\n[hang guard] rank {trainer.global_rank} of {trainer.world_size}: a collective waited longer than "
                 f"hang_guard.collective_timeout={self.collective_timeout} s for the other ranks; one of them died, "

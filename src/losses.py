@@ -37,11 +37,15 @@ def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     smoothing is already in `targets` (smooth_one_hot, then mixed), so none is applied here.
     """
     if logits.shape != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape"
+        )
     return F.cross_entropy(logits.float(), targets.float())
 
 
-def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+def cutmix_box(
+    height: int, width: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """A box (y0, y1, x0, x1) covering about 1 - lam of an H x W frame, centred uniformly, clipped to the frame."""
     cut = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * cut), int(width * cut)

@@ -96,7 +96,9 @@ class EpochMetrics(nn.Module):
 
         With no sample on any rank the accuracies are 0 and the loss NaN; `samples` says so.
         """
-        with warnings.catch_warnings():  # a rank (or an epoch of skipped steps) may have seen nothing: expected
+        with (
+            warnings.catch_warnings()
+        ):  # a rank (or an epoch of skipped steps) may have seen nothing: expected
             warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
             samples = self.samples.compute()
             out = dict(self.accuracy.compute().items())
@@ -121,7 +123,9 @@ class MultiViewMetrics(nn.Module):
         self.single = accuracy_collection(num_classes)
         self.all = EpochMetrics(num_classes)
 
-    def update(self, view_probs: Tensor, video_probs: Tensor, labels: Tensor, loss: Tensor | None = None) -> None:
+    def update(
+        self, view_probs: Tensor, video_probs: Tensor, labels: Tensor, loss: Tensor | None = None
+    ) -> None:
         """view_probs (B*V, K), video_probs (B, K), labels (B,), loss: mean loss of the B videos."""
         num_views = view_probs.shape[0] // max(labels.shape[0], 1)
         self.single.update(view_probs, labels.repeat_interleave(num_views))
@@ -190,4 +194,3 @@ def confusion_figure(matrix: Tensor, class_names: Sequence[str]):
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
-

@@ -9,9 +9,7 @@ import torch
 from torch import nn
 
 
-def param_groups_weight_decay(
-    model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
-) -> list[dict]:
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Iterable[str] = ()) -> list[dict]:
     """Two AdamW groups: decayed weights, and biases / norm scales / all 1-D tensors / names in `skip` at 0.
 
     `skip` holds parameter names (or name prefixes) such as a backbone's `no_weight_decay()` set.
@@ -21,7 +19,11 @@ def param_groups_weight_decay(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or any(name == s or name.startswith(s + ".") for s in skip):
+        if (
+            param.ndim <= 1
+            or name.endswith(".bias")
+            or any(name == s or name.startswith(s + ".") for s in skip)
+        ):
             no_decay.append(param)
         else:
             decay.append(param)
@@ -31,7 +33,9 @@ def param_groups_weight_decay(
     ]
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_start: float) -> float:
+def warmup_cosine_factor(
+    step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_start: float
+) -> float:
     """LR multiplier at optimiser step `step`: linear warmup_start -> 1 over warmup_steps, then cosine to min_factor."""
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_start + (1.0 - warmup_start) * step / warmup_steps
@@ -57,5 +61,6 @@ def warmup_cosine_scheduler(
     start_factor = warmup_start_lr / base_lr if base_lr > 0 else 0.0
     # not SequentialLR(LinearLR, CosineAnnealingLR): no warmup from 0, no warmup == total, climbs past total (tests)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine_factor(step, total_steps, warmup_steps, min_factor, start_factor)
+        optimizer,
+        lambda step: warmup_cosine_factor(step, total_steps, warmup_steps, min_factor, start_factor),
     )

@@ -151,7 +151,9 @@ class VideoClassifier(pl.LightningModule):
         from src.models import build_model
 
         self.backbone = build_model(backbone.variant, num_classes=num_classes, **backbone.overrides())
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         self.mixing = MixupCutmix(
             num_classes,
             mixup_alpha=mixup_alpha,
@@ -172,7 +174,9 @@ class VideoClassifier(pl.LightningModule):
         self.nonfinite_skips = 0
         self._drop_gradients = False
         self.run_dir: Path | None = None  # the run folder, asked once in setup (a collective under DDP)
-        self.eval_protocol = None  # set by src.trained.load_trained: the protocol the checkpoint was saved with
+        self.eval_protocol = (
+            None  # set by src.trained.load_trained: the protocol the checkpoint was saved with
+        )
         self.source_checkpoint: Path | None = None  # the file load_trained read, if any
 
     # ----------------------------------------------------------------------------------------- setup
@@ -190,7 +194,9 @@ class VideoClassifier(pl.LightningModule):
     def load_initial_weights(self, source: str) -> None:
         """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader."""
         if not Path(source).is_file():
-            raise FileNotFoundError(f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null")
+            raise FileNotFoundError(
+                f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null"
+            )
         from src.models.checkpoints import load_checkpoint_file, load_pretrained
 
         payload = load_checkpoint_file(source)
@@ -198,12 +204,20 @@ class VideoClassifier(pl.LightningModule):
         # by name (same names in another order, or a subset), never loaded as they are because the count agrees
         trained = payload.get("hyper_parameters") if isinstance(payload, dict) else None
         source_classes = trained.get("class_names") if isinstance(trained, dict) else None
-        report = load_pretrained(self.backbone, payload, target_classes=self.class_names,
-                                 source_classes=list(source_classes) if source_classes else None,
-                                 struct_init=self.hparams.init_struct_filters)
-        if not report.clean:  # e.g. StructViT-S weights under a StructViT-B config: a partial load trains wrong
+        report = load_pretrained(
+            self.backbone,
+            payload,
+            target_classes=self.class_names,
+            source_classes=list(source_classes) if source_classes else None,
+            struct_init=self.hparams.init_struct_filters,
+        )
+        if (
+            not report.clean
+        ):  # e.g. StructViT-S weights under a StructViT-B config: a partial load trains wrong
             backbone = trained.get("backbone") if isinstance(trained, dict) else None
-            theirs = f"a {backbone.get('variant')} checkpoint" if isinstance(backbone, dict) else "its weights"
+            theirs = (
+                f"a {backbone.get('variant')} checkpoint" if isinstance(backbone, dict) else "its weights"
+            )
             first = [*report.missing[:2], *report.unexpected[:2], *(m[0] for m in report.mismatched[:2])]
             raise ValueError(
                 f"model.init_from {source}: {theirs} does not fit this run's {self.hparams.backbone['variant']} "
@@ -227,7 +241,9 @@ class VideoClassifier(pl.LightningModule):
         trained, current = [str(c) for c in trained], list(self.class_names)
         if trained == current:
             return
-        first = next((i for i, (a, b) in enumerate(zip(trained, current)) if a != b), min(len(trained), len(current)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(trained, current)) if a != b), min(len(trained), len(current))
+        )
         mine = repr(trained[first]) if first < len(trained) else "(no class)"
         theirs = repr(current[first]) if first < len(current) else "(no class)"
         raise ValueError(
@@ -274,7 +290,9 @@ class VideoClassifier(pl.LightningModule):
     def embed_and_classify(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, T, H, W) clips -> ((B, C) pre-logit embeddings, (B, K) logits), one forward pass."""
         if not self.has_embeddings:
-            raise TypeError(f"{type(self.backbone).__name__} has no pre-logit features (forward_features / forward_head)")
+            raise TypeError(
+                f"{type(self.backbone).__name__} has no pre-logit features (forward_features / forward_head)"
+            )
         features = self.backbone.forward_features(video)
         return self.backbone.forward_head(features, pre_logits=True), self.backbone.forward_head(features)
 
@@ -308,7 +326,14 @@ class VideoClassifier(pl.LightningModule):
         self.consecutive_nonfinite = 0
         self.train_metrics.update(logits.detach(), labels, loss)
         # step values are this rank's own (no sync_dist): the epoch values come from `train_metrics`
-        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train/loss_step",
+            loss.detach(),
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
         return loss
 
@@ -400,7 +425,9 @@ class VideoClassifier(pl.LightningModule):
 
         figure.savefig(out_dir / "confusion_matrix.png", dpi=100)
         plt.close(figure)
-        rank_zero_info(f"test reports written to {out_dir} (confusion_matrix.csv/.png, per_class_accuracy.csv)")
+        rank_zero_info(
+            f"test reports written to {out_dir} (confusion_matrix.csv/.png, per_class_accuracy.csv)"
+        )
 
     # ----------------------------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
@@ -421,8 +448,13 @@ class VideoClassifier(pl.LightningModule):
                 logits = self(video.flatten(0, 1))
             _, video_probs = average_views(logits, num_views)
             top = video_probs.topk(min(5, video_probs.shape[-1]), dim=-1)
-            for i, (path, probs, indices) in enumerate(zip(batch["path"], top.values.tolist(), top.indices.tolist())):
-                top5 = [{"class": self.class_names[k], "index": k, "prob": round(p, 6)} for p, k in zip(probs, indices)]
+            for i, (path, probs, indices) in enumerate(
+                zip(batch["path"], top.values.tolist(), top.indices.tolist())
+            ):
+                top5 = [
+                    {"class": self.class_names[k], "index": k, "prob": round(p, 6)}
+                    for p, k in zip(probs, indices)
+                ]
                 records.append({"path": str(path), "top5": top5})
                 if embeddings is not None:
                     records[-1]["embedding"] = embeddings[i]
@@ -438,7 +470,14 @@ class VideoClassifier(pl.LightningModule):
         groups = param_groups_weight_decay(self.backbone, hp.weight_decay, skip)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
+        max_epochs = (
+            self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
+        )
         warmup = round(total * hp.warmup_epochs / max_epochs) if max_epochs else 0
-        scheduler = warmup_cosine_scheduler(optimizer, total, min(warmup, total), hp.min_lr, hp.warmup_start_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        scheduler = warmup_cosine_scheduler(
+            optimizer, total, min(warmup, total), hp.min_lr, hp.warmup_start_lr
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }

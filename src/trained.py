@@ -42,7 +42,11 @@ class CheckpointCard:
     @property
     def class_names(self) -> list[str]:
         names = self.hyper_parameters.get("class_names")
-        return [str(n) for n in names] if names else [str(i) for i in range(int(self.hyper_parameters["num_classes"]))]
+        return (
+            [str(n) for n in names]
+            if names
+            else [str(i) for i in range(int(self.hyper_parameters["num_classes"]))]
+        )
 
     @property
     def variant(self) -> str:
@@ -73,8 +77,12 @@ class TrainedModel:
         from src.data.decoding import DecodeError
 
         dataset = VideoClipDataset(
-            [Entry(Path(video), -1)], mode="predict", sampler=self.protocol.clip_sampler(),
-            eval_transform=self.protocol.transform(), num_clips=self.protocol.test_views[0], backend=backend,
+            [Entry(Path(video), -1)],
+            mode="predict",
+            sampler=self.protocol.clip_sampler(),
+            eval_transform=self.protocol.transform(),
+            num_clips=self.protocol.test_views[0],
+            backend=backend,
         )
         item = dataset[0]
         if item.get("failed"):
@@ -90,7 +98,9 @@ def run_folder_of(checkpoint: str | Path) -> Path:
 
 def _payload(path: Path) -> dict:
     payload = load_checkpoint_file(path)
-    missing = [k for k in ("hyper_parameters", "state_dict") if not isinstance(payload, dict) or k not in payload]
+    missing = [
+        k for k in ("hyper_parameters", "state_dict") if not isinstance(payload, dict) or k not in payload
+    ]
     if missing:
         raise CheckpointFileError(f"{path}: " + NOT_TRAINED_HERE.format(missing=" or ".join(missing)))
     return payload
@@ -132,7 +142,9 @@ def _protocol(path: Path, payload: dict) -> EvalProtocol:
     data = payload.get("datamodule_hyper_parameters")
     if isinstance(data, dict):
         return _protocol_of_data_arguments(data)
-    keys = ", ".join(f"'{k}': ..." for k in ("num_frames", "sampling", "sampling_rate", "crop_size", "test_views"))
+    keys = ", ".join(
+        f"'{k}': ..." for k in ("num_frames", "sampling", "sampling_rate", "crop_size", "test_views")
+    )
     raise CheckpointFileError(
         f"{path}: holds no evaluation protocol (no '{CHECKPOINT_KEY}' and no datamodule_hyper_parameters), so the "
         f"clips it expects are unknown. Add it once: ckpt = torch.load(path); ckpt['{CHECKPOINT_KEY}'] = "

@@ -118,9 +118,13 @@ def attention_module(model: nn.Module, stage: int, block: int) -> nn.Module:
     """The attention module of block `block` of stage `stage` (UniFormer names: `blocks{stage}[block].attn`)."""
     blocks = attention_blocks(model, stage)
     if blocks is None:
-        raise ValueError(f"stage {stage}: the model has no `blocks{stage}`; stages are 1..4 (attention in 3 and 4)")
+        raise ValueError(
+            f"stage {stage}: the model has no `blocks{stage}`; stages are 1..4 (attention in 3 and 4)"
+        )
     if not -len(blocks) <= block < len(blocks):
-        raise ValueError(f"block {block}: stage {stage} has {len(blocks)} blocks (valid: 0..{len(blocks) - 1} or negative)")
+        raise ValueError(
+            f"block {block}: stage {stage} has {len(blocks)} blocks (valid: 0..{len(blocks) - 1} or negative)"
+        )
     attn = getattr(blocks[block], "attn", None)
     if attn is None or not hasattr(attn, "qkv"):
         raise ValueError(
@@ -156,7 +160,9 @@ def capture_attention_input(
         handle.remove()
         model.train(was_training)
     if "x" not in seen:
-        raise RuntimeError(f"stage {stage} block {block}: the attention module was not called in the forward pass")
+        raise RuntimeError(
+            f"stage {stage} block {block}: the attention module was not called in the forward pass"
+        )
     return attn, seen["x"], seen["grid"], logits.detach()
 
 
@@ -166,7 +172,9 @@ def flat_index(pos: Sequence[int], grid: Sequence[int]) -> int:
     return (t * grid[1] + y) * grid[2] + x
 
 
-def key_position(query: Sequence[int], query_grid: Sequence[int], key_grid: Sequence[int]) -> tuple[int, int, int]:
+def key_position(
+    query: Sequence[int], query_grid: Sequence[int], key_grid: Sequence[int]
+) -> tuple[int, int, int]:
     """The key token that covers query position `query` when keys are spatially strided (j = i for stride 1)."""
     return tuple(min(q * k // g, k - 1) for q, g, k in zip(query, query_grid, key_grid))  # type: ignore[return-value]
 
@@ -183,7 +191,9 @@ def parse_query(text: str | None, grid: Sequence[int]) -> tuple[int, int, int]:
         raise ValueError(f"--query {text!r}: expected three integers t,y,x on the token grid {tuple(grid)}")
     for name, v, g in zip("tyx", pos, grid):
         if not 0 <= v < g:
-            raise ValueError(f"--query {text!r}: {name}={v} is outside the layer's token grid (T, H, W) = {tuple(grid)}")
+            raise ValueError(
+                f"--query {text!r}: {name}={v} is outside the layer's token grid (T, H, W) = {tuple(grid)}"
+            )
     return pos  # type: ignore[return-value]
 
 
@@ -209,7 +219,9 @@ def compute_structure_maps(
     attn, x, grid, logits = capture_attention_input(model, video, stage, block)
     block = block % len(attention_blocks(model, stage))
     if not hasattr(attn, "reference_maps"):
-        raise TypeError(f"stage {stage} block {block}: {type(attn).__name__} has no reference_maps (not a StructSA)")
+        raise TypeError(
+            f"stage {stage} block {block}: {type(attn).__name__} has no reference_maps (not a StructSA)"
+        )
     num_heads = int(attn.num_heads)
     if not 0 <= head < num_heads:
         raise ValueError(f"--head {head}: stage {stage} attention has {num_heads} heads (0..{num_heads - 1})")
@@ -334,7 +346,9 @@ def _overlay_row(
         if query is not None and t == query[0]:
             cell_h, cell_w = height / query_grid[1], width / query_grid[2]
             ax.add_patch(
-                Rectangle((query[2] * cell_w, query[1] * cell_h), cell_w, cell_h, fill=False, ec="red", lw=1.5)
+                Rectangle(
+                    (query[2] * cell_w, query[1] * cell_h), cell_w, cell_h, fill=False, ec="red", lw=1.5
+                )
             )
         ax.set_xticks([])
         ax.set_yticks([])
@@ -352,8 +366,15 @@ def plot_correlation(maps: StructureMaps) -> Figure:
     fig, axes = _grid_axes(1, maps.query_grid[0])
     lim = float(maps.correlation.abs().max()) or 1.0
     image = _overlay_row(
-        axes[0], maps.frames, maps.correlation, label="correlation", vmin=-lim, vmax=lim, cmap="RdBu_r",
-        query=maps.query, query_grid=maps.query_grid,
+        axes[0],
+        maps.frames,
+        maps.correlation,
+        label="correlation",
+        vmin=-lim,
+        vmax=lim,
+        cmap="RdBu_r",
+        query=maps.query,
+        query_grid=maps.query_grid,
     )
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"t={t}", fontsize=7)
@@ -371,14 +392,23 @@ def plot_structural_attention(maps: StructureMaps) -> Figure:
     image = None
     for d in range(d_count):
         image = _overlay_row(
-            axes[d], maps.frames, maps.attention[d], label=f"attention d={d}", vmin=vmin, vmax=vmax,
-            cmap="inferno", query=maps.query, query_grid=maps.query_grid,
+            axes[d],
+            maps.frames,
+            maps.attention[d],
+            label=f"attention d={d}",
+            vmin=vmin,
+            vmax=vmax,
+            cmap="inferno",
+            query=maps.query,
+            query_grid=maps.query_grid,
         )
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"t={t}", fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
     total = float(maps.attention.sum())
-    fig.suptitle(f"structural attention (joint softmax, sum over j,d = {total:.3f})  " + maps.title, fontsize=8)
+    fig.suptitle(
+        f"structural attention (joint softmax, sum over j,d = {total:.3f})  " + maps.title, fontsize=8
+    )
     return fig
 
 
@@ -406,7 +436,9 @@ def _plot_filters(maps: StructureMaps, filters: Tensor, symbol: str, what: str) 
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"dt={t - kt // 2}", fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
-    layer = maps.title.split(" head ")[0] if " head " in maps.title else f"stage {maps.stage} block {maps.block}"
+    layer = (
+        maps.title.split(" head ")[0] if " head " in maps.title else f"stage {maps.stage} block {maps.block}"
+    )
     fig.suptitle(f"{what}, {layer} head {maps.head}", fontsize=8)
     return fig
 
@@ -420,7 +452,9 @@ def plot_key_filters(maps: StructureMaps) -> Figure:
     """The D key filters H_K of the head (mean over its channels): the structures a query is matched against."""
     if maps.key_filters is None:
         raise ValueError("key filters: the layer has D = 0 (plain attention), so it has none")
-    return _plot_filters(maps, maps.key_filters, "H_K", "key filters (structures of the query-key correlation)")
+    return _plot_filters(
+        maps, maps.key_filters, "H_K", "key filters (structures of the query-key correlation)"
+    )
 
 
 def plot_dynamic_kernel(maps: StructureMaps) -> Figure:
@@ -442,8 +476,15 @@ def plot_vanilla(maps: StructureMaps) -> Figure:
         raise ValueError("these maps were computed without a vanilla twin (vanilla_model=None)")
     fig, axes = _grid_axes(1, maps.query_grid[0])
     image = _overlay_row(
-        axes[0], maps.frames, maps.vanilla, label="vanilla (D=0)", vmin=float(maps.vanilla.min()), vmax=float(maps.vanilla.max()),
-        cmap="inferno", query=maps.query, query_grid=maps.query_grid,
+        axes[0],
+        maps.frames,
+        maps.vanilla,
+        label="vanilla (D=0)",
+        vmin=float(maps.vanilla.min()),
+        vmax=float(maps.vanilla.max()),
+        cmap="inferno",
+        query=maps.query,
+        query_grid=maps.query_grid,
     )
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
     fig.suptitle("vanilla attention (D=0 twin, same weights)  " + maps.title, fontsize=8)
@@ -456,8 +497,9 @@ def plot_overview(maps: StructureMaps) -> Figure:
     rows = 2 + maps.structure_dim + (maps.vanilla is not None)
     fig = plt.figure(figsize=(1.2 * t_tokens + 2.6, 1.2 * rows + 0.6))
     # Columns: one per token frame, a narrow one for colour bars, a gap, the dynamic kernel.
-    spec = fig.add_gridspec(rows, t_tokens + 3, width_ratios=[1] * t_tokens + [0.08, 0.45, 1],
-                            wspace=0.06, hspace=0.22)
+    spec = fig.add_gridspec(
+        rows, t_tokens + 3, width_ratios=[1] * t_tokens + [0.08, 0.45, 1], wspace=0.06, hspace=0.22
+    )
     axes = [[fig.add_subplot(spec[r, c]) for c in range(t_tokens)] for r in range(rows)]
     for t, ax in enumerate(axes[0]):
         ax.imshow(maps.frames[_frame_for_token(t, t_tokens, maps.frames.shape[0])].numpy())
@@ -466,20 +508,46 @@ def plot_overview(maps: StructureMaps) -> Figure:
         ax.set_yticks([])
     axes[0][0].set_ylabel("frames", fontsize=8)
     lim = float(maps.correlation.abs().max()) or 1.0
-    image = _overlay_row(axes[1], maps.frames, maps.correlation, label="q.k", vmin=-lim, vmax=lim, cmap="RdBu_r",
-                         query=maps.query, query_grid=maps.query_grid)
+    image = _overlay_row(
+        axes[1],
+        maps.frames,
+        maps.correlation,
+        label="q.k",
+        vmin=-lim,
+        vmax=lim,
+        cmap="RdBu_r",
+        query=maps.query,
+        query_grid=maps.query_grid,
+    )
     _small_colorbar(fig, image, fig.add_subplot(spec[1, t_tokens]))
     # One colour scale for all D maps (their joint softmax), stretched from its min to its max.
     vmin, vmax = float(maps.attention.min()), float(maps.attention.max())
     for d in range(maps.structure_dim):
-        image = _overlay_row(axes[2 + d], maps.frames, maps.attention[d], label=f"A d={d}", vmin=vmin, vmax=vmax,
-                             cmap="inferno", query=maps.query, query_grid=maps.query_grid)
+        image = _overlay_row(
+            axes[2 + d],
+            maps.frames,
+            maps.attention[d],
+            label=f"A d={d}",
+            vmin=vmin,
+            vmax=vmax,
+            cmap="inferno",
+            query=maps.query,
+            query_grid=maps.query_grid,
+        )
     # One colour bar for all D rows: they share the scale of the joint softmax.
     _small_colorbar(fig, image, fig.add_subplot(spec[2 : 2 + maps.structure_dim, t_tokens]))
     if maps.vanilla is not None:
-        image = _overlay_row(axes[-1], maps.frames, maps.vanilla, label="D=0", vmin=float(maps.vanilla.min()),
-                             vmax=float(maps.vanilla.max()), cmap="inferno", query=maps.query,
-                             query_grid=maps.query_grid)
+        image = _overlay_row(
+            axes[-1],
+            maps.frames,
+            maps.vanilla,
+            label="D=0",
+            vmin=float(maps.vanilla.min()),
+            vmax=float(maps.vanilla.max()),
+            cmap="inferno",
+            query=maps.query,
+            query_grid=maps.query_grid,
+        )
         _small_colorbar(fig, image, fig.add_subplot(spec[rows - 1, t_tokens]))
     kt = maps.dynamic_kernel.shape[0]
     klim = float(maps.dynamic_kernel.abs().max()) or 1.0
@@ -547,7 +615,10 @@ def save_figures(figures: dict[str, Figure], out: Path, dpi: int = 90, palette: 
 
 
 def load_clip(
-    path: Path, num_frames: int, size: int, mean: Sequence[float] = transforms.MEAN,
+    path: Path,
+    num_frames: int,
+    size: int,
+    mean: Sequence[float] = transforms.MEAN,
     std: Sequence[float] = transforms.STD,
 ) -> tuple[Tensor, Tensor]:
     """Read `num_frames` evenly spaced frames, resize the short side to `size` and centre-crop.
@@ -604,15 +675,24 @@ def load_model(
 
     if ckpt is not None:
         if model_name is not None or weights is not None or kv_stride is not None:
-            raise ValueError("--ckpt names its own model: drop --model / --weights / --kv-stride "
-                             "(those draw a variant with random or raw backbone weights)")
+            raise ValueError(
+                "--ckpt names its own model: drop --model / --weights / --kv-stride "
+                "(those draw a variant with random or raw backbone weights)"
+            )
         from src.trained import load_trained
 
         trained = load_trained(ckpt)
         protocol = trained.protocol
         log.info("loaded %s (%s)", ckpt, trained.variant)
-        return LoadedModel(trained.module.backbone.eval(), trained.variant, trained.class_names,
-                           protocol.num_frames, protocol.crop_size, protocol.mean, protocol.std)
+        return LoadedModel(
+            trained.module.backbone.eval(),
+            trained.variant,
+            trained.class_names,
+            protocol.num_frames,
+            protocol.crop_size,
+            protocol.mean,
+            protocol.std,
+        )
     if model_name is None:
         raise ValueError("give a checkpoint (--ckpt) or a model variant (--model structvit_xs)")
     overrides = {} if kv_stride is None else {"kv_stride": kv_stride}
@@ -623,8 +703,10 @@ def load_model(
         report = load_pretrained(model, weights)
         if not report.clean or report.head_dropped:
             # maps of half-loaded weights would show weights nobody trained: refuse instead
-            raise ValueError(f"--weights {weights}: does not fit {model_name} {overrides} with {num_classes or 400} "
-                             f"classes (set --num-classes / --kv-stride to the trained model's):\n{report}")
+            raise ValueError(
+                f"--weights {weights}: does not fit {model_name} {overrides} with {num_classes or 400} "
+                f"classes (set --num-classes / --kv-stride to the trained model's):\n{report}"
+            )
     return LoadedModel(model.eval(), model_name, None, None, None)
 
 
@@ -636,15 +718,23 @@ def load_model(
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m src.visualize` arguments."""
     p = argparse.ArgumentParser(prog="python -m src.visualize", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, help="checkpoint written by `src.cli fit`: the model is rebuilt from it")
+    p.add_argument(
+        "--ckpt", type=Path, help="checkpoint written by `src.cli fit`: the model is rebuilt from it"
+    )
     p.add_argument("--model", help="variant (e.g. structvit_xs) to draw with random weights or --weights")
-    p.add_argument("--weights", type=Path, help="backbone weights for --model (e.g. an official UniFormer .pth)")
+    p.add_argument(
+        "--weights", type=Path, help="backbone weights for --model (e.g. an official UniFormer .pth)"
+    )
     p.add_argument("--video", type=Path, required=True, help="video file or folder of JPEG frames")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--stage", type=int, default=3, help="attention stage (3 or 4); default 3")
-    p.add_argument("--block", type=int, default=-1, help="block of the stage (negative counts from the end); default -1")
+    p.add_argument(
+        "--block", type=int, default=-1, help="block of the stage (negative counts from the end); default -1"
+    )
     p.add_argument("--head", type=int, default=0, help="attention head; default 0")
-    p.add_argument("--query", help="query token t,y,x on the layer's token grid; default the centre of the middle frame")
+    p.add_argument(
+        "--query", help="query token t,y,x on the layer's token grid; default the centre of the middle frame"
+    )
     p.add_argument("--frames", type=int, help="frames to read (default: the checkpoint's, else 16)")
     p.add_argument("--size", type=int, help="crop size (default: the checkpoint's, else 224)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 400)")
@@ -662,14 +752,27 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
-    loaded = load_model(args.ckpt, args.model, weights=args.weights, num_classes=args.num_classes,
-                        kv_stride=args.kv_stride)
-    frames, video = load_clip(args.video, args.frames or loaded.num_frames or 16, args.size or loaded.crop_size or 224,
-                              loaded.mean, loaded.std)
+    loaded = load_model(
+        args.ckpt, args.model, weights=args.weights, num_classes=args.num_classes, kv_stride=args.kv_stride
+    )
+    frames, video = load_clip(
+        args.video,
+        args.frames or loaded.num_frames or 16,
+        args.size or loaded.crop_size or 224,
+        loaded.mean,
+        loaded.std,
+    )
     twin = None if args.no_vanilla else vanilla_twin(loaded.model)
     maps = compute_structure_maps(
-        loaded.model, video, stage=args.stage, block=args.block, head=args.head, query=args.query,
-        vanilla_model=twin, frames=frames, class_names=loaded.class_names,
+        loaded.model,
+        video,
+        stage=args.stage,
+        block=args.block,
+        head=args.head,
+        query=args.query,
+        vanilla_model=twin,
+        frames=frames,
+        class_names=loaded.class_names,
     )
     figures = make_figures(maps)
     if args.only:

@@ -74,7 +74,12 @@ class StructureVisualizer(pl.Callback):
         self.logged_steps: list[int] = []
 
     def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         """Remember the first clip of the first validation batch (once, on CPU)."""
         if self._video is not None or self.clip_path is not None or batch_idx != 0:
@@ -128,7 +133,9 @@ class StructureVisualizer(pl.Callback):
             fig.set_dpi(self.dpi)
         for logger in loggers:
             for name, fig in figures.items():
-                logger.experiment.add_figure(f"{self.tag}/{name}", fig, global_step=trainer.global_step, close=False)
+                logger.experiment.add_figure(
+                    f"{self.tag}/{name}", fig, global_step=trainer.global_step, close=False
+                )
             logger.experiment.flush()
         for fig in figures.values():
             plt.close(fig)

@@ -19,16 +19,22 @@ class OneThread:
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.before)
+
+
 CLIP = (3, 8, 32, 32)
 
 
 class TinyClips(Dataset):
     """`n` clips whose class is the sign pattern of their mean (learnable in a few steps); optional delay."""
 
-    def __init__(self, n: int = 8, views: int | None = None, nan_rows: tuple[int, ...] = (), delay: float = 0.0):
+    def __init__(
+        self, n: int = 8, views: int | None = None, nan_rows: tuple[int, ...] = (), delay: float = 0.0
+    ):
         generator = torch.Generator().manual_seed(0)
         self.labels = torch.arange(n) % NUM_CLASSES
-        self.videos = torch.randn(n, *CLIP, generator=generator) * 0.1 + self.labels.view(-1, 1, 1, 1, 1) * 0.5
+        self.videos = (
+            torch.randn(n, *CLIP, generator=generator) * 0.1 + self.labels.view(-1, 1, 1, 1, 1) * 0.5
+        )
         self.views = views
         self.nan_rows = set(nan_rows)
         self.delay = delay

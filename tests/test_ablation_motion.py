@@ -12,9 +12,32 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\n## Motion\n\nold\n\n## Stem\n\nkept\n")
     out = tmp_path / "motion.json"
-    rc = main(["--data-root", str(tmp_path), "--out", str(out), "--arms", "D0", "D4-shifted", "--seeds", "0", "1",
-               "--steps", "4", "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32", "--doc", str(doc),
-               "--save-models", str(tmp_path / "models")])
+    rc = main(
+        [
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--arms",
+            "D0",
+            "D4-shifted",
+            "--seeds",
+            "0",
+            "1",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--jobs",
+            "1",
+            "--dataset",
+            "32,8,16,4,32",
+            "--doc",
+            str(doc),
+            "--save-models",
+            str(tmp_path / "models"),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     results = {(r["arm"], r["seed"]): r for r in report["results"]}
@@ -31,23 +54,83 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
 
     # a saved model is what `python -m src.visualize --ckpt` draws: key filters and structural attention
     clip = sorted((tmp_path / "dots").glob("clips_*/test/*.mp4"))[0]
-    paths = visualize([
-        "--ckpt", str(tmp_path / "models" / "D4-shifted_seed0.ckpt"), "--video", str(clip), "--out",
-        str(tmp_path / "figs"), "--block", "-1", "--query", "1,3,3", "--only", "key_filters", "structural_attention"])
+    paths = visualize(
+        [
+            "--ckpt",
+            str(tmp_path / "models" / "D4-shifted_seed0.ckpt"),
+            "--video",
+            str(clip),
+            "--out",
+            str(tmp_path / "figs"),
+            "--block",
+            "-1",
+            "--query",
+            "1,3,3",
+            "--only",
+            "key_filters",
+            "structural_attention",
+        ]
+    )
     assert sorted(p.name for p in paths) == ["key_filters.png", "structural_attention.png"]
 
     # a rerun with the same budget finds every training in the partial results and trains nothing
-    assert main(["--data-root", str(tmp_path), "--out", str(out), "--arms", "D0", "--seeds", "1", "--steps", "4",
-                 "--eval-every", "2", "--jobs", "1", "--dataset", "32,8,16,4,32"]) == 0
+    assert (
+        main(
+            [
+                "--data-root",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "--arms",
+                "D0",
+                "--seeds",
+                "1",
+                "--steps",
+                "4",
+                "--eval-every",
+                "2",
+                "--jobs",
+                "1",
+                "--dataset",
+                "32,8,16,4,32",
+            ]
+        )
+        == 0
+    )
     rerun = json.loads(out.read_text())["results"]
     assert len(rerun) == 1 and rerun[0]["curve"] == results[("D0", 1)]["curve"]
 
     # fine-tuning StructSA from a saved plain-attention model: identity filters keep its function exactly
-    common = ["--data-root", str(tmp_path), "--jobs", "1", "--dataset", "32,8,16,4,32", "--eval-every", "2",
-              "--save-models", str(tmp_path / "models"), "--seeds", "0"]
+    common = [
+        "--data-root",
+        str(tmp_path),
+        "--jobs",
+        "1",
+        "--dataset",
+        "32,8,16,4,32",
+        "--eval-every",
+        "2",
+        "--save-models",
+        str(tmp_path / "models"),
+        "--seeds",
+        "0",
+    ]
     assert main([*common, "--out", str(tmp_path / "src.json"), "--arms", "D0-pos", "--steps", "2"]) == 0
-    assert main([*common, "--out", str(tmp_path / "ft.json"), "--steps", "2",
-                 "--arms", "D4-pos-from-D0-pos-identity", "D4-pos-from-D0-pos-shifted"]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "ft.json"),
+                "--steps",
+                "2",
+                "--arms",
+                "D4-pos-from-D0-pos-identity",
+                "D4-pos-from-D0-pos-shifted",
+            ]
+        )
+        == 0
+    )
     tuned = {r["arm"]: r for r in json.loads((tmp_path / "ft.json").read_text())["results"]}
     exact = tuned["D4-pos-from-D0-pos-identity"]["extra"]
     assert exact["step0_max_logit_gap"] < 1e-5 and exact["step0_prediction_agreement"] == 1.0

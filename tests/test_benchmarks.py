@@ -65,13 +65,17 @@ def test_torch_timer_calls_more_often_than_asked_so_time_call_stays_hand_written
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        timer.blocked_autorange(min_run_time=0.01)  # as many calls as fill the time: a training step would run on
+        timer.blocked_autorange(
+            min_run_time=0.01
+        )  # as many calls as fill the time: a training step would run on
     finally:
         torch.set_num_threads(threads)
     assert len(calls) > 10
     assert set(calls) == {1}  # and under one thread, whatever the caller set, unless told otherwise
     calls.clear()
-    time_call(lambda: calls.append(1), reps=1, warmup=0)  # what gpu_bench / model_step interleave, call by call
+    time_call(
+        lambda: calls.append(1), reps=1, warmup=0
+    )  # what gpu_bench / model_step interleave, call by call
     assert len(calls) == 1
 
 
@@ -86,8 +90,12 @@ def test_predictor_extrapolates_quadratically_and_budget_names_the_limit():
 
 
 def test_reference_case_over_the_memory_budget_is_skipped_with_a_reason():
-    case = AttentionCase("tiny", 64, 1, (2, 2, 4), structure_dim=2, kv_stride=1, path="reference", mode="train")
-    row = measure_attention(case, reps=1, warmup=0, budget=Budget(memory_bytes=1024), predictor=QuadraticPredictor())
+    case = AttentionCase(
+        "tiny", 64, 1, (2, 2, 4), structure_dim=2, kv_stride=1, path="reference", mode="train"
+    )
+    row = measure_attention(
+        case, reps=1, warmup=0, budget=Budget(memory_bytes=1024), predictor=QuadraticPredictor()
+    )
     assert row["status"] == "skipped"
     assert "budget" in row["reason"] and row["predicted_peak_mib"] > 0
 
@@ -114,8 +122,20 @@ def test_update_document_replaces_only_its_own_section(tmp_path):
 def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\n## Ablation\n\nother engineer's table\n")
-    code = main(["--suite", "tiny", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "videos"),
-                 "--doc", str(doc), "--threads", "1"])
+    code = main(
+        [
+            "--suite",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(tmp_path / "videos"),
+            "--doc",
+            str(doc),
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "tiny.json").read_text())
     assert {"cpu", "cpu_cores", "torch", "date"} <= set(results["machine"])
@@ -128,8 +148,13 @@ def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path
     stages = {(r["dataset"], r["stage"], r["backend"]) for r in sections["pipeline"]}
     assert ("k400", "decode", "pyav") in stages and ("ssv2", "dataloader", "decord") in stages
     text = doc.read_text()
-    for title in ("fast exact path vs reference path", "vanilla attention", "Scaling with tokens",
-                  "Whole model", "Data pipeline"):
+    for title in (
+        "fast exact path vs reference path",
+        "vanilla attention",
+        "Scaling with tokens",
+        "Whole model",
+        "Data pipeline",
+    ):
         assert title in text
     assert "other engineer's table" in text
 
@@ -142,7 +167,9 @@ def test_sdpa_kernel_names_the_fused_kernel_and_exposes_the_math_fallback():
     k = torch.randn(1, 2, 32, 8)
     strided = torch.randn(1, 2, 8, 32).transpose(-1, -2)  # last-dim stride 32: no fused kernel accepts it
     fused = sdpa_kernel(operator_names(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k)))
-    fallback = sdpa_kernel(operator_names(lambda: torch.nn.functional.scaled_dot_product_attention(q, strided, k)))
+    fallback = sdpa_kernel(
+        operator_names(lambda: torch.nn.functional.scaled_dot_product_attention(q, strided, k))
+    )
     assert fused == "flash-cpu"
     assert fallback == "math"
 
@@ -150,8 +177,12 @@ def test_sdpa_kernel_names_the_fused_kernel_and_exposes_the_math_fallback():
 def test_sdpa_kernels_lists_each_kernel_once():
     from benchmarks.kernels import sdpa_kernels
 
-    names = ["aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
-             "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::mm"]
+    names = [
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_attention_math",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+        "aten::mm",
+    ]
     assert sdpa_kernels(names) == ["flash-cpu", "math"]
 
 
@@ -164,8 +195,27 @@ def test_stem_benchmark_trains_each_stem_on_rendered_clips_and_writes_its_sectio
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\n## Ablation\n\nkeep me\n")
     results = tmp_path / "stem.json"
-    code = stem_synthetic.main(["--stems", "patch", "conv", "--epochs", "1", "--train", "16", "--val", "14",
-                                "--frames", "4", "--batch", "8", "--doc", str(doc), "--results", str(results)])
+    code = stem_synthetic.main(
+        [
+            "--stems",
+            "patch",
+            "conv",
+            "--epochs",
+            "1",
+            "--train",
+            "16",
+            "--val",
+            "14",
+            "--frames",
+            "4",
+            "--batch",
+            "8",
+            "--doc",
+            str(doc),
+            "--results",
+            str(results),
+        ]
+    )
     assert code == 0
     stored = json.loads(results.read_text())["results"]
     assert [r["stem"] for r in stored] == ["patch", "conv"]

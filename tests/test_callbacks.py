@@ -28,13 +28,28 @@ def one_thread():
 
 
 def make_task() -> VideoClassifier:
-    return VideoClassifier(backbone=BackboneConfig(variant="structvit_xs"), num_classes=NUM_CLASSES, lr=1e-3,
-                           warmup_epochs=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
+    return VideoClassifier(
+        backbone=BackboneConfig(variant="structvit_xs"),
+        num_classes=NUM_CLASSES,
+        lr=1e-3,
+        warmup_epochs=0.0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+    )
 
 
 def trainer_with(tmp_path, callbacks, **kwargs) -> pl.Trainer:
-    options = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, max_epochs=1, log_every_n_steps=1)
+    options = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        max_epochs=1,
+        log_every_n_steps=1,
+    )
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **options)
 
@@ -73,8 +88,9 @@ class SigtermAt(Callback):
 def test_sigterm_mid_epoch_saves_last_and_resuming_ends_at_the_uninterrupted_step(tmp_path):
     data = TinyClips(8)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)  # saves at epoch ends only
-    trainer = trainer_with(tmp_path, [checkpoint, SigtermCheckpoint(), SigtermAt(3)], max_epochs=2,
-                           enable_checkpointing=True)
+    trainer = trainer_with(
+        tmp_path, [checkpoint, SigtermCheckpoint(), SigtermAt(3)], max_epochs=2, enable_checkpointing=True
+    )
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException
         trainer.fit(make_task(), loader(data, batch_size=2))
     last = tmp_path / "ckpt" / "last.ckpt"
@@ -94,11 +110,16 @@ def test_prediction_writer_writes_one_json_line_per_video(tmp_path):
     paths = [f"clip{i}.mp4" for i in range(3)]
 
     def collate(items):
-        return {"video": torch.stack([it["video"] for it in items]), "path": [paths[int(it["index"])] for it in items]}
+        return {
+            "video": torch.stack([it["video"] for it in items]),
+            "path": [paths[int(it["index"])] for it in items],
+        }
 
     task = make_task()
     task.class_names = ["a", "b", "c", "d"]
-    trainer.predict(task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False)
+    trainer.predict(
+        task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in records] == paths
     assert all(len(r["top5"]) == 4 and r["top5"][0]["class"] in "abcd" for r in records)
@@ -113,13 +134,18 @@ def test_prediction_writer_puts_predictions_and_features_beside_the_checkpoints_
     paths = [f"clip{i}.mp4" for i in range(3)]
 
     def collate(items):
-        return {"video": torch.stack([it["video"] for it in items]), "path": [paths[int(it["index"])] for it in items]}
+        return {
+            "video": torch.stack([it["video"] for it in items]),
+            "path": [paths[int(it["index"])] for it in items],
+        }
 
     task = make_task().eval()
     task.source_checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
     writer = JsonLinesPredictionWriter(features=True)
     trainer = trainer_with(tmp_path, [writer])
-    trainer.predict(task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False)
+    trainer.predict(
+        task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False
+    )
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert [r["path"] for r in records] == paths and all("embedding" not in r for r in records)
@@ -136,7 +162,9 @@ def test_first_batch_grid_goes_to_tensorboard_once(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer = trainer_with(tmp_path, [FirstBatchFrames(max_clips=2, max_frames=4)], logger=logger, max_epochs=1)
+    trainer = trainer_with(
+        tmp_path, [FirstBatchFrames(max_clips=2, max_frames=4)], logger=logger, max_epochs=1
+    )
     trainer.fit(make_task(), loader(TinyClips(4), batch_size=2))
     events = EventAccumulator(logger.log_dir)
     events.Reload()

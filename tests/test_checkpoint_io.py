@@ -30,8 +30,11 @@ def test_a_kill_during_a_save_leaves_the_old_checkpoint_and_nothing_in_tmpdir(tm
     AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, target)
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(target)], cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVER, str(target)],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1"},
+    )
     partial = target.parent / f".last.ckpt.tmp-{proc.pid}"
     deadline = time.time() + 60
     while not (partial.exists() and partial.stat().st_size > 1 << 20) and time.time() < deadline:

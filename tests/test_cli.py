@@ -24,9 +24,30 @@ from task_fixtures import OneThread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_CONFIGS = ["k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"]
-TINY = ["--data.dataset", "synthetic", "--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2",
-        "--data.num_workers", "0", "--data.test_views", "[2, 1]", "--model.init_from", "null"]
-CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]  # bar and summary on
+TINY = [
+    "--data.dataset",
+    "synthetic",
+    "--data.num_frames",
+    "8",
+    "--data.crop_size",
+    "32",
+    "--data.batch_size",
+    "2",
+    "--data.num_workers",
+    "0",
+    "--data.test_views",
+    "[2, 1]",
+    "--model.init_from",
+    "null",
+]
+CPU = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.devices",
+    "1",
+    "--trainer.strategy",
+    "auto",
+]  # bar and summary on
 
 
 def env() -> dict[str, str]:
@@ -34,13 +55,23 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_cli(*args: str, timeout: int = 300, cwd: Path = ROOT, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=cwd, env={**env(), **extra_env},
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, timeout: int = 300, cwd: Path = ROOT, **extra_env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.cli", *args],
+        cwd=cwd,
+        env={**env(), **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
     return result
 
 
@@ -55,10 +86,26 @@ def index(tmp_path_factory) -> Path:
 
 
 def run_args(index: Path, runs: Path, name: str, version: str | None = None) -> list[str]:
-    args = ["--config", "configs/synthetic.yaml", *TINY, *CPU, "--data.root", str(index),
-            "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
-            "--trainer.default_root_dir", str(runs / name), "--trainer.log_every_n_steps", "1",
-            "--throughput.window", "2", "--model.warmup_epochs", "1"]
+    args = [
+        "--config",
+        "configs/synthetic.yaml",
+        *TINY,
+        *CPU,
+        "--data.root",
+        str(index),
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.default_root_dir",
+        str(runs / name),
+        "--trainer.log_every_n_steps",
+        "1",
+        "--throughput.window",
+        "2",
+        "--model.warmup_epochs",
+        "1",
+    ]
     if version:
         args += ["--trainer.logger.init_args.version", version]
     return args
@@ -88,28 +135,54 @@ def test_print_config_shows_the_ssv2_recipe_of_the_paper(capsys):
     assert config["model"]["backbone"]["structure_dim"] == 4
     assert "k400" in config["model"]["init_from"]  # motion datasets start from Kinetics-400
     data = config["data"]
-    assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (16, "segment", [1, 3], "off")
+    assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (
+        16,
+        "segment",
+        [1, 3],
+        "off",
+    )
 
 
 # Printed nulls that mean "none" or "decided by the run", not a value hidden behind the config: each with why.
 NULL_MEANS_NONE = {
-    "ckpt_path": "no checkpoint to resume", "weights_only": "torch's safe default",
-    "trainer.callbacks": "extra callbacks besides the declared ones", "trainer.min_epochs": "no minimum",
-    "trainer.min_steps": "no minimum", "trainer.max_time": "no time limit", "trainer.profiler": "no profiler",
-    "trainer.limit_train_batches": "all", "trainer.limit_val_batches": "all", "trainer.limit_test_batches": "all",
-    "trainer.limit_predict_batches": "all", "trainer.model_registry": "none",
-    "trainer.logger.init_args.version": "the next free version_<n>", "trainer.logger.init_args.sub_dir": "none",
+    "ckpt_path": "no checkpoint to resume",
+    "weights_only": "torch's safe default",
+    "trainer.callbacks": "extra callbacks besides the declared ones",
+    "trainer.min_epochs": "no minimum",
+    "trainer.min_steps": "no minimum",
+    "trainer.max_time": "no time limit",
+    "trainer.profiler": "no profiler",
+    "trainer.limit_train_batches": "all",
+    "trainer.limit_val_batches": "all",
+    "trainer.limit_test_batches": "all",
+    "trainer.limit_predict_batches": "all",
+    "trainer.model_registry": "none",
+    "trainer.logger.init_args.version": "the next free version_<n>",
+    "trainer.logger.init_args.sub_dir": "none",
     "trainer.logger.init_args.purge_step": "none",
-    "model.backbone.pos_embed": "pure_attention_tiny only", "model.backbone.num_frames": "baselines only",
+    "model.backbone.pos_embed": "pure_attention_tiny only",
+    "model.backbone.num_frames": "baselines only",
     "model.backbone.crop_size": "baselines only",
-    "data.root": "$DATA_ROOT/<dataset> (the environment of the run)", "data.limit": "every row",
-    "data.predict_path": "not predicting", "data.classes": "classes.txt of the index",
-    "data.rand_augment": "no RandAugment", "model.init_from": "trained from scratch",
+    "data.root": "$DATA_ROOT/<dataset> (the environment of the run)",
+    "data.limit": "every row",
+    "data.predict_path": "not predicting",
+    "data.classes": "classes.txt of the index",
+    "data.rand_augment": "no RandAugment",
+    "model.init_from": "trained from scratch",
     "predict_writer.output": "beside the checkpoint's run",
-    **{f"{cb}.{key}": "Lightning's ModelCheckpoint: the run's checkpoints/ folder, saved at every validation"
-       for cb in ("checkpoint", "last_checkpoint")
-       for key in ("dirpath", "every_n_train_steps", "train_time_interval", "every_n_epochs", "save_on_train_epoch_end")},
-    "last_checkpoint.monitor": "none: the newest state", "last_checkpoint.save_last": "it is the last checkpoint",
+    **{
+        f"{cb}.{key}": "Lightning's ModelCheckpoint: the run's checkpoints/ folder, saved at every validation"
+        for cb in ("checkpoint", "last_checkpoint")
+        for key in (
+            "dirpath",
+            "every_n_train_steps",
+            "train_time_interval",
+            "every_n_epochs",
+            "save_on_train_epoch_end",
+        )
+    },
+    "last_checkpoint.monitor": "none: the newest state",
+    "last_checkpoint.save_last": "it is the last checkpoint",
 }
 
 
@@ -135,8 +208,16 @@ def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run
     printed = yaml.safe_load(out)
     hidden = [key for key in _nulls(printed) if key not in NULL_MEANS_NONE]
     assert not hidden, f"configs/{name}.yaml leaves these to a hidden default: {hidden}"
-    for callback in ("checkpoint", "last_checkpoint", "lr_monitor", "first_batch_frames", "sigterm_checkpoint",
-                     "throughput", "predict_writer", "hang_guard"):
+    for callback in (
+        "checkpoint",
+        "last_checkpoint",
+        "lr_monitor",
+        "first_batch_frames",
+        "sigterm_checkpoint",
+        "throughput",
+        "predict_writer",
+        "hang_guard",
+    ):
         assert callback in printed
     assert printed["trainer"]["plugins"] == [{"class_path": "src.checkpoint_io.AtomicCheckpointIO"}]
 
@@ -146,27 +227,35 @@ def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run
     assert yaml.safe_load(out_again) == printed
     original = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     data, data_again = VideoDataModule(**original["data"]), VideoDataModule(**printed["data"])
+
     def plain(values):
         return json.loads(json.dumps(dict(values)))  # tuples and lists alike
 
     assert plain(data.hparams) == plain(data_again.hparams) and data.eval_protocol == data_again.eval_protocol
     with torch.device("meta"):
         model = VideoClassifier(**{**original["model"], "num_classes": 10})
-        model_again = VideoClassifier(**{k: v for k, v in printed["model"].items() if k != "ignore_class_mismatch"},
-                                      num_classes=10)
+        model_again = VideoClassifier(
+            **{k: v for k, v in printed["model"].items() if k != "ignore_class_mismatch"}, num_classes=10
+        )
     assert plain(model.hparams) == plain(model_again.hparams)
-    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in model_again.state_dict().items()]
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [
+        (k, v.shape) for k, v in model_again.state_dict().items()
+    ]
 
 
 @pytest.mark.parametrize("key", ["data.num_frames", "data.crop_size", "data.limit", "data.decode_timeout"])
 def test_zero_is_refused_at_parse_time(capsys, key):
     """0 once ran with another value while config.yaml recorded 0 (or, for the timeout, failed every decode)."""
-    code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", f"--{key}", "0", "--print_config")
+    code, _, err = parse_only(
+        capsys, "fit", "--config", "configs/synthetic.yaml", f"--{key}", "0", "--print_config"
+    )
     assert code != 0 and f'Parser key "{key}"' in err and "v>0" in err
 
 
 def test_unknown_keys_fail_at_parse_time_naming_the_key(capsys, tmp_path):
-    code, _, err = parse_only(capsys, "fit", "--config", "configs/synthetic.yaml", "--model.learning_rate", "0.1")
+    code, _, err = parse_only(
+        capsys, "fit", "--config", "configs/synthetic.yaml", "--model.learning_rate", "0.1"
+    )
     assert code != 0 and "learning_rate" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  backbone:\n    varient: structvit_xs\n")
@@ -176,12 +265,21 @@ def test_unknown_keys_fail_at_parse_time_naming_the_key(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", ["structvit_s", "structvit_s_4_2", "uniformer_b", "x3d_m"])
 def test_model_configs_compose_after_a_dataset_config(capsys, name):
-    _, out, _ = parse_only(capsys, "fit", "--config", "configs/ssv2.yaml", "--config", f"configs/model/{name}.yaml",
-                           "--print_config")
+    _, out, _ = parse_only(
+        capsys,
+        "fit",
+        "--config",
+        "configs/ssv2.yaml",
+        "--config",
+        f"configs/model/{name}.yaml",
+        "--print_config",
+    )
     config = yaml.safe_load(out)
     expected = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())["model"]["backbone"]
     assert {k: config["model"]["backbone"][k] for k in expected} == expected
-    assert config["data"]["sampling"] == "segment" and config["model"]["lr"] == 2e-4  # the dataset recipe is kept
+    assert (
+        config["data"]["sampling"] == "segment" and config["model"]["lr"] == 2e-4
+    )  # the dataset recipe is kept
 
 
 @pytest.mark.parametrize("name", DATASET_CONFIGS)
@@ -197,11 +295,18 @@ def test_dataset_config_holds_its_recipe_and_builds_its_model(name):
     assert config["trainer"]["logger"]["init_args"]["name"] == name  # each recipe has its own run folder
     if name != "synthetic":
         assert config["trainer"]["precision"] == "bf16-mixed"
-        assert config["model"]["lr"] == 2e-4 and config["data"]["batch_size"] * config["trainer"]["devices"] == 64
+        assert (
+            config["model"]["lr"] == 2e-4
+            and config["data"]["batch_size"] * config["trainer"]["devices"] == 64
+        )
         assert config["data"]["num_frames"] == 16
         expected = (110, 10, "dense", "on") if name == "k400" else (60, 5, "segment", "off")
-        got = (config["trainer"]["max_epochs"], config["model"]["warmup_epochs"], config["data"]["sampling"],
-               config["data"]["flip"])
+        got = (
+            config["trainer"]["max_epochs"],
+            config["model"]["warmup_epochs"],
+            config["data"]["sampling"],
+            config["data"]["flip"],
+        )
         assert got == expected
 
 
@@ -212,13 +317,29 @@ def test_dataset_config_trains_and_validates_one_step_on_cpu(name, index, tmp_pa
     from src.cli import cli_main
 
     with OneThread():
-        cli = cli_main(["fit", "--config", f"configs/{name}.yaml", "--config", "configs/model/structvit_xs.yaml",
-                        *TINY, *CPU, "--data.root", str(index), "--trainer.fast_dev_run", "1",
-                        "--trainer.default_root_dir", str(tmp_path)])
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                f"configs/{name}.yaml",
+                "--config",
+                "configs/model/structvit_xs.yaml",
+                *TINY,
+                *CPU,
+                "--data.root",
+                str(index),
+                "--trainer.fast_dev_run",
+                "1",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
     assert cli.trainer.global_step == 1
     assert math.isfinite(cli.trainer.callback_metrics["train/loss_epoch"].item())
     assert "val/top1" in cli.trainer.callback_metrics
-    assert cli.model.hparams.num_classes == 14 and cli.model.class_names[0] == "move_right"  # linked from the data
+    assert (
+        cli.model.hparams.num_classes == 14 and cli.model.class_names[0] == "move_right"
+    )  # linked from the data
 
 
 def test_missing_init_checkpoint_is_a_clear_error(index, tmp_path):
@@ -233,8 +354,16 @@ def test_missing_init_checkpoint_is_a_clear_error(index, tmp_path):
 def fitted(index, tmp_path_factory) -> Path:
     """One fit of 2 epochs (4 steps each) through the CLI, in bf16 mixed precision; returns the run folder."""
     runs = tmp_path_factory.mktemp("runs")
-    ok(run_cli("fit", *run_args(index, runs, "e2e", "fit"), "--trainer.max_epochs", "2",
-               "--trainer.precision", "bf16-mixed"))
+    ok(
+        run_cli(
+            "fit",
+            *run_args(index, runs, "e2e", "fit"),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.precision",
+            "bf16-mixed",
+        )
+    )
     return runs / "e2e" / "fit"
 
 
@@ -242,7 +371,14 @@ def fitted(index, tmp_path_factory) -> Path:
 def tested(fitted, index) -> Path:
     """`test` of the fitted checkpoint in one process; returns its run folder (confusion matrix etc.)."""
     runs = fitted.parent.parent
-    ok(run_cli("test", *run_args(index, runs, "e2e", "test"), "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")))
+    ok(
+        run_cli(
+            "test",
+            *run_args(index, runs, "e2e", "test"),
+            "--ckpt_path",
+            str(fitted / "checkpoints" / "last.ckpt"),
+        )
+    )
     return runs / "e2e" / "test"
 
 
@@ -251,7 +387,9 @@ def test_fit_saves_config_checkpoints_and_tensorboard_scalars(fitted):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert (fitted / "config.yaml").is_file()
-    assert yaml.safe_load((fitted / "config.yaml").read_text())["model"]["backbone"]["variant"] == "structvit_xs"
+    assert (
+        yaml.safe_load((fitted / "config.yaml").read_text())["model"]["backbone"]["variant"] == "structvit_xs"
+    )
     ckpts = sorted(p.name for p in (fitted / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     last = torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
@@ -259,14 +397,27 @@ def test_fit_saves_config_checkpoints_and_tensorboard_scalars(fitted):
     assert "model:" in last["cli_config"]  # the resolved config travels with the checkpoint
     assert any(k.startswith("backbone.") for k in last["state_dict"])
     assert last["hyper_parameters"]["backbone"]["variant"] == "structvit_xs"
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())  # bf16 run
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )  # bf16 run
 
     events = EventAccumulator(str(fitted), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("train/loss_step", "lr/decay", "lr/no_decay", "val/top1", "val/top5", "val/mean_class", "val/single_view/top1",
-                "train/top1", "perf/clips_per_s", "perf/data_wait_frac", "train/decode_failures",
-                "train/nonfinite_skips"):
+    for tag in (
+        "train/loss_step",
+        "lr/decay",
+        "lr/no_decay",
+        "val/top1",
+        "val/top5",
+        "val/mean_class",
+        "val/single_view/top1",
+        "train/top1",
+        "perf/clips_per_s",
+        "perf/data_wait_frac",
+        "train/decode_failures",
+        "train/nonfinite_skips",
+    ):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     losses = [e.value for e in events.Scalars("train/loss_step")]
     assert len(losses) == 8 and all(0 < v < 10 for v in losses)  # ln(14) = 2.64 at chance
@@ -303,15 +454,28 @@ def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
     assert "val/top1" in result.stdout
 
     video = next(index.glob("val/**/*.mp4")) if (index / "val").is_dir() else next(index.rglob("*.mp4"))
-    ok(run_cli("predict", *run_args(index, runs, "e2e", "predict"), "--ckpt_path", ckpt,
-               "--data.predict_path", str(video)))
-    assert not (runs / "e2e" / "predict").exists()  # a prediction makes no run folder: it goes beside the checkpoint's
+    ok(
+        run_cli(
+            "predict",
+            *run_args(index, runs, "e2e", "predict"),
+            "--ckpt_path",
+            ckpt,
+            "--data.predict_path",
+            str(video),
+        )
+    )
+    assert not (
+        runs / "e2e" / "predict"
+    ).exists()  # a prediction makes no run folder: it goes beside the checkpoint's
     records = [json.loads(line) for line in (fitted / "predictions.jsonl").read_text().splitlines()]
     classes = (index / "classes.txt").read_text().split()
     assert len(records) == 1 and records[0]["path"].endswith(video.name)
     top5 = records[0]["top5"]
     assert len(top5) == 5 and all(t["class"] in classes for t in top5)
-    assert all(a["prob"] >= b["prob"] for a, b in zip(top5, top5[1:])) and sum(t["prob"] for t in top5) <= 1 + 1e-5
+    assert (
+        all(a["prob"] >= b["prob"] for a, b in zip(top5, top5[1:]))
+        and sum(t["prob"] for t in top5) <= 1 + 1e-5
+    )
 
 
 @pytest.mark.slow
@@ -327,8 +491,20 @@ def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, inde
     shutil.copy(videos[1], folder / "c.mp4")
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
     out = tmp_path / "predictions.jsonl"
-    result = ok(run_cli("predict", *run_args(index, tmp_path, "pred"), "--ckpt_path", ckpt, "--data.batch_size", "1",
-                        "--data.predict_path", str(folder), "--predict_writer.output", str(out)))
+    result = ok(
+        run_cli(
+            "predict",
+            *run_args(index, tmp_path, "pred"),
+            "--ckpt_path",
+            ckpt,
+            "--data.batch_size",
+            "1",
+            "--data.predict_path",
+            str(folder),
+            "--predict_writer.output",
+            str(out),
+        )
+    )
     records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
     assert sorted(records) == ["a clip ü 1.mp4", "b broken.mp4", "c.mp4"]
     assert len(records["a clip ü 1.mp4"]["top5"]) == 5 and len(records["c.mp4"]["top5"]) == 5
@@ -336,8 +512,18 @@ def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, inde
     assert "predicted 2 of 3 videos; 1 failed" in result.stdout + result.stderr
 
     single = tmp_path / "single.jsonl"
-    result = ok(run_cli("predict", *run_args(index, tmp_path, "pred1"), "--ckpt_path", ckpt,
-                        "--data.predict_path", str(folder / "b broken.mp4"), "--predict_writer.output", str(single)))
+    result = ok(
+        run_cli(
+            "predict",
+            *run_args(index, tmp_path, "pred1"),
+            "--ckpt_path",
+            ckpt,
+            "--data.predict_path",
+            str(folder / "b broken.mp4"),
+            "--predict_writer.output",
+            str(single),
+        )
+    )
     (record,) = map(json.loads, single.read_text(encoding="utf-8").splitlines())
     assert record["path"].endswith("b broken.mp4") and record["error"]
     assert "predicted 0 of 1 videos; 1 failed" in result.stdout + result.stderr
@@ -363,15 +549,32 @@ def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted,
         shutil.copy(video, clips / f"{i}.mp4")
     workdir = tmp_path / "cwd"
     workdir.mkdir()
-    result = ok(run_cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(clips),
-                        "--predict_writer.features", "true", "--data.num_workers", "1", cwd=workdir,
-                        DATA_ROOT=str(tmp_path / "no data here"), PYTHONPATH=str(ROOT)))
+    result = ok(
+        run_cli(
+            "predict",
+            "--ckpt_path",
+            str(ckpt),
+            "--data.predict_path",
+            str(clips),
+            "--predict_writer.features",
+            "true",
+            "--data.num_workers",
+            "1",
+            cwd=workdir,
+            DATA_ROOT=str(tmp_path / "no data here"),
+            PYTHONPATH=str(ROOT),
+        )
+    )
     output = result.stdout + result.stderr
     for noise in ("litlogger", "dirpath has changed", "LeafSpec", "Warning"):
         assert noise not in output, output[-3000:]
     assert "predicted 3 of 3 videos; 0 failed" in output
     assert sorted(p.name for p in download.iterdir()) == [
-        "model.ckpt", "predictions.features.npy", "predictions.features.txt", "predictions.jsonl"]
+        "model.ckpt",
+        "predictions.features.npy",
+        "predictions.features.txt",
+        "predictions.jsonl",
+    ]
     assert list(workdir.iterdir()) == []
     records = [json.loads(line) for line in (download / "predictions.jsonl").read_text().splitlines()]
     classes = (index / "classes.txt").read_text().split()
@@ -379,8 +582,12 @@ def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted,
     assert all(t["class"] in classes for r in records for t in r["top5"])
     features = np.load(download / "predictions.features.npy")
     paths = (download / "predictions.features.txt").read_text().splitlines()
-    assert features.shape == (3, 192) and features.dtype == np.float32 and paths == [r["path"] for r in records]
-    trained = load_trained(ckpt)  # the row of a video is its pre-logit embedding, averaged over the test views
+    assert (
+        features.shape == (3, 192) and features.dtype == np.float32 and paths == [r["path"] for r in records]
+    )
+    trained = load_trained(
+        ckpt
+    )  # the row of a video is its pre-logit embedding, averaged over the test views
     with torch.no_grad():
         embedding, logits = trained.module.embed_and_classify(trained.read_views(clips / "1.mp4"))
     np.testing.assert_allclose(features[1], embedding.mean(0).numpy(), rtol=1e-4, atol=1e-5)
@@ -391,8 +598,19 @@ def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted,
     listing = clips / "list.txt"
     listing.write_text("# my clips\n2.mp4\n\nmissing.mp4\n0.mp4\n")
     out = tmp_path / "listed.jsonl"
-    result = ok(run_cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(listing),
-                        "--predict_writer.output", str(out), cwd=workdir, PYTHONPATH=str(ROOT)))
+    result = ok(
+        run_cli(
+            "predict",
+            "--ckpt_path",
+            str(ckpt),
+            "--data.predict_path",
+            str(listing),
+            "--predict_writer.output",
+            str(out),
+            cwd=workdir,
+            PYTHONPATH=str(ROOT),
+        )
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(Path(r["path"]).name for r in records) == ["0.mp4", "2.mp4", "missing.mp4"]
     assert [r for r in records if "error" in r][0]["path"].endswith("missing.mp4")
@@ -411,23 +629,49 @@ def test_a_checkpoint_tested_on_an_index_with_other_class_order_is_refused(fitte
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
     result = run_cli("test", *run_args(other, tmp_path, "swap"), "--ckpt_path", ckpt)
     assert result.returncode != 0
-    assert "first difference at label 0: checkpoint 'move_right', index 'move_left'" in result.stderr, result.stderr[-3000:]
-    ok(run_cli("test", *run_args(other, tmp_path, "swap2"), "--ckpt_path", ckpt, "--model.ignore_class_mismatch", "true"))
+    assert "first difference at label 0: checkpoint 'move_right', index 'move_left'" in result.stderr, (
+        result.stderr[-3000:]
+    )
+    ok(
+        run_cli(
+            "test",
+            *run_args(other, tmp_path, "swap2"),
+            "--ckpt_path",
+            ckpt,
+            "--model.ignore_class_mismatch",
+            "true",
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
-    args = ["fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3",
-            "--trainer.enable_progress_bar", "true", "--trainer.num_sanity_val_steps", "0",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"]  # its lines are parsed below
-    proc = subprocess.Popen([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    args = [
+        "fit",
+        *run_args(index, tmp_path, "resume"),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.enable_progress_bar",
+        "true",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
+    ]  # its lines are parsed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.cli", *args],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     seen = []
 
     def watch():  # progress bar lines end in \r: read characters, kill on "Epoch 1: ... 2/4"
         buffer = ""
-        while (ch := proc.stdout.read(1)):
+        while ch := proc.stdout.read(1):
             buffer += ch
             if re.search(r"Epoch 1: +\d+%\S* *\| *[12]/4", buffer) and not seen:
                 seen.append(buffer)
@@ -442,9 +686,16 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(in
     interrupted_step = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
     assert 4 < interrupted_step < 8  # mid-epoch 1 (4 steps per epoch)
 
-    ok(run_cli("fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3", "--ckpt_path", "last"))
-    resumed = torch.load(tmp_path / "resume" / "version_1" / "checkpoints" / "last.ckpt", weights_only=False,
-                         map_location="cpu")
+    ok(
+        run_cli(
+            "fit", *run_args(index, tmp_path, "resume"), "--trainer.max_epochs", "3", "--ckpt_path", "last"
+        )
+    )
+    resumed = torch.load(
+        tmp_path / "resume" / "version_1" / "checkpoints" / "last.ckpt",
+        weights_only=False,
+        map_location="cpu",
+    )
     assert resumed["global_step"] == 12  # 3 epochs x 4 steps, as without the interruption
     assert resumed["epoch"] == 2
 
@@ -467,7 +718,9 @@ def test_a_refused_or_truncated_ckpt_path_is_named_with_the_fix(fitted, index, t
     torch.save({"state_dict": {}, "hook": Path("/")}, hostile)  # a pickled object: loading it would run code
     result = run_cli("test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(hostile))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"{hostile}: refused by the safe checkpoint loader" in result.stderr and "PosixPath" in result.stderr
+    assert (
+        f"{hostile}: refused by the safe checkpoint loader" in result.stderr and "PosixPath" in result.stderr
+    )
     assert "weights_only=False" not in result.stderr  # never suggest turning the protection off
 
 
@@ -481,13 +734,28 @@ def test_ckpt_path_last_skips_a_corrupt_newest_last_ckpt(fitted, index, tmp_path
     newer.mkdir(parents=True)
     shutil.copy(fitted / "checkpoints" / "last.ckpt", older / "last.ckpt")
     time.sleep(0.05)
-    (newer / "last.ckpt").write_bytes((older / "last.ckpt").read_bytes()[:4096])  # a save cut short by a full disk
-    result = ok(run_cli("fit", *run_args(index, tmp_path, "resume", "version_2"), "--ckpt_path", "last",
-                        "--trainer.max_epochs", "3"))
-    assert f"{newer / 'last.ckpt'} is corrupt; resuming from the newest intact checkpoint {older / 'last.ckpt'}" in (
-        result.stdout + result.stderr)
-    resumed = torch.load(tmp_path / "resume" / "version_2" / "checkpoints" / "last.ckpt", weights_only=False,
-                         map_location="cpu")
+    (newer / "last.ckpt").write_bytes(
+        (older / "last.ckpt").read_bytes()[:4096]
+    )  # a save cut short by a full disk
+    result = ok(
+        run_cli(
+            "fit",
+            *run_args(index, tmp_path, "resume", "version_2"),
+            "--ckpt_path",
+            "last",
+            "--trainer.max_epochs",
+            "3",
+        )
+    )
+    assert (
+        f"{newer / 'last.ckpt'} is corrupt; resuming from the newest intact checkpoint {older / 'last.ckpt'}"
+        in (result.stdout + result.stderr)
+    )
+    resumed = torch.load(
+        tmp_path / "resume" / "version_2" / "checkpoints" / "last.ckpt",
+        weights_only=False,
+        map_location="cpu",
+    )
     assert resumed["global_step"] == 12  # the 8 steps of the intact checkpoint + one more epoch of 4
 
 
@@ -519,13 +787,40 @@ def test_two_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
     port = str(free_port())
     nodes = []
     for rank in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                   "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
-                   "-m", "src.cli", "test", *run_args(index, runs, "nodes", "test"),
-                   "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
-                   "--trainer.accelerator", "cpu", "--ckpt_path", ckpt]
-        nodes.append(subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "1",
+            "--node_rank",
+            str(rank),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "-m",
+            "src.cli",
+            "test",
+            *run_args(index, runs, "nodes", "test"),
+            "--trainer.num_nodes",
+            "2",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--ckpt_path",
+            ckpt,
+        ]
+        nodes.append(
+            subprocess.Popen(
+                command, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     deadline = time.time() + 300
     outputs = [node.communicate(timeout=max(deadline - time.time(), 1))[0] for node in nodes]
     for node, output in zip(nodes, outputs):

@@ -36,8 +36,15 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start(command: list[str], **extra_env: str) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -82,12 +89,36 @@ def index(tmp_path_factory) -> Path:
 
 def run_args(index: Path, runs: Path, name: str, version: str = "run") -> list[str]:
     """A tiny run of the synthetic config with the project's defaults (progress bar, one loader worker)."""
-    return ["--config", "configs/synthetic.yaml", "--data.root", str(index), "--data.num_frames", "8",
-            "--data.crop_size", "32", "--data.batch_size", "2", "--data.num_workers", "1",
-            "--data.test_views", "[2, 1]", "--model.init_from", "null", "--model.warmup_epochs", "1",
-            "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
-            "--trainer.logger.init_args.version", version, "--trainer.default_root_dir", str(runs / name),
-            "--trainer.log_every_n_steps", "1"]
+    return [
+        "--config",
+        "configs/synthetic.yaml",
+        "--data.root",
+        str(index),
+        "--data.num_frames",
+        "8",
+        "--data.crop_size",
+        "32",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "1",
+        "--data.test_views",
+        "[2, 1]",
+        "--model.init_from",
+        "null",
+        "--model.warmup_epochs",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.logger.init_args.version",
+        version,
+        "--trainer.default_root_dir",
+        str(runs / name),
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -96,8 +127,11 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     skip = ("perf/", "lr")  # wall-clock rates differ from run to run
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"] if not tag.startswith(skip)}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if not tag.startswith(skip)
+    }
 
 
 def free_port() -> int:
@@ -113,41 +147,89 @@ def test_ddp_fit_finishes_with_every_progress_bar_and_gives_the_same_metrics_and
     """The README's multi-process command hung after epoch 1 with the default (rank-0-only) progress bar."""
     runs, outputs = {}, {}
     for bar, extra in PROGRESS_BARS.items():
-        outputs[bar] = succeed(cli("fit", *run_args(index, tmp_path, bar), *DDP, "--trainer.max_epochs", "2", *extra))
+        outputs[bar] = succeed(
+            cli("fit", *run_args(index, tmp_path, bar), *DDP, "--trainer.max_epochs", "2", *extra)
+        )
         runs[bar] = tmp_path / bar / "run"
     assert re.search(r"Epoch 1/1 ", outputs["default"]), "the default here is the rich bar"
-    assert re.search(r"Epoch 1: +100%", outputs["tqdm"]) and not re.search(r"Epoch 1: +100%", outputs["default"])
+    assert re.search(r"Epoch 1: +100%", outputs["tqdm"]) and not re.search(
+        r"Epoch 1: +100%", outputs["default"]
+    )
 
     reference = scalars(runs["none"])
-    for tag in ("train/loss_epoch", "train/top1", "train/decode_failures", "val/top1", "val/loss", "val/videos",
-                "val/decode_failures", "val/single_view/top1"):
+    for tag in (
+        "train/loss_epoch",
+        "train/top1",
+        "train/decode_failures",
+        "val/top1",
+        "val/loss",
+        "val/videos",
+        "val/decode_failures",
+        "val/single_view/top1",
+    ):
         assert tag in reference, sorted(reference)
     assert [v for _, v in reference["val/videos"]] == [4.0, 4.0]  # both ranks' shards, once per epoch
-    states = {bar: torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-              for bar, run in runs.items()}
+    states = {
+        bar: torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+        for bar, run in runs.items()
+    }
     for bar in ("default", "tqdm"):
         assert scalars(runs[bar]) == reference, f"{bar} progress bar changed the logged metrics"
-        assert states[bar]["global_step"] == states["none"]["global_step"] == 4  # 2 epochs x 8 clips / (2 x 2)
+        assert (
+            states[bar]["global_step"] == states["none"]["global_step"] == 4
+        )  # 2 epochs x 8 clips / (2 x 2)
         for key, value in states["none"]["state_dict"].items():
             assert torch.equal(states[bar]["state_dict"][key], value), f"{bar}: {key} differs"
         best = sorted((runs[bar] / "checkpoints").glob("best-*.ckpt"))
-        assert [p.name for p in best] == [p.name for p in sorted((runs["none"] / "checkpoints").glob("best-*.ckpt"))]
+        assert [p.name for p in best] == [
+            p.name for p in sorted((runs["none"] / "checkpoints").glob("best-*.ckpt"))
+        ]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_torchrun_nodes_fit_with_the_default_progress_bar_and_workers(index, tmp_path):
     port = str(free_port())
-    nodes = [start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                    "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
-                    "-m", "src.cli", "fit", *run_args(index, tmp_path, "nodes"), "--trainer.num_nodes", "2",
-                    "--trainer.devices", "1", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-                    "--trainer.max_epochs", "2"])
-             for rank in (0, 1)]
+    nodes = [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                "-m",
+                "src.cli",
+                "fit",
+                *run_args(index, tmp_path, "nodes"),
+                "--trainer.num_nodes",
+                "2",
+                "--trainer.devices",
+                "1",
+                "--trainer.strategy",
+                "ddp",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.max_epochs",
+                "2",
+            ]
+        )
+        for rank in (0, 1)
+    ]
     deadline = time.time() + 300
     for node in nodes:
         succeed(node, timeout=max(deadline - time.time(), 1))
-    last = torch.load(tmp_path / "nodes" / "run" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    last = torch.load(
+        tmp_path / "nodes" / "run" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"
+    )
     assert last["global_step"] == 4
     assert [v for _, v in scalars(tmp_path / "nodes" / "run")["val/videos"]] == [4.0, 4.0]
 
@@ -163,9 +245,19 @@ def test_a_rank_with_no_evaluation_video_still_meets_the_others(index, tmp_path)
 
 
 # ---------------------------------------------------------------------------------- faults on one rank
-def fault_run(index: Path, runs: Path, name: str, fault: str, *args: str, **extra_env: str) -> subprocess.Popen:
-    return cli("fit", *run_args(index, runs, name), *DDP, *args, module="tests.helpers.ddp_faults",
-               STRUCTVIT_FAULT=fault, STRUCTVIT_FAULT_OUT=str(runs / name / "ranks"), **extra_env)
+def fault_run(
+    index: Path, runs: Path, name: str, fault: str, *args: str, **extra_env: str
+) -> subprocess.Popen:
+    return cli(
+        "fit",
+        *run_args(index, runs, name),
+        *DDP,
+        *args,
+        module="tests.helpers.ddp_faults",
+        STRUCTVIT_FAULT=fault,
+        STRUCTVIT_FAULT_OUT=str(runs / name / "ranks"),
+        **extra_env,
+    )
 
 
 @pytest.mark.slow
@@ -183,8 +275,17 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_all_ranks(index, tmp_pa
 @pytest.mark.timeout(600)
 def test_a_stalled_rank_ends_the_run_after_the_collective_timeout(index, tmp_path):
     began = time.time()
-    proc = fault_run(index, tmp_path, "stall", "stall", "--trainer.max_epochs", "2",
-                     "--hang_guard.collective_timeout", "30", STRUCTVIT_STALL_S="600")
+    proc = fault_run(
+        index,
+        tmp_path,
+        "stall",
+        "stall",
+        "--trainer.max_epochs",
+        "2",
+        "--hang_guard.collective_timeout",
+        "30",
+        STRUCTVIT_STALL_S="600",
+    )
     output = finish(proc, timeout=240)
     assert proc.returncode != 0
     assert "rank 1: stalling" in output
@@ -195,8 +296,17 @@ def test_a_stalled_rank_ends_the_run_after_the_collective_timeout(index, tmp_pat
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigterm_while_blocked_in_a_collective_ends_the_run_with_a_message(index, tmp_path):
-    proc = fault_run(index, tmp_path, "sigterm", "stall", "--trainer.max_epochs", "2",
-                     "--hang_guard.signal_grace", "3", STRUCTVIT_STALL_S="600")
+    proc = fault_run(
+        index,
+        tmp_path,
+        "sigterm",
+        "stall",
+        "--trainer.max_epochs",
+        "2",
+        "--hang_guard.signal_grace",
+        "3",
+        STRUCTVIT_STALL_S="600",
+    )
     seen = threading.Event()
     lines: list[str] = []
 
@@ -221,8 +331,12 @@ def test_sigterm_while_blocked_in_a_collective_ends_the_run_with_a_message(index
     assert proc.returncode != 0
     assert "[hang guard]" in output and "SIGTERM received 3 s ago" in output, output[-4000:]
     time.sleep(1)
-    listing = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
-    alive = [line for line in listing.splitlines() if line.split()[1][0] != "Z"]  # zombies are dead, not yet reaped
+    listing = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "-g", str(proc.pid)], capture_output=True, text=True
+    ).stdout
+    alive = [
+        line for line in listing.splitlines() if line.split()[1][0] != "Z"
+    ]  # zombies are dead, not yet reaped
     if alive:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not alive, f"processes of the run outlived it: {alive}"
@@ -232,8 +346,17 @@ def test_sigterm_while_blocked_in_a_collective_ends_the_run_with_a_message(index
 @pytest.mark.timeout(600)
 def test_sigterm_to_every_process_stops_all_ranks_at_one_step_and_resumes_there(index, tmp_path):
     """Lightning's own handler broadcast inside the signal handler and deadlocked; every rank now stops together."""
-    args = [*run_args(index, tmp_path, "preempt"), *DDP, "--data.batch_size", "1", "--trainer.max_epochs", "3",
-            "--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"]
+    args = [
+        *run_args(index, tmp_path, "preempt"),
+        *DDP,
+        "--data.batch_size",
+        "1",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
+    ]
     proc = cli("fit", *args[:-1], "--trainer.logger.init_args.version", "first", args[-1])
     buffer: list[str] = []
     hit = threading.Event()
@@ -259,6 +382,7 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step_and_resumes_there(
     assert 4 < step < 8, step  # in the middle of epoch 1
 
     succeed(cli("fit", *args[:-1], "--trainer.logger.init_args.version", "resumed", "--ckpt_path", str(last)))
-    resumed = torch.load(tmp_path / "preempt" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False,
-                         map_location="cpu")
+    resumed = torch.load(
+        tmp_path / "preempt" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"
+    )
     assert resumed["global_step"] == 12 and resumed["epoch"] == 2  # 3 epochs x 4 steps, as uninterrupted

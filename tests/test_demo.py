@@ -133,8 +133,15 @@ def test_shuffle_frames_callback_changes_what_the_steps_of_a_real_trainer_see(tm
     clips = [{"video": torch.arange(8.0).view(1, 8, 1, 1).expand(3, 8, 4, 4).clone()} for _ in range(6)]
     loader = DataLoader(clips, batch_size=3)
     model = _SeenFrames()
-    trainer = pl.Trainer(max_epochs=1, callbacks=[ShuffleFrames(seed=0)], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[ShuffleFrames(seed=0)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, loader)
     trainer.test(model, loader, verbose=False)
     for stage in ("train", "test"):
@@ -153,8 +160,16 @@ def test_ablation_rows_are_the_dims_then_the_shuffled_control_at_the_largest_d()
 
 def test_ablation_budget_sets_only_the_options_given():
     assert budget_args(None, None, None, None) == []
-    assert budget_args(3, 700, 8, 64) == ["--trainer.max_epochs", "3", "--data.limit", "700", "--data.num_frames", "8",
-                                          "--data.crop_size", "64"]
+    assert budget_args(3, 700, 8, 64) == [
+        "--trainer.max_epochs",
+        "3",
+        "--data.limit",
+        "700",
+        "--data.num_frames",
+        "8",
+        "--data.crop_size",
+        "64",
+    ]
     assert budget_args(None, None, None, None, num_workers=1) == ["--data.num_workers", "1"]
     assert effective_budget(["--data.num_workers", "1", "--trainer.max_epochs", "3"])["workers"] == 1
 
@@ -188,9 +203,26 @@ def test_write_section_replaces_only_the_ablation_section(tmp_path):
 def test_fast_demo_generates_fits_tests_and_predicts_through_the_cli(tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "src.demo", "--data-root", str(data), "--runs", str(runs), "--fast",
-                             "--quiet", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.demo",
+            "--data-root",
+            str(data),
+            "--runs",
+            str(runs),
+            "--fast",
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = runs / "synthetic_fast" / "version_0"
     summary = json.loads((run_dir / "demo_summary.json").read_text())
@@ -218,10 +250,14 @@ def test_fast_demo_generates_fits_tests_and_predicts_through_the_cli(tmp_path):
     assert results["reversed_clips"] == 12  # one test clip per class, 12 classes in reversed pairs
     # predict, from the checkpoint alone (no config, no data.root): one record per copied test clip, top-5 classes
     # of the index, probabilities in decreasing order, and a feature row per clip in the same order
-    records = [json.loads(line) for line in (run_dir / "predict" / "predictions.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (run_dir / "predict" / "predictions.jsonl").read_text().splitlines()
+    ]
     features = np.load(run_dir / "predict" / "predictions.features.npy")
     assert features.shape == (4, 192) and np.isfinite(features).all()
-    assert (run_dir / "predict" / "predictions.features.txt").read_text().splitlines() == [r["path"] for r in records]
+    assert (run_dir / "predict" / "predictions.features.txt").read_text().splitlines() == [
+        r["path"] for r in records
+    ]
     assert not (run_dir / "predict" / "config.yaml").exists()
     clip_names = sorted(p.name for p in (run_dir / "predict" / "clips").iterdir())
     assert sorted(Path(r["path"]).name for r in records) == clip_names and len(records) == 4
@@ -232,9 +268,24 @@ def test_fast_demo_generates_fits_tests_and_predicts_through_the_cli(tmp_path):
     # export: the demo checkpoint to ONNX and TorchScript, each checked against eager PyTorch inside the command
     pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
     for fmt, name in (("onnx", "demo.onnx"), ("torchscript", "demo.pt")):
-        exported = subprocess.run([sys.executable, "-m", "src.export", "--ckpt", summary["checkpoint"], "--format", fmt,
-                                   "--out", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=300)
+        exported = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.export",
+                "--ckpt",
+                summary["checkpoint"],
+                "--format",
+                fmt,
+                "--out",
+                str(tmp_path / name),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
         diff = float(re.search(r"max abs diff (\S+) \(atol 0.0001\) OK", exported.stdout).group(1))
         assert diff <= 1e-4 and (tmp_path / name).stat().st_size > 1e5

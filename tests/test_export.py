@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_export(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.export", *args], cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "src.export", *args],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def printed_max_diff(stdout: str) -> float:
@@ -37,8 +43,24 @@ def checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     index = root / "synthetic"
     generate_dataset(index, train=8, val=4, test=4, frames=8, size=32)
-    ok(subprocess.run([sys.executable, "-m", "src.cli", "fit", *run_args(index, root / "runs", "xs"),
-                       "--trainer.max_epochs", "1"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300))
+    ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.cli",
+                "fit",
+                *run_args(index, root / "runs", "xs"),
+                "--trainer.max_epochs",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     path = root / "runs" / "xs" / "version_0" / "checkpoints" / "last.ckpt"
     assert path.is_file()
     return path
@@ -50,8 +72,9 @@ def uniformer_checkpoint(checkpoint: Path) -> Path:
     and the backbone config saying D = 0, as a D = 0 fit would have written it (saves a second training)."""
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     payload["hyper_parameters"]["backbone"] = {**payload["hyper_parameters"]["backbone"], "structure_dim": 0}
-    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items()
-                             if ".k_struct." not in k and ".v_struct." not in k}
+    payload["state_dict"] = {
+        k: v for k, v in payload["state_dict"].items() if ".k_struct." not in k and ".v_struct." not in k
+    }
     path = checkpoint.with_name("uniformer.ckpt")
     torch.save(payload, path)
     return path
@@ -87,7 +110,11 @@ def test_onnx_export_from_the_command_line_matches_eager_at_batch_1_and_3(checkp
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "model.onnx"
     result = ok(run_export("--ckpt", str(checkpoint), "--format", "onnx", "--out", str(out)))
-    assert printed_max_diff(result.stdout) <= 1e-4 and "file size" in result.stdout and "onnxruntime" in result.stdout
+    assert (
+        printed_max_diff(result.stdout) <= 1e-4
+        and "file size" in result.stdout
+        and "onnxruntime" in result.stdout
+    )
     check_sidecar(out, "onnx", 4)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["video"]
@@ -134,7 +161,9 @@ def test_a_uniformer_exports_and_matches(uniformer_checkpoint, tmp_path, capsys,
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_difference_above_atol_fails_with_status_3_and_keeps_the_file_marked(uniformer_checkpoint, tmp_path, capsys):
+def test_a_difference_above_atol_fails_with_status_3_and_keeps_the_file_marked(
+    uniformer_checkpoint, tmp_path, capsys
+):
     pytest.importorskip("onnxruntime")
     from src.export import EXIT_MISMATCH, main
 
@@ -142,7 +171,9 @@ def test_a_difference_above_atol_fails_with_status_3_and_keeps_the_file_marked(u
     with OneThread():
         code = main(["--ckpt", str(uniformer_checkpoint), "--out", str(out), "--atol", "1e-12"])
     err = capsys.readouterr().err
-    assert code == EXIT_MISMATCH and "differs from eager PyTorch" in err and "--atol" in err and str(out) in err
+    assert (
+        code == EXIT_MISMATCH and "differs from eager PyTorch" in err and "--atol" in err and str(out) in err
+    )
     assert json.loads(Path(f"{out}.json").read_text())["check"]["passed"] is False
 
 
@@ -153,12 +184,18 @@ def test_a_file_that_is_not_a_checkpoint_fails_with_one_line_naming_it(tmp_path)
     text.write_text("hello\n")  # trips torch's safe unpickler with a KeyError
     result = run_export("--ckpt", str(text), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and str(text) in result.stderr and "not a file written by torch.save" in result.stderr
+    assert (
+        result.stderr.count("\n") == 1
+        and str(text) in result.stderr
+        and "not a file written by torch.save" in result.stderr
+    )
     assert not (tmp_path / "m.pt").exists()
 
 
 @pytest.mark.timeout(120)
-def test_corrupt_foreign_and_missing_files_fail_with_the_file_and_the_fix(zip_checkpoint_bytes, tmp_path, capsys):
+def test_corrupt_foreign_and_missing_files_fail_with_the_file_and_the_fix(
+    zip_checkpoint_bytes, tmp_path, capsys
+):
     from src.export import main
 
     truncated = tmp_path / "truncated.ckpt"
@@ -167,8 +204,12 @@ def test_corrupt_foreign_and_missing_files_fail_with_the_file_and_the_fix(zip_ch
     torch.save({"model": {"w": torch.zeros(2)}}, foreign)
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    cases = {truncated: "truncated or corrupt", foreign: "not a checkpoint written by this project",
-             tmp_path / "missing.ckpt": "does not exist", text: "checkpoint"}
+    cases = {
+        truncated: "truncated or corrupt",
+        foreign: "not a checkpoint written by this project",
+        tmp_path / "missing.ckpt": "does not exist",
+        text: "checkpoint",
+    }
     for path, reason in cases.items():
         assert main(["--ckpt", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 1
         err = capsys.readouterr().err

@@ -17,14 +17,28 @@ from benchmarks.gpu_bench import search_largest, step_ratios
 from benchmarks.gpu_check import PARTS, junit_outcomes, main, run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("StructSA fast vs reference path, float32", "bf16 autocast", "SDPA kernel", "bf16-mixed training step",
-            "torch.compile vs eager", "CLI: the commands a user types", "Training step", "Conv3d variants",
-            "Largest batch", "Data pipeline against the step rate")
+SECTIONS = (
+    "StructSA fast vs reference path, float32",
+    "bf16 autocast",
+    "SDPA kernel",
+    "bf16-mixed training step",
+    "torch.compile vs eager",
+    "CLI: the commands a user types",
+    "Training step",
+    "Conv3d variants",
+    "Largest batch",
+    "Data pipeline against the step rate",
+)
 
 
 def gpu_check(*args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rows(part: dict, key: str) -> list[dict]:
@@ -43,8 +57,12 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
     data = json.loads((tmp_path / "gpu-check-cpu.json").read_text())
     parts = data["parts"]
     assert list(parts) == [p.name for p in PARTS]
-    assert all(p["status"] == "passed" for p in parts.values()), {n: p.get("reason") for n, p in parts.items()}
-    assert any("NCCL" in line for line in data["limits_on_this_device"])  # what the dry run cannot check, said
+    assert all(p["status"] == "passed" for p in parts.values()), {
+        n: p.get("reason") for n, p in parts.items()
+    }
+    assert any(
+        "NCCL" in line for line in data["limits_on_this_device"]
+    )  # what the dry run cannot check, said
 
     tests = parts["tests"]
     assert tests["counts"]["skipped"] == 0 and tests["counts"]["passed"] >= 30  # every gpu test ran, on CPU
@@ -63,7 +81,10 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
     assert "structvit_s_4_2 (S=2) / uniformer_s" in data["summary"]["step_ratios"]
     bench = parts["bench"]["rows"]
     assert {r["path"] for r in bench if r["item"] == "structsa" and r["status"] == "ok"} == {
-        "fast", "reference", "vanilla"}
+        "fast",
+        "reference",
+        "vanilla",
+    }
     variants = [r for r in bench if r["item"] in ("kv_structure", "depthwise")]
     assert {r["variant"] for r in variants} >= {"separate (current)", "fused K+V", "channels_last_3d"}
     assert all(r["exact"] for r in variants)
@@ -82,8 +103,9 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
 @pytest.mark.timeout(200)
 def test_a_correctness_failure_makes_the_check_exit_non_zero(tmp_path):
     out = tmp_path / "check.json"
-    result = gpu_check("--only", "tests", "--select", "float32", "--tolerance-scale", "0", "--out", str(out),
-                       timeout=180)
+    result = gpu_check(
+        "--only", "tests", "--select", "float32", "--tolerance-scale", "0", "--out", str(out), timeout=180
+    )
     assert result.returncode == 1, result.stdout[-3000:]
     part = json.loads(out.read_text())["parts"]["tests"]
     assert part["status"] == "failed" and part["counts"]["failed"] == 6 and part["counts"]["passed"] == 0
@@ -93,8 +115,10 @@ def test_a_correctness_failure_makes_the_check_exit_non_zero(tmp_path):
 
 def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
     pid_file = tmp_path / "child.pid"
-    script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
-              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
+    script = (
+        "import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
     code, seconds = run_logged([sys.executable, "-c", script], tmp_path / "part.log", 2.0, dict(os.environ))
     assert code is None and seconds < 10
     assert "killed after 2 s" in (tmp_path / "part.log").read_text()
@@ -114,7 +138,10 @@ def test_largest_batch_search_doubles_then_bisects_and_stops_at_the_cap():
     fits, fails, trials = search_largest(trial, 8, 1024, time.monotonic() + 60)
     assert tried == [8, 16, 32, 64, 48, 40, 36, 38]  # doubling, then bisection to within 1/16
     assert (fits, fails) == (36, 38) and len(trials) == len(tried)
-    assert search_largest(lambda b: {"batch": b, "fits": True}, 8, 40, time.monotonic() + 60)[:2] == (32, None)
+    assert search_largest(lambda b: {"batch": b, "fits": True}, 8, 40, time.monotonic() + 60)[:2] == (
+        32,
+        None,
+    )
     assert search_largest(trial, 8, 1024, time.monotonic() - 1) == (0, None, [])  # no time left: no trial
 
 
@@ -122,23 +149,35 @@ def test_step_ratios_compare_rows_of_the_same_cudnn_setting_and_mark_the_target(
     def row(label: str, ms: float, autotune: bool) -> dict:
         return {"label": label, "status": "ok", "step_ms": ms, "peak_mib": 100.0, "cudnn_benchmark": autotune}
 
-    measured = [row("uniformer_s", 100, False), row("structvit_s_4_2 (S=2)", 115, False),
-                row("uniformer_s", 50, True), row("structvit_s_4_2 (S=2)", 54, True)]
+    measured = [
+        row("uniformer_s", 100, False),
+        row("structvit_s_4_2 (S=2)", 115, False),
+        row("uniformer_s", 50, True),
+        row("structvit_s_4_2 (S=2)", 54, True),
+    ]
     ratios = {(r["cudnn_benchmark"], r["label"]): r for r in step_ratios(measured)}
-    off, on = ratios[(False, "structvit_s_4_2 (S=2) / uniformer_s")], ratios[(True, "structvit_s_4_2 (S=2) / uniformer_s")]
+    off, on = (
+        ratios[(False, "structvit_s_4_2 (S=2) / uniformer_s")],
+        ratios[(True, "structvit_s_4_2 (S=2) / uniformer_s")],
+    )
     assert (off["step_ratio"], off["target_met"]) == (1.15, False)
     assert (on["step_ratio"], on["target_met"]) == (1.08, True)
 
 
 def test_junit_outcomes_read_passed_failed_and_skipped_tests(tmp_path):
     xml = tmp_path / "junit.xml"
-    xml.write_text('<testsuites><testsuite><testcase classname="a" name="ok"/>'
-                   '<testcase classname="a" name="bad"><failure message="too large">x</failure></testcase>'
-                   '<testcase classname="a" name="skip"><skipped message="CUDA is absent"/></testcase>'
-                   '</testsuite></testsuites>')
+    xml.write_text(
+        '<testsuites><testsuite><testcase classname="a" name="ok"/>'
+        '<testcase classname="a" name="bad"><failure message="too large">x</failure></testcase>'
+        '<testcase classname="a" name="skip"><skipped message="CUDA is absent"/></testcase>'
+        "</testsuite></testsuites>"
+    )
     outcomes = {o["test"]: (o["outcome"], o["reason"]) for o in junit_outcomes(xml)}
-    assert outcomes == {"a::ok": ("passed", ""), "a::bad": ("failed", "too large"),
-                        "a::skip": ("skipped", "CUDA is absent")}
+    assert outcomes == {
+        "a::ok": ("passed", ""),
+        "a::bad": ("failed", "too large"),
+        "a::skip": ("skipped", "CUDA is absent"),
+    }
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")

@@ -31,16 +31,19 @@ def index(tmp_path_factory) -> Path:
 def build(index, tmp_path):
     def run(*args: str):
         """The CLI up to an instantiated Trainer (no process group is started)."""
-        return cli_main([*BASE, "--data.root", str(index), "--trainer.logger.init_args.save_dir", str(tmp_path),
-                         *args], run=False)
+        return cli_main(
+            [*BASE, "--data.root", str(index), "--trainer.logger.init_args.save_dir", str(tmp_path), *args],
+            run=False,
+        )
 
     return run
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "auto", "ddp_find_unused_parameters_true"])
 def test_ddp_strategies_get_the_collective_timeout(build, strategy):
-    cli = build("--trainer.devices", "2", "--trainer.strategy", strategy,
-                "--hang_guard.collective_timeout", "42")
+    cli = build(
+        "--trainer.devices", "2", "--trainer.strategy", strategy, "--hang_guard.collective_timeout", "42"
+    )
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.strategy._timeout == timedelta(seconds=42)  # what init_process_group receives
     if strategy.endswith("_true"):

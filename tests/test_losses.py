@@ -62,8 +62,9 @@ def test_label_outside_the_class_range_is_a_clear_error():
 def test_mixup_blends_each_clip_with_its_partner_and_weights_the_labels_alike():
     clips = torch.stack([torch.full((3, 2, 4, 4), float(i)) for i in range(4)])  # clip i is constant i
     labels = torch.tensor([0, 1, 2, 3])
-    mixer = MixupCutmix(4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0,
-                        generator=torch.Generator().manual_seed(1))
+    mixer = MixupCutmix(
+        4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0, generator=torch.Generator().manual_seed(1)
+    )
     mixed, targets = mixer(clips, labels)
     lam = targets[0, 0].item()  # clip 0 is mixed with clip 3
     assert 0 < lam < 1
@@ -75,8 +76,9 @@ def test_mixup_blends_each_clip_with_its_partner_and_weights_the_labels_alike():
 def test_cutmix_pastes_one_box_through_all_frames_and_labels_follow_the_area():
     clips = torch.zeros(2, 3, 4, 16, 16)
     clips[1] = 1.0
-    mixer = MixupCutmix(2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0,
-                        generator=torch.Generator().manual_seed(3))
+    mixer = MixupCutmix(
+        2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, generator=torch.Generator().manual_seed(3)
+    )
     mixed, targets = mixer(clips, torch.tensor([0, 1]))
     pasted = mixed[0]  # ones where clip 1 was pasted
     area = pasted[0, 0].mean().item()

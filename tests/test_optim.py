@@ -21,7 +21,13 @@ def test_biases_norms_and_named_parameters_get_no_decay():
     decay, no_decay = param_groups_weight_decay(model, 0.05, skip={"pos"})
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {"conv.weight", "head.weight"}
-    assert {names[id(p)] for p in no_decay["params"]} == {"conv.bias", "norm.weight", "norm.bias", "pos", "head.bias"}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        "conv.bias",
+        "norm.weight",
+        "norm.bias",
+        "pos",
+        "head.bias",
+    }
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
 
@@ -74,7 +80,9 @@ def _torch_sequential(total, warmup, min_lr, start_lr, base_lr=1e-3):
     return opt, torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
 
 
-@pytest.mark.parametrize(("warmup", "start_lr", "min_lr"), [(10, 1e-6, 1e-6), (10, 5e-4, 0.0), (0, 1e-6, 1e-5)])
+@pytest.mark.parametrize(
+    ("warmup", "start_lr", "min_lr"), [(10, 1e-6, 1e-6), (10, 5e-4, 0.0), (0, 1e-6, 1e-5)]
+)
 def test_torch_linear_then_cosine_matches_up_to_total_steps_then_climbs_again(warmup, start_lr, min_lr):
     ours = _lrs(*_ours(100, warmup, min_lr, start_lr), 160)
     theirs = _lrs(*_torch_sequential(100, warmup, min_lr, start_lr), 160)

@@ -31,7 +31,9 @@ def test_cli_help_lists_subcommands():
 
 
 def test_make_help_lists_every_target():
-    result = subprocess.run(["make", "--no-print-directory", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     declared = set(re.findall(r"^([a-zA-Z0-9_-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
@@ -49,7 +51,9 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     conda_pins = {_normalise(r) for r in pip_section if not r.startswith("-e")}
     project = _pyproject()["project"]
-    pyproject_pins = {_normalise(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    pyproject_pins = {
+        _normalise(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+    }
     assert conda_pins == pyproject_pins, (
         f"only in environment.yml: {sorted(conda_pins - pyproject_pins)}; "
         f"only in pyproject.toml: {sorted(pyproject_pins - conda_pins)}"

@@ -20,15 +20,30 @@ def one_thread():
 
 
 def make_task(**kwargs) -> VideoClassifier:
-    options = dict(backbone=BackboneConfig(variant="structvit_xs"), num_classes=NUM_CLASSES, class_names=CLASSES,
-                   lr=1e-3, warmup_epochs=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
+    options = dict(
+        backbone=BackboneConfig(variant="structvit_xs"),
+        num_classes=NUM_CLASSES,
+        class_names=CLASSES,
+        lr=1e-3,
+        warmup_epochs=0.0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+    )
     options.update(kwargs)
     return VideoClassifier(**options)
 
 
 def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    options = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
+    options = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=1,
+    )
     options.update(kwargs)
     return pl.Trainer(**options)
 
@@ -66,7 +81,11 @@ def test_non_finite_loss_skips_the_step_and_leaves_weights_unchanged(tmp_path):
     assert task.nonfinite_skips == 1
     assert trainer.callback_metrics["train/nonfinite_skips"].item() == 1
     after = task.state_dict()
-    changed = [k for k in before if "running" not in k and "num_batches" not in k and not torch.equal(before[k], after[k])]
+    changed = [
+        k
+        for k in before
+        if "running" not in k and "num_batches" not in k and not torch.equal(before[k], after[k])
+    ]
     assert changed == []  # no optimiser step was taken
 
 
@@ -81,7 +100,14 @@ def test_validation_reports_single_view_and_all_view_metrics(tmp_path):
     task = make_task()
     trainer = make_trainer(tmp_path)
     (metrics,) = trainer.validate(task, loader(TinyClips(8, views=3), batch_size=4), verbose=False)
-    for name in ("val/top1", "val/top5", "val/mean_class", "val/single_view/top1", "val/single_view/top5", "val/loss"):
+    for name in (
+        "val/top1",
+        "val/top5",
+        "val/mean_class",
+        "val/single_view/top1",
+        "val/single_view/top5",
+        "val/loss",
+    ):
         assert name in metrics, name
         assert 0 <= metrics[name] <= (1 if "loss" not in name else 100)
     assert metrics["val/top5"] == 1.0  # 4 classes: the label is always among the top 4
@@ -153,10 +179,16 @@ def test_init_from_loads_a_checkpoint_into_the_backbone_and_writes_the_report(tm
 @pytest.mark.parametrize("source_overrides", [dict(kv_stride=2, stem="patch"), dict(structure_dim=2)])
 def test_init_from_weights_of_another_architecture_is_an_error_naming_both(tmp_path, source_overrides):
     """S weights under a B config loaded partly and trained on silently; now the run stops before the first step."""
-    source = VideoClassifier(BackboneConfig("structvit_xs", **source_overrides), num_classes=NUM_CLASSES,
-                             class_names=CLASSES)
-    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, tmp_path / "other.ckpt")
+    source = VideoClassifier(
+        BackboneConfig("structvit_xs", **source_overrides), num_classes=NUM_CLASSES, class_names=CLASSES
+    )
+    torch.save(
+        {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, tmp_path / "other.ckpt"
+    )
     task = make_task(init_from=str(tmp_path / "other.ckpt"))
-    with pytest.raises(ValueError, match=r"other.ckpt: a structvit_xs checkpoint does not fit this run's structvit_xs"
-                                         r".*of another shape.*same architecture"):
+    with pytest.raises(
+        ValueError,
+        match=r"other.ckpt: a structvit_xs checkpoint does not fit this run's structvit_xs"
+        r".*of another shape.*same architecture",
+    ):
         make_trainer(tmp_path, limit_train_batches=1).fit(task, loader(TinyClips(4), batch_size=4))

@@ -24,13 +24,34 @@ def fitted(tmp_path_factory) -> tuple[Path, VideoClassifier, VideoDataModule]:
 
     base = tmp_path_factory.mktemp("trained")
     generate_dataset(base / "index", train=8, val=4, test=4, frames=8, size=32)
-    data = VideoDataModule(root=str(base / "index"), dataset="synthetic", num_frames=6, sampling="segment",
-                           sampling_rate=1, crop_size=32, test_views=(2, 1), flip="off", rand_augment=None, batch_size=4, num_workers=1,
-                           mean=(0.5, 0.4, 0.3))
-    model = VideoClassifier(BackboneConfig("structvit_xs", kv_stride=2), num_classes=data.num_classes,
-                            class_names=data.class_names, mixup_prob=0.0)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         default_root_dir=base, limit_val_batches=1)
+    data = VideoDataModule(
+        root=str(base / "index"),
+        dataset="synthetic",
+        num_frames=6,
+        sampling="segment",
+        sampling_rate=1,
+        crop_size=32,
+        test_views=(2, 1),
+        flip="off",
+        rand_augment=None,
+        batch_size=4,
+        num_workers=1,
+        mean=(0.5, 0.4, 0.3),
+    )
+    model = VideoClassifier(
+        BackboneConfig("structvit_xs", kv_stride=2),
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        mixup_prob=0.0,
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=base,
+        limit_val_batches=1,
+    )
     with OneThread():
         trainer.fit(model, datamodule=data)
     path = base / "run" / "checkpoints" / "model.ckpt"
@@ -41,7 +62,9 @@ def fitted(tmp_path_factory) -> tuple[Path, VideoClassifier, VideoDataModule]:
 def test_the_checkpoint_alone_gives_the_trained_model_its_classes_and_protocol(fitted):
     path, model, data = fitted
     trained = load_trained(path)
-    assert trained.protocol == data.eval_protocol == EvalProtocol(6, "segment", 1, 32, (2, 1), (0.5, 0.4, 0.3))
+    assert (
+        trained.protocol == data.eval_protocol == EvalProtocol(6, "segment", 1, 32, (2, 1), (0.5, 0.4, 0.3))
+    )
     assert trained.class_names == data.class_names and trained.variant == "structvit_xs"
     assert trained.module.backbone.blocks3[0].attn.kv_stride == 2 and not trained.module.training
     # the views read_views makes are those the DataModule's predict loader makes for the same file
@@ -57,7 +80,9 @@ def test_the_checkpoint_alone_gives_the_trained_model_its_classes_and_protocol(f
     assert run_folder_of(path) == path.parent.parent.resolve()
 
 
-def test_a_checkpoint_saved_before_the_protocol_was_stored_resolves_it_from_the_data_arguments(fitted, tmp_path):
+def test_a_checkpoint_saved_before_the_protocol_was_stored_resolves_it_from_the_data_arguments(
+    fitted, tmp_path
+):
     path, _, data = fitted
     payload = torch.load(path, map_location="cpu", weights_only=False)
     del payload[CHECKPOINT_KEY]
@@ -78,21 +103,29 @@ def test_files_that_are_not_complete_checkpoints_are_refused_naming_the_file_and
     path, model, _ = fitted
     raw = tmp_path / "backbone.pth"
     torch.save(model.backbone.state_dict(), raw)
-    with pytest.raises(CheckpointFileError, match=r"backbone.pth: not a checkpoint written by .*--model.init_from"):
+    with pytest.raises(
+        CheckpointFileError, match=r"backbone.pth: not a checkpoint written by .*--model.init_from"
+    ):
         load_trained(raw)
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
-    with pytest.raises(CheckpointFileError, match=r"notes.ckpt: truncated or corrupt \(not a file written by torch.save\)"):
+    with pytest.raises(
+        CheckpointFileError, match=r"notes.ckpt: truncated or corrupt \(not a file written by torch.save\)"
+    ):
         load_trained(text)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointFileError, match=r"cut.ckpt: truncated or corrupt"):
         load_trained(cut)
     newer = _variant(path, tmp_path, "newer.ckpt", lambda p: p["hyper_parameters"].update(future_option=1))
-    with pytest.raises(CheckpointFileError, match=r"newer.ckpt: hyper-parameters \['future_option'\].*another version"):
+    with pytest.raises(
+        CheckpointFileError, match=r"newer.ckpt: hyper-parameters \['future_option'\].*another version"
+    ):
         load_trained(newer)
     edited = _variant(path, tmp_path, "edited.ckpt", lambda p: p["state_dict"].pop("backbone.head.weight"))
-    with pytest.raises(CheckpointFileError, match=r"edited.ckpt: its weights do not fit .*backbone.head.weight"):
+    with pytest.raises(
+        CheckpointFileError, match=r"edited.ckpt: its weights do not fit .*backbone.head.weight"
+    ):
         load_trained(edited)
 
     def strip(p: dict) -> None:
@@ -100,5 +133,7 @@ def test_files_that_are_not_complete_checkpoints_are_refused_naming_the_file_and
         del p["datamodule_hyper_parameters"]
 
     bare = _variant(path, tmp_path, "bare.ckpt", strip)
-    with pytest.raises(CheckpointFileError, match=r"bare.ckpt: holds no evaluation protocol.*ckpt\['eval_protocol'\]"):
+    with pytest.raises(
+        CheckpointFileError, match=r"bare.ckpt: holds no evaluation protocol.*ckpt\['eval_protocol'\]"
+    ):
         load_trained(bare)

@@ -83,10 +83,28 @@ def test_load_clip_reads_evenly_spaced_frames_resized_and_normalised(clip) -> No
     torch.testing.assert_close(video[0].permute(1, 2, 3, 0) * 0.225 + 0.45, frames)
 
 
-def test_command_line_writes_every_figure_for_structvit_xs_on_a_real_clip(clip_path: Path, tmp_path: Path) -> None:
+def test_command_line_writes_every_figure_for_structvit_xs_on_a_real_clip(
+    clip_path: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "figs"
-    paths = main(["--model", "structvit_xs", "--num-classes", str(CLASSES), "--video", str(clip_path),
-                  "--out", str(out), "--frames", str(FRAMES), "--size", str(SIZE), "--dpi", "40"])
+    paths = main(
+        [
+            "--model",
+            "structvit_xs",
+            "--num-classes",
+            str(CLASSES),
+            "--video",
+            str(clip_path),
+            "--out",
+            str(out),
+            "--frames",
+            str(FRAMES),
+            "--size",
+            str(SIZE),
+            "--dpi",
+            "40",
+        ]
+    )
     assert sorted(p.name for p in paths) == sorted(f"{n}.png" for n in FIGURE_NAMES)
     for path in paths:
         pixels = mpimg.imread(path)
@@ -111,11 +129,15 @@ def test_plotted_structural_attention_sums_to_one_over_keys_and_structure_jointl
 
 
 @pytest.mark.parametrize("kv_stride", [1, 2])
-def test_dynamic_kernel_of_the_figure_equals_the_one_computed_from_the_module_weights(clip, kv_stride: int) -> None:
+def test_dynamic_kernel_of_the_figure_equals_the_one_computed_from_the_module_weights(
+    clip, kv_stride: int
+) -> None:
     frames, video = clip
     model = _model(seed=1, kv_stride=kv_stride)
     stage, block, head = 3, 0, 2
-    maps = compute_structure_maps(model, video, stage=stage, block=block, head=head, query="2,1,3", frames=frames)
+    maps = compute_structure_maps(
+        model, video, stage=stage, block=block, head=head, query="2,1,3", frames=frames
+    )
 
     # From the weights, by the fast form (docs/method.md): K'_d = depthwise conv of K with H_K[:, :, d].
     attn, x, grid, _ = capture_attention_input(model, video, stage, block)
@@ -156,7 +178,9 @@ def test_vanilla_twin_is_plain_attention_with_the_same_weights_and_matches_ident
     assert maps.vanilla is not None and float(maps.vanilla.sum()) == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(maps.attention.sum(0), maps.vanilla, rtol=1e-4, atol=1e-6)
     centre = torch.zeros(3, 3, 3)
-    centre[1, 1, 1] = float(maps.attention[:, *key_position(maps.query, maps.query_grid, maps.key_grid)].sum())
+    centre[1, 1, 1] = float(
+        maps.attention[:, *key_position(maps.query, maps.query_grid, maps.key_grid)].sum()
+    )
     torch.testing.assert_close(maps.dynamic_kernel, centre)
 
 
@@ -208,16 +232,41 @@ def test_a_checkpoint_is_rebuilt_by_load_trained_with_its_options_classes_and_pr
     protocol = EvalProtocol(FRAMES, "segment", 1, SIZE, (1, 1), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     ckpt = tmp_path / "elsewhere" / "model.ckpt"
     ckpt.parent.mkdir()
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                CHECKPOINT_KEY: protocol.to_dict()}, ckpt)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            CHECKPOINT_KEY: protocol.to_dict(),
+        },
+        ckpt,
+    )
     loaded = load_model(ckpt)
     assert loaded.variant == "structvit_xs" and loaded.class_names == names
-    assert (loaded.num_frames, loaded.crop_size, loaded.mean, loaded.std) == (FRAMES, SIZE, protocol.mean, protocol.std)
+    assert (loaded.num_frames, loaded.crop_size, loaded.mean, loaded.std) == (
+        FRAMES,
+        SIZE,
+        protocol.mean,
+        protocol.std,
+    )
     assert loaded.model.blocks3[0].attn.kv_stride == 2
     for key, value in module.backbone.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
-    paths = main(["--ckpt", str(ckpt), "--video", str(clip_path), "--out", str(tmp_path / "o"),
-                  "--only", "overview", "--no-vanilla", "--dpi", "30", "--palette"])
+    paths = main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--video",
+            str(clip_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--only",
+            "overview",
+            "--no-vanilla",
+            "--dpi",
+            "30",
+            "--palette",
+        ]
+    )
     assert [p.name for p in paths] == ["overview.png"]
     with Image.open(paths[0]) as picture:
         assert picture.mode == "P"  # --palette: a 256-colour PNG, small enough to commit
@@ -231,7 +280,10 @@ def test_raw_backbone_weights_need_their_variant_and_must_fit_it(tmp_path: Path)
     torch.save({"model": state}, weights)
     with pytest.raises(ValueError, match=r"not a checkpoint written by this project.*--weights"):
         load_model(weights)  # as --ckpt: no hyper-parameters, so no guessing either
-    assert load_model(None, "structvit_xs", weights=weights, num_classes=CLASSES).model.head.out_features == CLASSES
+    assert (
+        load_model(None, "structvit_xs", weights=weights, num_classes=CLASSES).model.head.out_features
+        == CLASSES
+    )
     # Maps of half-loaded weights would mislead: weights missing a tensor are refused, with the report.
     del state["blocks4.0.mlp.fc2.weight"]
     torch.save({"model": state}, weights)
@@ -282,8 +334,14 @@ def test_callback_writes_the_figures_into_the_tensorboard_event_file(clip_path: 
     callback = StructureVisualizer(every_n_epochs=1, stage=3, block=-1, head=1, dpi=40)
     logger = TensorBoardLogger(tmp_path, name="viz", version=0)
     trainer = pl.Trainer(
-        max_epochs=2, accelerator="cpu", logger=logger, callbacks=[callback], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
     )
     trainer.fit(
         _Classifier(),

@@ -41,7 +41,9 @@ class LoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     inflated: list[str] = field(default_factory=list)  # 2-D kernels inflated to 3-D (also in loaded)
-    missing: list[str] = field(default_factory=list)  # model keys the source lacks (identity-initialised excluded)
+    missing: list[str] = field(
+        default_factory=list
+    )  # model keys the source lacks (identity-initialised excluded)
     unexpected: list[str] = field(default_factory=list)  # source keys the model lacks
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     head_dropped: bool = False  # classifier left at its fresh init (class count differs)
@@ -55,17 +57,23 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"load_pretrained from {self.source}: {len(self.loaded)} tensors loaded"
-                 f" ({len(self.inflated)} inflated 2-D -> 3-D)"]
+        lines = [
+            f"load_pretrained from {self.source}: {len(self.loaded)} tensors loaded"
+            f" ({len(self.inflated)} inflated 2-D -> 3-D)"
+        ]
         if self.head_dropped:
             lines.append("  head: class count differs, classifier left at its fresh initialisation")
         if self.head_remapped is not None:
             lines.append(f"  head: {self.head_remapped} classes copied by name, the rest freshly initialised")
         if self.identity_init:
-            lines.append(f"  StructSA filters set to {self.struct_init} (source has none): {len(self.identity_init)} modules")
+            lines.append(
+                f"  StructSA filters set to {self.struct_init} (source has none): {len(self.identity_init)} modules"
+            )
         for title, keys in (("missing", self.missing), ("unexpected (ignored)", self.unexpected)):
             if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else ""))
+                lines.append(
+                    f"  {title} ({len(keys)}): " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "")
+                )
         for name, src, dst in self.mismatched:
             lines.append(f"  shape mismatch (not loaded): {name} source {src} model {dst}")
         return "\n".join(lines)
@@ -118,7 +126,9 @@ def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], st
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"load_pretrained: checkpoint {path} does not exist; pass a .pth/.ckpt file")
+            raise FileNotFoundError(
+                f"load_pretrained: checkpoint {path} does not exist; pass a .pth/.ckpt file"
+            )
         label = str(path)
         source = load_checkpoint_file(path)
     state = dict(source)
@@ -128,11 +138,13 @@ def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], st
             break
     state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     if not state:
-        raise ValueError(f"load_pretrained: {label} holds no tensors (looked under {', '.join(_CONTAINER_KEYS)})")
+        raise ValueError(
+            f"load_pretrained: {label} holds no tensors (looked under {', '.join(_CONTAINER_KEYS)})"
+        )
     for prefix in _PREFIXES:
         if any(k.startswith(prefix) for k in state):
             # a Lightning checkpoint also holds non-backbone keys (losses, metrics): keep the backbone only
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state, label
 
 
@@ -145,7 +157,9 @@ def inflate(weight: Tensor, temporal: int, mode: str = "average") -> Tensor:
     return out
 
 
-def _remap_head(key: str, src: Tensor, dst: Tensor, source_classes: list[str], target_classes: list[str]) -> tuple[Tensor, int]:
+def _remap_head(
+    key: str, src: Tensor, dst: Tensor, source_classes: list[str], target_classes: list[str]
+) -> tuple[Tensor, int]:
     if len(source_classes) != src.shape[0]:
         raise ValueError(
             f"load_pretrained: source_classes lists {len(source_classes)} names but {key} has {src.shape[0]} rows"
@@ -174,9 +188,13 @@ def load_pretrained(
     `struct_init` sets the StructSA filters the source lacks (see the module docstring and `STRUCT_INITS`).
     """
     if struct_init not in STRUCT_INITS:
-        raise ValueError(f"load_pretrained: struct_init={struct_init!r}; use one of {', '.join(STRUCT_INITS)}")
+        raise ValueError(
+            f"load_pretrained: struct_init={struct_init!r}; use one of {', '.join(STRUCT_INITS)}"
+        )
     if temporal_inflation not in _INFLATIONS:
-        raise ValueError(f"load_pretrained: temporal_inflation={temporal_inflation!r}; use 'average' or 'centre'")
+        raise ValueError(
+            f"load_pretrained: temporal_inflation={temporal_inflation!r}; use 'average' or 'centre'"
+        )
     state, label = read_state_dict(source)
     report = LoadReport(source=label)
     own = model.state_dict()
@@ -187,7 +205,12 @@ def load_pretrained(
             continue
         src = state[key]
         named = source_classes is not None and target_classes is not None
-        if key in head_keys and named and src.dim() == dst.dim() and list(source_classes) != list(target_classes):
+        if (
+            key in head_keys
+            and named
+            and src.dim() == dst.dim()
+            and list(source_classes) != list(target_classes)
+        ):
             # other classes (or an other order): rows follow the names, even when the counts agree
             new_state[key], report.head_remapped = _remap_head(key, src, dst, source_classes, target_classes)
             continue
@@ -195,12 +218,21 @@ def load_pretrained(
             new_state[key] = src
         elif key in head_keys:
             if source_classes is not None and target_classes is not None and src.dim() == dst.dim():
-                new_state[key], report.head_remapped = _remap_head(key, src, dst, source_classes, target_classes)
+                new_state[key], report.head_remapped = _remap_head(
+                    key, src, dst, source_classes, target_classes
+                )
             else:
                 report.head_dropped = True
             continue
-        elif src.dim() == 4 and dst.dim() == 5 and src.shape[:2] == dst.shape[:2] and src.shape[2:] == dst.shape[3:]:
-            new_state[key] = inflate(src, dst.shape[2], "average" if temporal_inflation == "average" else "centre")
+        elif (
+            src.dim() == 4
+            and dst.dim() == 5
+            and src.shape[:2] == dst.shape[:2]
+            and src.shape[2:] == dst.shape[3:]
+        ):
+            new_state[key] = inflate(
+                src, dst.shape[2], "average" if temporal_inflation == "average" else "centre"
+            )
             report.inflated.append(key)
         else:
             report.mismatched.append((key, tuple(src.shape), tuple(dst.shape)))
@@ -217,9 +249,14 @@ def load_pretrained(
                 report.identity_init.append(name)
     report.struct_init = struct_init
     identity = {f"{n}.{p}.weight" for n in report.identity_init for p in ("k_struct", "v_struct")}
-    report.missing = [k for k in own if k not in new_state and k not in identity
-                      and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))
-                      and k not in {m[0] for m in report.mismatched}]
+    report.missing = [
+        k
+        for k in own
+        if k not in new_state
+        and k not in identity
+        and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))
+        and k not in {m[0] for m in report.mismatched}
+    ]
     report.unexpected = [k for k in state if k not in own]
     log.info("%s", report)  # callers that show it (init_from, the fine-tuning benchmark) print it themselves
     return report

@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _weight_grad(x: Tensor, grad: Tensor, weight_shape: torch.Size, stride: tuple[int, int, int],
-                 padding: tuple[int, int, int]) -> Tensor:
+def _weight_grad(
+    x: Tensor,
+    grad: Tensor,
+    weight_shape: torch.Size,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+) -> Tensor:
     """dL/dW of y = conv3d(x, W, groups=C) with W (C·m, 1, kT, kH, kW): one grouped conv, batch as channels."""
     b, c = x.shape[:2]
     cm, _, *kernel = weight_shape
@@ -38,7 +43,14 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             y = F.conv3d(xc, wc, bc, stride=stride, padding=padding, groups=x.shape[1])
         ctx.save_for_backward(xc, wc)
-        ctx.meta = (stride, padding, x.dtype, weight.dtype, bias is not None, bias.dtype if bias is not None else None)
+        ctx.meta = (
+            stride,
+            padding,
+            x.dtype,
+            weight.dtype,
+            bias is not None,
+            bias.dtype if bias is not None else None,
+        )
         return y
 
     @staticmethod
@@ -49,7 +61,17 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.aten.convolution_backward(
-                grad, xc, wc, None, stride, padding, (1, 1, 1), False, (0, 0, 0), xc.shape[1], (True, False, False)
+                grad,
+                xc,
+                wc,
+                None,
+                stride,
+                padding,
+                (1, 1, 1),
+                False,
+                (0, 0, 0),
+                xc.shape[1],
+                (True, False, False),
             )[0].to(x_dtype)
         if ctx.needs_input_grad[1]:
             gw = _weight_grad(xc, grad, wc.shape, stride, padding).to(w_dtype)
@@ -61,13 +83,26 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
 class DepthwiseConv3d(nn.Conv3d):
     """`nn.Conv3d(C, C·m, k, groups=C)` whose CPU weight gradient avoids PyTorch's slow depthwise path."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         groups=in_channels, bias=bias)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            groups=in_channels,
+            bias=bias,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         # under torch.jit.trace (TorchScript, ONNX export) the plain conv: a Python autograd Function cannot be traced
-        if (x.device.type != "cpu" or not torch.is_grad_enabled() or self.padding_mode != "zeros"
-                or torch.jit.is_tracing()):
+        if (
+            x.device.type != "cpu"
+            or not torch.is_grad_enabled()
+            or self.padding_mode != "zeros"
+            or torch.jit.is_tracing()
+        ):
             return super().forward(x)
         return _DepthwiseConv3dFunction.apply(x, self.weight, self.bias, self.stride, self.padding)

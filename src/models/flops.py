@@ -68,8 +68,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], name: str | None
     )
 
 
-def model_flops(name: str, *, frames: int = 16, size: int = 224, num_classes: int = 400, image: bool = False,
-                **overrides) -> FlopReport:
+def model_flops(
+    name: str, *, frames: int = 16, size: int = 224, num_classes: int = 400, image: bool = False, **overrides
+) -> FlopReport:
     """Build a registered model on the meta device and count it for one (1, 3, T, size, size) view."""
     if image:
         overrides["image"] = True
@@ -100,8 +101,16 @@ def main(argv: list[str] | None = None) -> None:
         overrides["kv_stride"] = args.kv_stride
     if args.model in ("x3d_m", "mvit_b_16x4"):
         overrides.update(num_frames=args.frames, crop_size=args.size)
-    print(model_flops(args.model, frames=args.frames, size=args.size, num_classes=args.num_classes,
-                      image=args.image, **overrides))
+    print(
+        model_flops(
+            args.model,
+            frames=args.frames,
+            size=args.size,
+            num_classes=args.num_classes,
+            image=args.image,
+            **overrides,
+        )
+    )
 
 
 if __name__ == "__main__":

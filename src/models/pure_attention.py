@@ -23,12 +23,27 @@ PosEmbed = Literal["none", "learned"]
 class PureAttentionBlock(nn.Module):
     """Pre-norm transformer block over (B, N, C) tokens on a (T, H, W) grid: x + StructSA(LN x), x + MLP(LN x)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, structure_dim: int, kv_stride: int,
-                 struct_init: StructInit, attn_fp32: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        structure_dim: int,
+        kv_stride: int,
+        struct_init: StructInit,
+        attn_fp32: bool,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = StructSA(dim, num_heads, structure_dim=structure_dim, kernel_size=(3, 3, 3), kv_stride=kv_stride,
-                             attn_fp32=attn_fp32, struct_init=struct_init)
+        self.attn = StructSA(
+            dim,
+            num_heads,
+            structure_dim=structure_dim,
+            kernel_size=(3, 3, 3),
+            kv_stride=kv_stride,
+            attn_fp32=attn_fp32,
+            struct_init=struct_init,
+        )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         # not torchvision.ops.MLP: its Dropout layers move the second Linear from mlp.2 to mlp.3 (saved checkpoints)
@@ -54,17 +69,34 @@ class PureAttentionNet(nn.Module):
     Input (B, 3, T, H, W), output logits (B, num_classes).
     """
 
-    def __init__(self, num_classes: int = 8, dim: int = 64, depth: int = 2, num_heads: int = 2, mlp_ratio: float = 4.0,
-                 patch_size: int = 4, structure_dim: int = 4, kv_stride: int = 1, struct_init: StructInit = "random",
-                 attn_fp32: bool = False, pos_embed: PosEmbed = "none", num_frames: int = 4, crop_size: int = 32,
-                 in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        num_classes: int = 8,
+        dim: int = 64,
+        depth: int = 2,
+        num_heads: int = 2,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 4,
+        structure_dim: int = 4,
+        kv_stride: int = 1,
+        struct_init: StructInit = "random",
+        attn_fp32: bool = False,
+        pos_embed: PosEmbed = "none",
+        num_frames: int = 4,
+        crop_size: int = 32,
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
         if pos_embed not in ("none", "learned"):
             raise ValueError(f"PureAttentionNet: pos_embed={pos_embed!r}; use 'none' or 'learned'")
         if crop_size % patch_size:
-            raise ValueError(f"PureAttentionNet: crop_size={crop_size} is not a multiple of patch_size={patch_size}")
+            raise ValueError(
+                f"PureAttentionNet: crop_size={crop_size} is not a multiple of patch_size={patch_size}"
+            )
         self.patch_size, self.structure_dim, self.num_features = patch_size, structure_dim, dim
-        self.patch_embed = nn.Conv3d(in_chans, dim, (1, patch_size, patch_size), stride=(1, patch_size, patch_size))
+        self.patch_embed = nn.Conv3d(
+            in_chans, dim, (1, patch_size, patch_size), stride=(1, patch_size, patch_size)
+        )
         self.grid = (num_frames, crop_size // patch_size, crop_size // patch_size)
         tokens = self.grid[0] * self.grid[1] * self.grid[2]
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim)) if pos_embed == "learned" else None
@@ -107,8 +139,10 @@ class PureAttentionNet(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
             if (t, h, w) != self.grid:
-                raise ValueError(f"PureAttentionNet: the learned position embedding is for a {self.grid} token grid "
-                                 f"(num_frames x (crop_size / patch_size)²), got {(t, h, w)}")
+                raise ValueError(
+                    f"PureAttentionNet: the learned position embedding is for a {self.grid} token grid "
+                    f"(num_frames x (crop_size / patch_size)²), got {(t, h, w)}"
+                )
             tokens = tokens + self.pos_embed
         for block in self.blocks:
             tokens = block(tokens, (t, h, w))

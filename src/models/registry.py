@@ -40,11 +40,21 @@ from .structvit import StructViT
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _UNIFORMER_OVERRIDES = frozenset(
-    {"structure_dim", "kv_stride", "drop_path_rate", "checkpoint_stages", "attn_fp32", "image", "stem", "struct_init"}
+    {
+        "structure_dim",
+        "kv_stride",
+        "drop_path_rate",
+        "checkpoint_stages",
+        "attn_fp32",
+        "image",
+        "stem",
+        "struct_init",
+    }
 )
 _BASELINE_OVERRIDES = frozenset({"num_frames", "crop_size"})
-_PURE_OVERRIDES = frozenset({"structure_dim", "kv_stride", "struct_init", "attn_fp32", "pos_embed", "num_frames",
-                             "crop_size"})
+_PURE_OVERRIDES = frozenset(
+    {"structure_dim", "kv_stride", "struct_init", "attn_fp32", "pos_embed", "num_frames", "crop_size"}
+)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -92,8 +102,15 @@ _L = dict(depths=(5, 10, 24, 7), dims=(128, 192, 448, 640))
 @register_model
 def structvit_xs(num_classes: int = 400, **overrides) -> StructViT:
     """CPU-sized StructViT (this project's): depths [1,1,2,1], channels [32,64,128,192], head_dim 32, D=4, conv stem."""
-    layout = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 192), head_dim=32, structure_dim=4, kv_stride=1,
-                  drop_path_rate=0.0, stem="conv")
+    layout = dict(
+        depths=(1, 1, 2, 1),
+        dims=(32, 64, 128, 192),
+        head_dim=32,
+        structure_dim=4,
+        kv_stride=1,
+        drop_path_rate=0.0,
+        stem="conv",
+    )
     return _uniformer_family("structvit_xs", num_classes, overrides, **layout)
 
 

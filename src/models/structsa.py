@@ -56,7 +56,9 @@ def _triple(value: int | tuple[int, ...], name: str) -> tuple[int, int, int]:
         value = (value, value, value)
     value = tuple(int(v) for v in value)
     if len(value) != 3 or any(v < 1 or v % 2 == 0 for v in value):
-        raise ValueError(f"StructSA: {name}={value} must be three odd positive sizes (kT, kH, kW), e.g. (3, 3, 3)")
+        raise ValueError(
+            f"StructSA: {name}={value} must be three odd positive sizes (kT, kH, kW), e.g. (3, 3, 3)"
+        )
     return value  # type: ignore[return-value]
 
 
@@ -69,12 +71,30 @@ def shifted_taps(kernel_size: tuple[int, int, int], count: int) -> list[tuple[in
     """
     kt, kh, kw = kernel_size
     if count > kt * kh * kw:
-        raise ValueError(f"StructSA: shifted init needs D <= {kt * kh * kw} taps of a {kernel_size} kernel, got D={count}")
+        raise ValueError(
+            f"StructSA: shifted init needs D <= {kt * kh * kw} taps of a {kernel_size} kernel, got D={count}"
+        )
     centre = (kt // 2, kh // 2, kw // 2)
-    first = [(0, 0, 0), (-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1),
-             (0, -1, -1), (0, -1, 1), (0, 1, -1), (0, 1, 1)]
+    first = [
+        (0, 0, 0),
+        (-1, 0, 0),
+        (1, 0, 0),
+        (0, -1, 0),
+        (0, 1, 0),
+        (0, 0, -1),
+        (0, 0, 1),
+        (0, -1, -1),
+        (0, -1, 1),
+        (0, 1, -1),
+        (0, 1, 1),
+    ]
     rest = sorted(
-        ((t - centre[0], y - centre[1], x - centre[2]) for t in range(kt) for y in range(kh) for x in range(kw)),
+        (
+            (t - centre[0], y - centre[1], x - centre[2])
+            for t in range(kt)
+            for y in range(kh)
+            for x in range(kw)
+        ),
         key=lambda o: (o[0] ** 2 + o[1] ** 2 + o[2] ** 2, abs(o[0]) == 0, o),
     )
     taps: list[tuple[int, int, int]] = []
@@ -127,9 +147,13 @@ class StructSA(nn.Module):
     ) -> None:
         super().__init__()
         if struct_init not in STRUCT_INITS:
-            raise ValueError(f"StructSA: struct_init={struct_init!r}; choose one of {', '.join(STRUCT_INITS)}")
+            raise ValueError(
+                f"StructSA: struct_init={struct_init!r}; choose one of {', '.join(STRUCT_INITS)}"
+            )
         if dim % num_heads != 0:
-            raise ValueError(f"StructSA: dim={dim} is not divisible by num_heads={num_heads}; pick heads dividing C")
+            raise ValueError(
+                f"StructSA: dim={dim} is not divisible by num_heads={num_heads}; pick heads dividing C"
+            )
         if structure_dim < 0:
             raise ValueError(f"StructSA: structure_dim={structure_dim} must be >= 0 (0 = vanilla attention)")
         if kv_stride < 1:
@@ -295,7 +319,11 @@ class StructSA(nn.Module):
         #    y_{i,c} = Σ_j Σ_d A_{i,j,d} Σ_m H_V[m,d,c] v_{j+δ_m,c}.
         v_grid = v.transpose(2, 3).reshape(b, heads * c, t, h, w)
         v_pad = F.pad(v_grid, (pad[2], pad[2], pad[1], pad[1], pad[0], pad[0]))
-        patches = v_pad.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1]).unfold(4, kernel[2], stride[2])
+        patches = (
+            v_pad.unfold(2, kernel[0], stride[0])
+            .unfold(3, kernel[1], stride[1])
+            .unfold(4, kernel[2], stride[2])
+        )
         # (B, C, T', H', W', kT, kH, kW) -> (B, h, N', c, kT, kH, kW)
         patches = patches.reshape(b, heads, c, -1, *kernel).transpose(2, 3)
         per_tap = torch.einsum("bhijd,bhjcxyz->bhidcxyz", attn, patches)

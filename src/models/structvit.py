@@ -22,8 +22,14 @@ from .structsa import StructInit, StructSA
 class PatchEmbed(nn.Module):
     """Conv3d patchify then LayerNorm over channels: (B, Cin, T, H, W) -> (B, C, T', H', W')."""
 
-    def __init__(self, in_dim: int, dim: int, kernel: tuple[int, int, int], stride: tuple[int, int, int],
-                 padding: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        kernel: tuple[int, int, int],
+        stride: tuple[int, int, int],
+        padding: tuple[int, int, int],
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv3d(in_dim, dim, kernel, stride=stride, padding=padding)
         self.norm = nn.LayerNorm(dim)  # eps 1e-5, as UniFormer's patch embeddings
@@ -112,14 +118,32 @@ class ConvBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """UniFormer's global block (stages 3-4) with StructSA: CPE, LN + StructSA, LN + MLP over T·H·W tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, video: bool,
-                 structure_dim: int, kv_stride: int, qkv_bias: bool, attn_fp32: bool,
-                 struct_init: StructInit = "random") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        video: bool,
+        structure_dim: int,
+        kv_stride: int,
+        qkv_bias: bool,
+        attn_fp32: bool,
+        struct_init: StructInit = "random",
+    ) -> None:
         super().__init__()
         self.pos_embed = _dwconv(dim, 3, video)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = StructSA(dim, num_heads, structure_dim=structure_dim, kernel_size=(3 if video else 1, 3, 3),
-                             kv_stride=kv_stride, qkv_bias=qkv_bias, attn_fp32=attn_fp32, struct_init=struct_init)
+        self.attn = StructSA(
+            dim,
+            num_heads,
+            structure_dim=structure_dim,
+            kernel_size=(3 if video else 1, 3, 3),
+            kv_stride=kv_stride,
+            qkv_bias=qkv_bias,
+            attn_fp32=attn_fp32,
+            struct_init=struct_init,
+        )
         self.drop_path = StochasticDepth(drop_path, mode="row")  # per-sample residual drop
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -143,8 +167,10 @@ def _recompute_safe(block: nn.Module) -> Callable[[Tensor], Tensor]:
         if calls == 1:
             return block(x)
         norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-                 for m in norms]
+        saved = [
+            (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+            for m in norms
+        ]
         for m in norms:
             m.momentum = 0.0  # running = 1·running + 0·batch: the recomputation leaves the stats as they are
         try:
@@ -204,7 +230,9 @@ class StructViT(nn.Module):
             raise ValueError(f"StructViT: stem={stem!r}; use 'patch' (UniFormer's) or 'conv' (ConvStem)")
         bad = [s for s in checkpoint_stages if s not in (1, 2, 3, 4)]
         if bad:
-            raise ValueError(f"StructViT: checkpoint_stages={list(checkpoint_stages)} has {bad}; stages are 1..4")
+            raise ValueError(
+                f"StructViT: checkpoint_stages={list(checkpoint_stages)} has {bad}; stages are 1..4"
+            )
         for dim in dims[2:]:
             if dim % head_dim:
                 raise ValueError(f"StructViT: stage width {dim} is not a multiple of head_dim={head_dim}")
@@ -212,14 +240,18 @@ class StructViT(nn.Module):
         self.structure_dim, self.kv_stride, self.image = structure_dim, kv_stride, image
         self.checkpoint_stages = sorted(set(checkpoint_stages))
         self.num_features = dims[3]
-        stem_k, stem_s, stem_p = ((1, 4, 4), (1, 4, 4), (0, 0, 0)) if image else ((3, 4, 4), (2, 4, 4), (1, 0, 0))
+        stem_k, stem_s, stem_p = (
+            ((1, 4, 4), (1, 4, 4), (0, 0, 0)) if image else ((3, 4, 4), (2, 4, 4), (1, 0, 0))
+        )
         self.stem = stem
         if stem == "conv":
             self.patch_embed1 = ConvStem(in_chans, dims[0], not image)
         else:
             self.patch_embed1 = PatchEmbed(in_chans, dims[0], stem_k, stem_s, stem_p)
         for i in (2, 3, 4):
-            setattr(self, f"patch_embed{i}", PatchEmbed(dims[i - 2], dims[i - 1], (1, 2, 2), (1, 2, 2), (0, 0, 0)))
+            setattr(
+                self, f"patch_embed{i}", PatchEmbed(dims[i - 2], dims[i - 1], (1, 2, 2), (1, 2, 2), (0, 0, 0))
+            )
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linspace(0, rate, total)
         start = 0
@@ -228,8 +260,18 @@ class StructViT(nn.Module):
                 blocks = [ConvBlock(dim, mlp_ratio, rates[start + j], not image) for j in range(depth)]
             else:
                 blocks = [
-                    AttentionBlock(dim, dim // head_dim, mlp_ratio, rates[start + j], not image, structure_dim,
-                                   kv_stride, qkv_bias, attn_fp32, struct_init)
+                    AttentionBlock(
+                        dim,
+                        dim // head_dim,
+                        mlp_ratio,
+                        rates[start + j],
+                        not image,
+                        structure_dim,
+                        kv_stride,
+                        qkv_bias,
+                        attn_fp32,
+                        struct_init,
+                    )
                     for j in range(depth)
                 ]
             setattr(self, f"blocks{stage}", nn.ModuleList(blocks))
@@ -277,7 +319,9 @@ class StructViT(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"StructViT: expected (B, 3, T, H, W) or (B, 3, H, W), got {tuple(x.shape)}")
         if self.image and x.shape[2] != 1:
-            raise ValueError(f"StructViT: image model got a clip of T={x.shape[2]} frames; build it with image=False")
+            raise ValueError(
+                f"StructViT: image model got a clip of T={x.shape[2]} frames; build it with image=False"
+            )
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:

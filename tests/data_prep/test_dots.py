@@ -14,7 +14,9 @@ from src.data.decoding import read_frames
 
 def test_coherent_dots_move_one_cell_per_frame_in_the_class_direction():
     for label, (_, dy, dx) in enumerate(DIRECTIONS):
-        clip = render_dots(label, np.random.default_rng(label), frames=4, grid=8, cell=4, dots=16, coherence=1.0)
+        clip = render_dots(
+            label, np.random.default_rng(label), frames=4, grid=8, cell=4, dots=16, coherence=1.0
+        )
         assert clip.shape == (4, 32, 32, 3) and clip.dtype == np.uint8
         assert ((clip[0].max(-1) > 0).sum()) == 16 * 16  # 16 dots of 4x4 pixels
         for t in range(3):
@@ -48,7 +50,9 @@ def test_dots_are_written_losslessly_and_decode_to_the_rendered_pixels(tmp_path)
         rows = list(csv.DictReader(f))
     for row in rows[:3]:
         label = int(row["label"])
-        rendered = render_dots(label, clip_rng(0, "train", int(row["path"].split("/")[-1][:5])), frames=4, cell=4)
+        rendered = render_dots(
+            label, clip_rng(0, "train", int(row["path"].split("/")[-1][:5])), frames=4, cell=4
+        )
         for backend in ("decord", "pyav"):
             decoded = read_frames(tmp_path / "dots" / row["path"], range(4), backend=backend).numpy()
             assert np.abs(decoded.astype(int) - rendered.astype(int)).max() <= 1

@@ -84,7 +84,9 @@ def test_hostile_members_are_refused_by_name_and_nothing_is_written(tmp_path, me
 
 
 def test_a_link_chain_in_one_archive_is_refused_naming_the_member_not_as_corruption(tmp_path):
-    archive = _tar(tmp_path / "chain.tar", [("l1", None, "."), ("l1/l2", None, ".."), ("l1/l2/x", b"x", None)], "w")
+    archive = _tar(
+        tmp_path / "chain.tar", [("l1", None, "."), ("l1/l2", None, ".."), ("l1/l2/x", b"x", None)], "w"
+    )
     with pytest.raises(ExtractError, match="symbolic link to '.' refused") as err:
         safe_extract(archive, tmp_path / "out")
     assert err.value.member == "l1" and "corrupt" not in str(err.value)

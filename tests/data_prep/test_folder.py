@@ -30,14 +30,31 @@ def env() -> dict[str, str]:
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
     return result
 
 
 def make_prepare(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     """The real target; `-o install` because the venv stamp may lag pyproject.toml in a shared checkout."""
-    return subprocess.run(["make", "--no-print-directory", "-o", "install", "prepare-folder", f"PY={sys.executable}",
-                           "JOBS=2", *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            "install",
+            "prepare-folder",
+            f"PY={sys.executable}",
+            "JOBS=2",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rows(index: Path, split: str) -> list[dict]:
@@ -78,20 +95,27 @@ def prepared(videos, tmp_path_factory) -> tuple[Path, subprocess.CompletedProces
 @pytest.mark.slow
 def test_make_prepare_folder_indexes_every_class_with_a_seeded_split(prepared, videos):
     index, result = prepared
-    assert (index / "classes.txt").read_text().splitlines() == CLASSES  # sorted folder names; empty/ is no class
+    assert (
+        index / "classes.txt"
+    ).read_text().splitlines() == CLASSES  # sorted folder names; empty/ is no class
     assert (index / "videos").is_symlink() and (index / "videos").resolve() == videos.resolve()
     manifest = json.loads((index / "manifest.json").read_text())
     per_class = {c: {s: 0 for s in ("train", "val", "test")} for c in CLASSES}
     for split in ("train", "val", "test"):
         for row in rows(index, split):
             path = index / row["path"]
-            assert row["path"].startswith("videos/") and path.exists()  # relative to the index, through the link
+            assert (
+                row["path"].startswith("videos/") and path.exists()
+            )  # relative to the index, through the link
             assert int(row["num_frames"]) == 8  # probed and cached
             assert (row["fps"] == "") == path.is_dir()  # a JPEG-frame folder has no frame rate
             per_class[CLASSES[int(row["label"])]][split] += 1
     # 4 readable videos (cat: the corrupt one is left out) -> 2/1/1; fish has 5 (4 mp4 + a frame folder) -> 3/1/1
-    assert per_class == {"cat": {"train": 2, "val": 1, "test": 1}, "dog": {"train": 2, "val": 1, "test": 1},
-                         "fish": {"train": 3, "val": 1, "test": 1}}
+    assert per_class == {
+        "cat": {"train": 2, "val": 1, "test": 1},
+        "dog": {"train": 2, "val": 1, "test": 1},
+        "fish": {"train": 3, "val": 1, "test": 1},
+    }
     assert manifest["class_counts"] == per_class and manifest["counts"] == {"train": 7, "val": 3, "test": 3}
     assert manifest["dataset"] == "custom" and manifest["layout"] == "classes"
     (failure,) = manifest["failed"]["unsplit"]
@@ -99,7 +123,9 @@ def test_make_prepare_folder_indexes_every_class_with_a_seeded_split(prepared, v
     assert manifest["failed_counts"]["unsplit"] == 1
     skipped = {s["id"]: s["reason"] for s in manifest["skipped"]}
     assert set(skipped) == {"dog/notes.txt", "dog/.DS_Store", "empty/", "loose.mp4"}
-    assert skipped["empty/"].startswith("empty class folder") and skipped["loose.mp4"].startswith("not in a class")
+    assert skipped["empty/"].startswith("empty class folder") and skipped["loose.mp4"].startswith(
+        "not in a class"
+    )
     out = result.stdout
     assert "1 video(s) failed to probe" in out and "cat/broken.mp4" in out and "skipped 4 entries" in out
     assert "train: 7 indexed" in out
@@ -118,8 +144,19 @@ def test_make_prepare_folder_without_src_stops_before_running_anything(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ split
-@pytest.mark.parametrize(("n", "expected"), [(0, (0, 0)), (1, (0, 0)), (2, (1, 0)), (3, (1, 1)), (4, (1, 1)),
-                                              (10, (1, 1)), (25, (3, 3)), (100, (10, 10))])
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (0, (0, 0)),
+        (1, (0, 0)),
+        (2, (1, 0)),
+        (3, (1, 1)),
+        (4, (1, 1)),
+        (10, (1, 1)),
+        (25, (3, 3)),
+        (100, (10, 10)),
+    ],
+)
 def test_split_counts_keep_a_train_video_and_give_val_and_test_one_when_they_can(n, expected):
     assert split_counts(n, 0.1, 0.1) == expected
     assert split_counts(n, 0.0, 0.0) == (0, 0)
@@ -155,7 +192,10 @@ def test_split_folders_give_the_split_and_a_missing_test_folder_is_drawn_from_tr
     out = tmp_path / "index"
     manifest = prepare(src, out, workers=1, progress=False)
     assert manifest["layout"] == "splits" and manifest["split_rule"]["from_folders"] == ["train", "val"]
-    assert manifest["class_counts"] == {"a": {"train": 4, "val": 1, "test": 1}, "b": {"train": 4, "val": 1, "test": 1}}
+    assert manifest["class_counts"] == {
+        "a": {"train": 4, "val": 1, "test": 1},
+        "b": {"train": 4, "val": 1, "test": 1},
+    }
     assert all(r["path"].startswith("videos/val/") for r in rows(out, "val"))
     assert all(r["path"].startswith("videos/train/") for r in rows(out, "test"))
 
@@ -173,8 +213,10 @@ def test_an_index_inside_src_or_src_inside_the_index(tmp_path):
     src = write_classes(tmp_path / "index" / "videos", {"a": 2, "b": 2})  # SRC inside OUT: rows point at it
     manifest = prepare(src, tmp_path / "index", workers=1, progress=False)
     assert not src.is_symlink() and manifest["counts"]["train"] == 2
-    assert all(r["path"].startswith("videos/") and (tmp_path / "index" / r["path"]).is_file()
-               for r in rows(tmp_path / "index", "train"))
+    assert all(
+        r["path"].startswith("videos/") and (tmp_path / "index" / r["path"]).is_file()
+        for r in rows(tmp_path / "index", "train")
+    )
     with pytest.raises(FolderError, match="lies inside SRC"):
         prepare(tmp_path / "index", tmp_path / "index" / "videos" / "a" / "out", workers=1, progress=False)
 
@@ -183,13 +225,24 @@ def test_an_index_inside_src_or_src_inside_the_index(tmp_path):
     ("setup", "args", "message"),
     [
         (lambda src: None, [], "does not exist: give the folder of your videos"),
-        (lambda src: write_test_video(src / "x.mp4", 8, 32), [], r"no class folder with videos in .*\(1 videos lie "
-                                                                  "directly in it: move them into class folders\\)"),
-        (lambda src: write_classes(src, {"train": 1, "cats": 1}), [], r"mixes split folders \(train\) with other "
-                                                                      r"folders \(cats\).*--layout classes"),
+        (
+            lambda src: write_test_video(src / "x.mp4", 8, 32),
+            [],
+            r"no class folder with videos in .*\(1 videos lie "
+            "directly in it: move them into class folders\\)",
+        ),
+        (
+            lambda src: write_classes(src, {"train": 1, "cats": 1}),
+            [],
+            r"mixes split folders \(train\) with other "
+            r"folders \(cats\).*--layout classes",
+        ),
         (lambda src: write_classes(src / "val", {"a": 1}), [], "has no train/ folder"),
-        (lambda src: write_classes(src, {"a": 2, "b": 2}), ["--val-fraction", "0.6", "--test-fraction", "0.5"],
-         "leave no training videos"),
+        (
+            lambda src: write_classes(src, {"a": 2, "b": 2}),
+            ["--val-fraction", "0.6", "--test-fraction", "0.5"],
+            "leave no training videos",
+        ),
     ],
     ids=["missing", "no-classes", "mixed", "no-train", "fractions"],
 )
@@ -198,7 +251,9 @@ def test_errors_name_the_folder_and_the_fix(tmp_path, capsys, setup, args, messa
 
     src = tmp_path / "src"
     setup(src)
-    code = folder.main(["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet", *args])
+    code = folder.main(
+        ["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet", *args]
+    )
     err = capsys.readouterr().err
     assert code == 2 and re.search(message, err), err
 
@@ -226,14 +281,17 @@ def test_custom_recipe():
     k400 = yaml.safe_load((ROOT / "configs" / "k400.yaml").read_text())
     assert config["data"]["dataset"] == "custom" and config["data"]["root"] is None
     assert config["trainer"]["logger"]["init_args"]["name"] == "custom"
-    assert config["model"]["backbone"] == k400["model"]["backbone"]  # StructViT-S, as the K400 recipe trains it
+    assert (
+        config["model"]["backbone"] == k400["model"]["backbone"]
+    )  # StructViT-S, as the K400 recipe trains it
     assert config["model"]["init_from"]  # a fine-tuning recipe: a missing file stops the run
     assert config["model"]["lr"] < k400["model"]["lr"]
     assert config["trainer"]["max_epochs"] < k400["trainer"]["max_epochs"]
     assert config["model"]["warmup_epochs"] < k400["model"]["warmup_epochs"]
     # Kinetics' sampling: 16 frames 4 apart (the frame spacing the K400 checkpoint learned), 4 test clips
-    assert {k: config["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")} == {
-        k: k400["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")}
+    assert {
+        k: config["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")
+    } == {k: k400["data"][k] for k in ("sampling", "num_frames", "sampling_rate", "crop_size", "test_views")}
     backbone = BackboneConfig(**config["model"]["backbone"])
     with torch.device("meta"):
         model = build_model(backbone.variant, num_classes=3, **backbone.overrides())
@@ -247,23 +305,54 @@ def test_a_hand_made_index_without_manifest_trains(videos, tmp_path):
     index = tmp_path / "handmade"
     index.mkdir()
     (index / "classes.txt").write_text("cat\ndog\n")
-    train = [f"{videos}/cat/clip {i}.mp4,0" for i in range(2)] + [f"{videos}/dog/clip {i}.mp4,1" for i in range(2)]
+    train = [f"{videos}/cat/clip {i}.mp4,0" for i in range(2)] + [
+        f"{videos}/dog/clip {i}.mp4,1" for i in range(2)
+    ]
     (index / "train.csv").write_text("path,label\n" + "\n".join(train) + "\n")
     shutil.copy(videos / "dog" / "clip 3.mp4", index / "d3.mp4")  # a path relative to the index folder
     (index / "val.csv").write_text(f"path,label\n{videos}/cat/clip 3.mp4,0\nd3.mp4,1\n")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cli = cli_main(["fit", "--config", "configs/custom.yaml", "--config", "configs/model/structvit_xs.yaml",
-                        "--model.init_from", "null", "--data.root", str(index), "--data.num_frames", "8",
-                        "--data.crop_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",
-                        "--data.backend", "pyav", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-                        "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path / "runs")])
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                "configs/custom.yaml",
+                "--config",
+                "configs/model/structvit_xs.yaml",
+                "--model.init_from",
+                "null",
+                "--data.root",
+                str(index),
+                "--data.num_frames",
+                "8",
+                "--data.crop_size",
+                "32",
+                "--data.batch_size",
+                "2",
+                "--data.num_workers",
+                "0",
+                "--data.backend",
+                "pyav",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.precision",
+                "32-true",
+                "--trainer.fast_dev_run",
+                "1",
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+            ]
+        )
     finally:
         torch.set_num_threads(before)
     assert cli.trainer.global_step == 1 and "val/top1" in cli.trainer.callback_metrics
     assert cli.model.class_names == ["cat", "dog"] and not (index / "manifest.json").exists()
-    assert len(cli.datamodule.fingerprint) == 16 and cli.model.hparams.data_fingerprint == cli.datamodule.fingerprint
+    assert (
+        len(cli.datamodule.fingerprint) == 16
+        and cli.model.hparams.data_fingerprint == cli.datamodule.fingerprint
+    )
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -272,26 +361,78 @@ def test_fine_tune_custom_yaml_from_a_checkpoint_then_predict_a_folder(prepared,
     from data_prep.synthetic import generate_dataset
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return ok(subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=ROOT, env=env(), capture_output=True,
-                                 text=True, timeout=300))
+        return ok(
+            subprocess.run(
+                [sys.executable, "-m", "src.cli", *args],
+                cwd=ROOT,
+                env=env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        )
 
     index, _ = prepared
     runs = tmp_path / "runs"
-    tiny = ["--data.num_frames", "8", "--data.crop_size", "32", "--data.batch_size", "2", "--data.num_workers", "2",
-            "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-            "--trainer.precision", "32-true", "--trainer.logger.init_args.save_dir", str(runs)]
+    tiny = [
+        "--data.num_frames",
+        "8",
+        "--data.crop_size",
+        "32",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+    ]
     # 1. a checkpoint to start from: structvit_xs on the synthetic benchmark (14 classes)
     synthetic = tmp_path / "synthetic"
     generate_dataset(synthetic, train=8, val=4, test=4, frames=8, size=32)
-    cli("fit", "--config", "configs/synthetic.yaml", *tiny, "--data.root", str(synthetic), "--data.num_workers", "0",
-        "--data.test_views", "[1, 1]", "--trainer.limit_train_batches", "2", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.default_root_dir", str(runs / "synthetic"))
+    cli(
+        "fit",
+        "--config",
+        "configs/synthetic.yaml",
+        *tiny,
+        "--data.root",
+        str(synthetic),
+        "--data.num_workers",
+        "0",
+        "--data.test_views",
+        "[1, 1]",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.default_root_dir",
+        str(runs / "synthetic"),
+    )
     source = runs / "synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     assert source.is_file()
 
     # 2. the recipe of configs/custom.yaml on the prepared folder, the model config set to the checkpoint's
-    cli("fit", "--config", "configs/custom.yaml", "--config", "configs/model/structvit_xs.yaml", "--model.init_from",
-        str(source), *tiny, "--data.root", str(index), "--trainer.default_root_dir", str(runs / "custom"))
+    cli(
+        "fit",
+        "--config",
+        "configs/custom.yaml",
+        "--config",
+        "configs/model/structvit_xs.yaml",
+        "--model.init_from",
+        str(source),
+        *tiny,
+        "--data.root",
+        str(index),
+        "--trainer.default_root_dir",
+        str(runs / "custom"),
+    )
     run = runs / "custom" / "version_0"
     report = (run / "init_report.txt").read_text()
     assert str(source) in report and "tensors loaded" in report and "0 tensors loaded" not in report
@@ -302,7 +443,11 @@ def test_fine_tune_custom_yaml_from_a_checkpoint_then_predict_a_folder(prepared,
     # 3. predict a class folder from the fine-tuned checkpoint alone (no config, no data.root)
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     result = cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(videos / "dog"))
-    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert sorted(Path(r["path"]).name for r in records) == [f"clip {i}.mp4" for i in range(4)]  # notes.txt skipped
+    records = [
+        json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert sorted(Path(r["path"]).name for r in records) == [
+        f"clip {i}.mp4" for i in range(4)
+    ]  # notes.txt skipped
     assert all({t["class"] for t in r["top5"]} == set(CLASSES) for r in records)
     assert "predicted 4 of 4 videos" in result.stdout + result.stderr

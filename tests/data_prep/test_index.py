@@ -10,12 +10,18 @@ from data_prep.index import IndexRow, write_index
 
 def test_index_files_follow_the_contract(tmp_path):
     rows = {
-        "train": [IndexRow("videos/a.mp4", 0, num_frames=16, fps=25.0), IndexRow("videos/b.mp4", 1, num_frames=8, fps=30.0)],
+        "train": [
+            IndexRow("videos/a.mp4", 0, num_frames=16, fps=25.0),
+            IndexRow("videos/b.mp4", 1, num_frames=8, fps=30.0),
+        ],
         "val": [IndexRow("videos/c.mp4", 1, start=1.5, end=3.0)],
         "test": [IndexRow("videos/d.mp4", -1)],
     }
     manifest = write_index(
-        tmp_path, dataset="toy", classes=["left, to right", "up"], splits=rows,
+        tmp_path,
+        dataset="toy",
+        classes=["left, to right", "up"],
+        splits=rows,
         missing={"train": [{"id": "zz", "reason": "not in archive"}]},
     )
     assert (tmp_path / "classes.txt").read_text().splitlines() == ["left, to right", "up"]
@@ -24,7 +30,12 @@ def test_index_files_follow_the_contract(tmp_path):
     assert list(train[0]) == ["path", "label", "num_frames", "fps"]
     assert train[1] == {"path": "videos/b.mp4", "label": "1", "num_frames": "8", "fps": "30"}
     with open(tmp_path / "val.csv") as f:
-        assert list(csv.DictReader(f))[0] == {"path": "videos/c.mp4", "label": "1", "start": "1.5", "end": "3"}
+        assert list(csv.DictReader(f))[0] == {
+            "path": "videos/c.mp4",
+            "label": "1",
+            "start": "1.5",
+            "end": "3",
+        }
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["counts"] == {"train": 2, "val": 1, "test": 1}
@@ -36,7 +47,9 @@ def test_fingerprint_changes_with_the_lists_and_only_with_them(tmp_path):
     rows = {"train": [IndexRow("a.mp4", 0)]}
     first = write_index(tmp_path / "a", dataset="toy", classes=["x"], splits=rows)["fingerprint"]
     again = write_index(tmp_path / "b", dataset="toy", classes=["x"], splits=rows)["fingerprint"]
-    other = write_index(tmp_path / "c", dataset="toy", classes=["x"], splits={"train": [IndexRow("b.mp4", 0)]})
+    other = write_index(
+        tmp_path / "c", dataset="toy", classes=["x"], splits={"train": [IndexRow("b.mp4", 0)]}
+    )
     assert first == again != other["fingerprint"]
 
 

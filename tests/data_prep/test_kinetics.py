@@ -117,7 +117,9 @@ def test_prepare_k400_builds_the_index_and_reports_the_missing_video(mirror, tmp
     assert train[0] == "path,label,num_frames,fps"
     football = official.index("passing American football (in game)")  # the official label id, not 1 of 3
     assert f"videos/train/part_0/-b6gqj_mZOs_000009_000019.mp4,{football},24,25" in train
-    assert f"videos/replacement/replacement/fixedXYZ123_000000_000010.mp4,{football},24,25" in train  # the fixed copy
+    assert (
+        f"videos/replacement/replacement/fixedXYZ123_000000_000010.mp4,{football},24,25" in train
+    )  # the fixed copy
     assert index["files"]["test.csv"].splitlines()[1].endswith(",-1,24,25")  # no label column: -1
     # every indexed path exists relative to the index folder
     for split in ("train", "val", "test"):
@@ -230,7 +232,10 @@ def _hostile_parts(www: Path, outside: Path, parts: int) -> None:
     parts, A and B merge (the deep link written through the first)."""
     depth = len(Path(outside).resolve().parts) + 8  # more levels than the target has: `up` reaches `/`
     chain = "/".join(["l1"] * depth)  # on disk `l1 -> .` folds the chain back to the target itself
-    members = [[_link("l1", ".")], [_link(f"{chain}/up", "/".join([".."] * depth))]]  # inside, in B's own view
+    members = [
+        [_link("l1", ".")],
+        [_link(f"{chain}/up", "/".join([".."] * depth))],
+    ]  # inside, in B's own view
     if parts == 2:
         members = [members[0] + members[1]]
     payload = tarfile.TarInfo("up/" + str(Path(outside).resolve()).lstrip("/") + "/pwned")
@@ -254,8 +259,24 @@ def test_archives_that_together_escape_the_target_write_nothing_outside(mirror, 
     (outside / "pwned").write_text("original")  # an existing file there must not be overwritten either
     _hostile_parts(tmp_path / "www", outside, parts)
     out = tmp_path / "k400"
-    code = subprocess.run([sys.executable, "-m", "data_prep.kinetics", "--out", str(out), "--base-url", mirror.url,
-                           "--workers", "1", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    code = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep.kinetics",
+            "--out",
+            str(out),
+            "--base-url",
+            mirror.url,
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert code.returncode != 0
     assert "symbolic link to '.' refused" in code.stderr + code.stdout, (code.stdout + code.stderr)[-3000:]
     assert "l1" in code.stderr + code.stdout
@@ -264,7 +285,9 @@ def test_archives_that_together_escape_the_target_write_nothing_outside(mirror, 
     assert not [p for p in out.rglob("*") if p.is_symlink()]
 
 
-def test_truncated_parts_are_fetched_again_listed_together_and_not_reused_after_the_mirror_is_fixed(mirror, tmp_path):
+def test_truncated_parts_are_fetched_again_listed_together_and_not_reused_after_the_mirror_is_fixed(
+    mirror, tmp_path
+):
     www = tmp_path / "www" / "train"
     whole = {name: (www / name).read_bytes() for name in ("part_0.tar.gz", "part_1.tar.gz")}
     for name, data in whole.items():  # the mirror serves both parts cut short (Content-Length matches)
@@ -292,5 +315,9 @@ def test_the_shipped_class_list_is_the_official_400(real_annotations):
 def test_labels_outside_kinetics_400_are_an_error_naming_them(mirror, tmp_path):
     annotations = tmp_path / "www" / "annotations" / "val.csv"
     annotations.write_text(annotations.read_text() + "dancing the robot,zzzzzzzzzzz,0,10,val,0\n")
-    with pytest.raises(ValueError, match=r"1 label\(s\) not among Kinetics-400's 400 classes.*'dancing the robot'"):
-        kinetics.main(["--out", str(tmp_path / "k400"), "--base-url", mirror.url, "--workers", "1", "--quiet"])
+    with pytest.raises(
+        ValueError, match=r"1 label\(s\) not among Kinetics-400's 400 classes.*'dancing the robot'"
+    ):
+        kinetics.main(
+            ["--out", str(tmp_path / "k400"), "--base-url", mirror.url, "--workers", "1", "--quiet"]
+        )

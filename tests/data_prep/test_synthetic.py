@@ -142,8 +142,9 @@ def test_parallel_workers_write_the_same_clips_as_one_process(tmp_path):
     assert one["fingerprint"] == two["fingerprint"]
     for split in ("train", "val", "test"):
         for row in read_split(tmp_path / "one", split):
-            np.testing.assert_array_equal(decode(tmp_path / "one" / row["path"]),
-                                          decode(tmp_path / "two" / row["path"]))
+            np.testing.assert_array_equal(
+                decode(tmp_path / "one" / row["path"]), decode(tmp_path / "two" / row["path"])
+            )
 
 
 def test_bad_options_are_refused_with_the_value_and_the_fix(tmp_path):
@@ -161,8 +162,20 @@ def test_bad_options_are_refused_with_the_value_and_the_fix(tmp_path):
 
 
 def test_command_line_generates_then_reports_the_cache(tmp_path, capsys):
-    args = ["--out", str(tmp_path), "--train", "14", "--val", "0", "--test", "0",
-            "--frames", str(FRAMES), "--size", str(SIZE)]
+    args = [
+        "--out",
+        str(tmp_path),
+        "--train",
+        "14",
+        "--val",
+        "0",
+        "--test",
+        "0",
+        "--frames",
+        str(FRAMES),
+        "--size",
+        str(SIZE),
+    ]
     assert main(args) == 0
     assert "generated in" in capsys.readouterr().out
     assert main(args) == 0

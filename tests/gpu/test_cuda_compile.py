@@ -11,8 +11,9 @@ pytestmark = pytest.mark.gpu
 
 
 def test_compiled_model_matches_eager_and_its_step_time_is_recorded(shapes, record, tolerance_scale):
-    row = cuda_paths.compile_vs_eager(shapes.compile_model, shapes.device, shapes.compile_backend,
-                                      shapes.compile_reps)
+    row = cuda_paths.compile_vs_eager(
+        shapes.compile_model, shapes.device, shapes.compile_backend, shapes.compile_reps
+    )
     bound = row["bound"] * tolerance_scale
     row["passed"] = row["rel_err_compiled"] <= bound
     row["notes"] = list(shapes.notes)

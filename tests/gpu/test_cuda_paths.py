@@ -44,6 +44,8 @@ def test_structvit_s_bf16_mixed_step_has_finite_loss_and_gradients(shapes, recor
     for model in shapes.step_models:
         row = cuda_paths.bf16_training_step(model, shapes.device)
         fused = set(row["sdpa_kernels"]) <= set(row["allowed"]) and bool(row["sdpa_kernels"])
-        row["passed"] = row["finite_loss"] and row["finite_grads"] and row["finite_params_after_step"] and fused
+        row["passed"] = (
+            row["finite_loss"] and row["finite_grads"] and row["finite_params_after_step"] and fused
+        )
         record(row)
         assert row["passed"], f"bf16-mixed step: {row}"

@@ -44,7 +44,11 @@ class FaultyClassifier(VideoClassifier):
         out = os.environ.get("STRUCTVIT_FAULT_OUT")
         if out:
             checksum = sum(float(p.detach().double().sum()) for p in self.backbone.parameters())
-            record = {"global_step": self.global_step, "nonfinite_skips": self.nonfinite_skips, "checksum": checksum}
+            record = {
+                "global_step": self.global_step,
+                "nonfinite_skips": self.nonfinite_skips,
+                "checksum": checksum,
+            }
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / f"rank{self.global_rank}.json").write_text(json.dumps(record))
 

@@ -56,7 +56,8 @@ def test_structvit_from_a_uniformer_checkpoint_computes_what_uniformer_computes(
 
 
 def test_a_symmetry_breaking_start_from_a_uniformer_checkpoint_keeps_filter_0_and_changes_the_function(
-        image_checkpoint):
+    image_checkpoint,
+):
     uni = build_model("uniformer_s", num_classes=400)
     load_pretrained(uni, image_checkpoint)
     struct = build_model("structvit_s", num_classes=400, struct_init="identity")
@@ -111,7 +112,9 @@ def test_video_checkpoint_under_model_state_and_extra_keys_are_reported_not_fata
 def test_head_is_remapped_by_class_name():
     source = build_model("structvit_xs", num_classes=3)
     target = build_model("structvit_xs", num_classes=2)
-    report = load_pretrained(target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["c", "z"])
+    report = load_pretrained(
+        target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["c", "z"]
+    )
     assert report.head_remapped == 1 and not report.head_dropped
     assert torch.equal(target.head.weight[0], source.head.weight[2])
     assert not torch.equal(target.head.weight[1], source.head.weight[0])
@@ -122,7 +125,9 @@ def test_head_rows_follow_the_names_even_when_the_class_counts_agree():
     source = build_model("structvit_xs", num_classes=3)
     target = build_model("structvit_xs", num_classes=3)
     fresh = target.head.weight.detach().clone()
-    report = load_pretrained(target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["b", "x", "y"])
+    report = load_pretrained(
+        target, source.state_dict(), source_classes=["a", "b", "c"], target_classes=["b", "x", "y"]
+    )
     assert report.head_remapped == 1 and report.clean
     assert torch.equal(target.head.weight[0], source.head.weight[1])
     assert torch.equal(target.head.weight[1:], fresh[1:])
@@ -134,7 +139,9 @@ def test_head_rows_follow_the_names_even_when_the_class_counts_agree():
 def test_checkpoints_are_read_weights_only(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "hook": Path("/")}, path)  # a pickled non-tensor object
-    with pytest.raises(ValueError, match="refused by the safe checkpoint loader: it holds a Python object of type"):
+    with pytest.raises(
+        ValueError, match="refused by the safe checkpoint loader: it holds a Python object of type"
+    ):
         load_pretrained(build_model("structvit_xs"), path)
     with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
         load_pretrained(build_model("structvit_xs"), tmp_path / "missing.pth")
@@ -146,7 +153,9 @@ def test_the_official_uniformer_args_namespace_is_allowed_and_nothing_broader(tm
 
     model = build_model("structvit_xs")
     path = tmp_path / "uniformer_official.pth"
-    torch.save({"model": model.state_dict(), "args": argparse.Namespace(lr=1e-3, model="uniformer_small")}, path)
+    torch.save(
+        {"model": model.state_dict(), "args": argparse.Namespace(lr=1e-3, model="uniformer_small")}, path
+    )
     report = load_pretrained(build_model("structvit_xs"), path)
     assert report.clean
     other = tmp_path / "other.pth"

@@ -19,14 +19,17 @@ from src.models.depthwise import DepthwiseConv3d
 )
 def test_outputs_and_gradients_equal_grouped_conv3d(channels, multiplier, kernel, stride, shape):
     torch.manual_seed(0)
-    conv = DepthwiseConv3d(channels, channels * multiplier, kernel, stride=stride,
-                           padding=tuple(k // 2 for k in kernel)).double()
+    conv = DepthwiseConv3d(
+        channels, channels * multiplier, kernel, stride=stride, padding=tuple(k // 2 for k in kernel)
+    ).double()
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     ours = conv(x)
     theirs = F.conv3d(x, conv.weight, conv.bias, stride, conv.padding, groups=channels)
     g = torch.randn_like(ours)
-    for a, b in zip(torch.autograd.grad(ours, (x, conv.weight, conv.bias), g),
-                    torch.autograd.grad(theirs, (x, conv.weight, conv.bias), g)):
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, conv.weight, conv.bias), g),
+        torch.autograd.grad(theirs, (x, conv.weight, conv.bias), g),
+    ):
         assert (a - b).abs().max() < 1e-12
     assert torch.equal(ours, theirs)
     assert isinstance(conv, torch.nn.Conv3d) and set(conv.state_dict()) == {"weight", "bias"}

@@ -22,7 +22,9 @@ def test_flops_and_params_match_the_paper_within_3_percent(name, overrides, imag
     report = model_flops(name, frames=16, size=224, num_classes=classes, image=image, **overrides)
     assert report.gflops == pytest.approx(gflops, rel=0.03)
     if params is not None:
-        tolerance = 0.03 if name == "uniformer_s" else 0.05  # docs/method.md: the paper rounds StructViT's counts
+        tolerance = (
+            0.03 if name == "uniformer_s" else 0.05
+        )  # docs/method.md: the paper rounds StructViT's counts
         assert report.params / 1e6 == pytest.approx(params, rel=tolerance)
     assert sum(report.per_stage.values()) == pytest.approx(report.gflops, rel=1e-6)
     assert {"blocks1", "blocks3", "patch_embed1"} <= set(report.per_stage)
@@ -37,6 +39,19 @@ def test_structsa_costs_land_in_the_attention_stages():
 
 
 def test_command_line_prints_params_and_gflops(capsys):
-    main(["--model", "structvit_s", "--frames", "16", "--size", "224", "--num-classes", "400", "--kv-stride", "2"])
+    main(
+        [
+            "--model",
+            "structvit_s",
+            "--frames",
+            "16",
+            "--size",
+            "224",
+            "--num-classes",
+            "400",
+            "--kv-stride",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "structvit_s kv_stride=2" in out and "GFLOPs 42.07" in out and "blocks3" in out

@@ -35,8 +35,9 @@ def test_plain_attention_without_positions_cannot_tell_the_frame_order():
 
 
 def test_learned_position_embedding_is_sized_for_the_clip_and_refuses_others():
-    m = build_model("pure_attention_tiny", num_classes=8, structure_dim=0, pos_embed="learned", num_frames=4,
-                    crop_size=32).eval()
+    m = build_model(
+        "pure_attention_tiny", num_classes=8, structure_dim=0, pos_embed="learned", num_frames=4, crop_size=32
+    ).eval()
     assert m.pos_embed.shape == (1, 4 * 8 * 8, 64) and "pos_embed" in m.no_weight_decay()
     with torch.no_grad():
         # the embedding starts small (std 0.02), so the difference does too
@@ -64,4 +65,8 @@ def test_block_mlp_keeps_its_keys_which_torchvisions_mlp_would_renumber():
     mlp = build_model("pure_attention_tiny", num_classes=8).blocks[0].mlp
     assert list(mlp.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # as in saved checkpoints
     assert list(MLP(64, [256, 64], activation_layer=torch.nn.GELU).state_dict()) == [
-        "0.weight", "0.bias", "3.weight", "3.bias"]
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+    ]

@@ -98,7 +98,9 @@ def test_shifted_init_is_deltas_at_distinct_taps_centre_first():
     for conv in (m.k_struct, m.v_struct):
         w = conv.weight.reshape(32, 8, 3, 3, 3)
         for d, tap in enumerate(taps):
-            assert torch.all(w[(slice(None), d, *tap)] == 1) and w[:, d].abs().sum() == 32  # one delta per filter
+            assert (
+                torch.all(w[(slice(None), d, *tap)] == 1) and w[:, d].abs().sum() == 32
+            )  # one delta per filter
     # D = 1 shifted is the identity, so a D = 1 StructSA starts as vanilla attention
     one = _module(16, 2, 1, 1)
     one.reset_struct_parameters("shifted")
@@ -118,8 +120,8 @@ def test_default_init_is_random_fan_in_scaled_and_unknown_inits_are_refused():
     m = StructSA(64, 2, structure_dim=4)
     assert m.struct_init == "random" and not torch.equal(m.k_struct.weight, m.v_struct.weight)
     w = m.k_struct.weight
-    assert abs(w.std().item() - 27 ** -0.5 * 0.88) < 0.02  # a normal cut at ±2 std keeps 88 % of its std
-    assert w.abs().max() <= 2 * 27 ** -0.5 + 1e-6
+    assert abs(w.std().item() - 27**-0.5 * 0.88) < 0.02  # a normal cut at ±2 std keeps 88 % of its std
+    assert w.abs().max() <= 2 * 27**-0.5 + 1e-6
     with pytest.raises(ValueError, match="struct_init='zeros'"):
         StructSA(16, 2, structure_dim=4, struct_init="zeros")
 
@@ -191,5 +193,7 @@ def test_fast_path_runs_the_fused_sdpa_kernel_at_batch_one():
     with torch.no_grad(), profile() as prof:
         module(torch.randn(1, 2 * 6 * 6, 64), (2, 6, 6))
     ops = {event.key for event in prof.key_averages()}
-    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops, sorted(o for o in ops if "attention" in o)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops, sorted(
+        o for o in ops if "attention" in o
+    )
     assert "aten::_scaled_dot_product_attention_math" not in ops

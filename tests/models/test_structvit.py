@@ -12,8 +12,14 @@ from src.models.structvit import StructViT
 
 def test_registry_lists_every_contract_name():
     assert set(list_models()) >= {
-        "structvit_xs", "structvit_s", "structvit_b", "structvit_l", "uniformer_s", "uniformer_b",
-        "x3d_m", "mvit_b_16x4",
+        "structvit_xs",
+        "structvit_s",
+        "structvit_b",
+        "structvit_l",
+        "uniformer_s",
+        "uniformer_b",
+        "x3d_m",
+        "mvit_b_16x4",
     }
 
 
@@ -45,11 +51,22 @@ def test_uniformer_state_dict_keys():
     with torch.device("meta"):
         keys = set(build_model("structvit_s").state_dict())
     for key in [
-        "patch_embed1.proj.weight", "patch_embed1.norm.weight", "patch_embed4.proj.bias",
-        "blocks1.0.pos_embed.weight", "blocks1.0.norm1.running_mean", "blocks1.0.conv1.weight",
-        "blocks1.0.attn.weight", "blocks1.0.conv2.weight", "blocks2.3.mlp.fc2.weight",
-        "blocks3.0.attn.qkv.weight", "blocks3.7.attn.proj.bias", "blocks3.0.attn.k_struct.weight",
-        "blocks4.2.attn.v_struct.weight", "blocks4.2.norm2.weight", "norm.running_var", "head.weight",
+        "patch_embed1.proj.weight",
+        "patch_embed1.norm.weight",
+        "patch_embed4.proj.bias",
+        "blocks1.0.pos_embed.weight",
+        "blocks1.0.norm1.running_mean",
+        "blocks1.0.conv1.weight",
+        "blocks1.0.attn.weight",
+        "blocks1.0.conv2.weight",
+        "blocks2.3.mlp.fc2.weight",
+        "blocks3.0.attn.qkv.weight",
+        "blocks3.7.attn.proj.bias",
+        "blocks3.0.attn.k_struct.weight",
+        "blocks4.2.attn.v_struct.weight",
+        "blocks4.2.norm2.weight",
+        "norm.running_var",
+        "head.weight",
     ]:
         assert key in keys, key
 
@@ -131,7 +148,12 @@ def test_mlp_stays_hand_written_because_torchvisions_mlp_renames_the_uniformer_k
 
     ours = Mlp(8, 32)
     theirs = MLP(8, [32, 8], activation_layer=torch.nn.GELU)
-    assert list(ours.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]  # UniFormer's names
+    assert list(ours.state_dict()) == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]  # UniFormer's names
     assert list(theirs.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
     theirs.load_state_dict(dict(zip(theirs.state_dict(), ours.state_dict().values())))
     x = torch.randn(2, 5, 8)
@@ -147,8 +169,13 @@ def test_gradient_checkpointing_gives_the_same_outputs_grads_and_norm_statistics
         torch.manual_seed(1)  # same drop-path draws in both runs
         out = model(x)
         out.square().sum().backward()
-        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()},
-                        {n: b.clone() for n, b in model.named_buffers()}))
+        results.append(
+            (
+                out.detach(),
+                {n: p.grad for n, p in model.named_parameters()},
+                {n: b.clone() for n, b in model.named_buffers()},
+            )
+        )
     (out_a, grads_a, bufs_a), (out_b, grads_b, bufs_b) = results
     assert torch.allclose(out_a, out_b, atol=1e-6)
     for name in grads_a:
