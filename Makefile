@@ -35,7 +35,8 @@ GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only 
         finetune-from-plain export-speed tensorboard clean
 
 help: ## List every target with one line each
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}' \
+		| sed -e 's|$$(DATA_ROOT)|$(DATA_ROOT)|g' -e 's|$$(RUNS)|$(RUNS)|g' -e 's|$$(NAME)|$(or $(NAME),custom)|g'
 
 install: ## Create .venv and install the project with its dev and export extras (no-op when pyproject.toml is unchanged)
 	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(DEPS_HASH)" ]; then \
