@@ -40,6 +40,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def parse_with_common_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Add the common options, parse `argv` and set up logging: the start of every preparation command."""
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet)
+    return args
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Plain messages on stderr, one line each."""
     logging.basicConfig(

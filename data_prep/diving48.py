@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.common import Item, add_common_args, finish_index, setup_logging
+from data_prep.common import Item, finish_index, parse_with_common_args
 from data_prep.download import DownloadItem, download_many
 from data_prep.extract import extract_downloads, safe_extract
 
@@ -141,9 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--label-version", choices=("v2", "v1"), default="v2", help="v1 only if you must (noisy)"
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     prepare(
         args.source,
         args.out,

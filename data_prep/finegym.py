@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.common import Item, add_common_args, finish_index, setup_logging
+from data_prep.common import Item, finish_index, parse_with_common_args
 from data_prep.transcode import TranscodeJob, transcode_many
 
 log = logging.getLogger("data_prep.finegym")
@@ -246,9 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--short-side", type=int, default=320)
     parser.add_argument("--gop", type=int, default=16)
     parser.add_argument("--download", action="store_true", help="fetch missing source videos with yt-dlp")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     prepare(
         args.videos,
         args.annotations,

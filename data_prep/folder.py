@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.common import _probe_summary, add_common_args, setup_logging
+from data_prep.common import _probe_summary, parse_with_common_args
 from data_prep.index import SPLITS, IndexRow, write_index
 from data_prep.media import probe_many
 from src.data.datasets import VIDEO_SUFFIXES
@@ -532,9 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--layout", choices=LAYOUTS, default="auto", help="auto: splits when SRC holds train/"
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     try:
         prepare(
             args.src,

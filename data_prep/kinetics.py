@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from data_prep.common import Item, add_common_args, finish_index, setup_logging, transcode_items
+from data_prep.common import Item, finish_index, parse_with_common_args, transcode_items
 from data_prep.download import DownloadError, DownloadItem, download, download_many
 from data_prep.extract import extract_downloads
 
@@ -235,9 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--gop", type=int, default=16, help="keyframe interval when re-encoding")
     parser.add_argument("--retries", type=int, default=5)
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     if not re.match(r"^(https?|file)://", args.base_url):
         parser.error(f"--base-url {args.base_url!r} must start with http://, https:// or file://")
     prepare(

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.common import Item, add_common_args, finish_index, setup_logging
+from data_prep.common import Item, finish_index, parse_with_common_args
 from data_prep.extract import safe_extract
 
 log = logging.getLogger("data_prep.ssv1")
@@ -110,9 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--source", type=Path, required=True, help="folder with the frames (or parts) and CSVs"
     )
     parser.add_argument("--out", type=Path, required=True, help="index folder to create, e.g. data/ssv1")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     prepare(args.source, args.out, workers=args.workers, probe=not args.no_probe, progress=not args.quiet)
     return 0
 

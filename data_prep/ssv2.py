@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.common import Item, add_common_args, finish_index, setup_logging, transcode_items
+from data_prep.common import Item, finish_index, parse_with_common_args, transcode_items
 from data_prep.extract import safe_extract
 
 log = logging.getLogger("data_prep.ssv2")
@@ -184,9 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--short-side", type=int, default=0, help="with --transcode: short side (0 keeps 240)"
     )
     parser.add_argument("--gop", type=int, default=16)
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.quiet)
+    args = parse_with_common_args(parser, argv)
     prepare(
         args.source,
         args.out,
