@@ -10,6 +10,8 @@ import importlib
 
 _EXPORTS = {
     "DecodeError": "src.data.decoding",
+    "DecodeTimeoutError": "src.data.decoding",
+    "MissingVideoError": "src.data.decoding",
     "VideoInfo": "src.data.decoding",
     "probe": "src.data.decoding",
     "read_frames": "src.data.decoding",

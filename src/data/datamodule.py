@@ -64,8 +64,17 @@ class EvalReport:
         return text
 
 
-POSITIVE = ("num_frames", "sampling_rate", "crop_size", "batch_size", "num_repeats", "decode_timeout", "limit",
-            "prefetch_factor", "eval_batch_size")
+POSITIVE = (
+    "num_frames",
+    "sampling_rate",
+    "crop_size",
+    "batch_size",
+    "num_repeats",
+    "decode_timeout",
+    "limit",
+    "prefetch_factor",
+    "eval_batch_size",
+)
 
 
 def _check_ranges(arguments: dict) -> None:
@@ -201,7 +210,9 @@ class VideoDataModule(LightningDataModule):
         self._warned_empty_val = False
         self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
         if len(self.test_views) != 2 or self.test_views[1] not in (1, 3) or self.test_views[0] < 1:
-            raise ValueError(f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}")
+            raise ValueError(
+                f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}"
+            )
         FlipPolicy(self.flip)  # validates the policy name early
         self.datasets: dict[str, VideoClipDataset] = {}
         self._classes: list[str] | None = list(classes) if classes is not None else None
@@ -238,8 +249,15 @@ class VideoDataModule(LightningDataModule):
     @property
     def eval_protocol(self) -> EvalProtocol:
         """How this module makes evaluation clips, as stored in checkpoints for prediction and export."""
-        return EvalProtocol(self.num_frames, self.sampling, self.sampling_rate, self.crop_size,
-                            self.test_views, self.mean, self.std)
+        return EvalProtocol(
+            self.num_frames,
+            self.sampling,
+            self.sampling_rate,
+            self.crop_size,
+            self.test_views,
+            self.mean,
+            self.std,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -259,7 +277,9 @@ class VideoDataModule(LightningDataModule):
         from data_prep.index import SPLITS, fingerprint_of
 
         texts = [(self.root / "classes.txt").read_text(encoding="utf-8")]
-        present = sorted(s for s in SPLITS if (self.root / f"{s}.csv").is_file())  # the order write_index hashes
+        present = sorted(
+            s for s in SPLITS if (self.root / f"{s}.csv").is_file()
+        )  # the order write_index hashes
         texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in present]
         return fingerprint_of(texts)
 
@@ -286,14 +306,23 @@ class VideoDataModule(LightningDataModule):
     def _build(self, split: str) -> VideoClipDataset:
         clips = self.test_views[0]
         common = dict(
-            sampler=self.clip_sampler, backend=self.backend, decode_timeout=self.decode_timeout, seed=self.seed
+            sampler=self.clip_sampler,
+            backend=self.backend,
+            decode_timeout=self.decode_timeout,
+            seed=self.seed,
         )
         if split == "predict":
             if not self.predict_path:
-                raise ValueError("set data.predict_path (a video, a frame folder or a folder of videos) to predict")
+                raise ValueError(
+                    "set data.predict_path (a video, a frame folder or a folder of videos) to predict"
+                )
             entries = predict_entries(Path(self.predict_path))
             return VideoClipDataset(
-                entries, mode="predict", eval_transform=self.eval_protocol.transform(), num_clips=clips, **common
+                entries,
+                mode="predict",
+                eval_transform=self.eval_protocol.transform(),
+                num_clips=clips,
+                **common,
             )
         self._require_index()
         self._check_given_classes()
@@ -370,8 +399,11 @@ class VideoDataModule(LightningDataModule):
                 )
             if not self._warned_empty_val:
                 self._warned_empty_val = True
-                log.warning("%s holds no videos: training runs without validation (no val metrics, no best "
-                            "checkpoint; last.ckpt is still saved after every epoch)", csv_file)
+                log.warning(
+                    "%s holds no videos: training runs without validation (no val metrics, no best "
+                    "checkpoint; last.ckpt is still saved after every epoch)",
+                    csv_file,
+                )
             return []
         rank, world = self._rank_world()
         clips, crops = self.test_views
@@ -430,7 +462,9 @@ class VideoDataModule(LightningDataModule):
         report = self._reports[split]
         report.evaluated += len(batch["index"])
         dataset = self._dataset(split)
-        for row, reason in zip(batch["failed_index"].tolist(), batch.get("failed_reason", [""] * len(batch["failed_index"]))):
+        for row, reason in zip(
+            batch["failed_index"].tolist(), batch.get("failed_reason", [""] * len(batch["failed_index"]))
+        ):
             report.failed.append((row, str(dataset.entries[row].path), reason))
         if report.evaluated + len(report.failed) == report.total:
             self._finish_report(report, sanity=bool(key and key[0]))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.decoding import BACKENDS, DecodeError, probe, read_frames
+from src.data.decoding import BACKENDS, DecodeError, DecodeTimeoutError, probe, read_frames
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, TrainTransform
 
@@ -83,7 +83,9 @@ def _optional(value: str | None, cast: Callable):
     return None if value is None or value.strip() == "" else cast(value)
 
 
-def read_split(root: Path, split: str, num_classes: int, *, limit: int | None = None) -> tuple[list[Entry], int]:
+def read_split(
+    root: Path, split: str, num_classes: int, *, limit: int | None = None
+) -> tuple[list[Entry], int]:
     """Rows of `<root>/<split>.csv` minus quarantined ones; returns (entries, number quarantined)."""
     root = Path(root)
     path = root / f"{split}.csv"
@@ -99,13 +101,19 @@ def read_split(root: Path, split: str, num_classes: int, *, limit: int | None = 
             try:
                 label = int(row["label"])
                 entry = Entry(
-                    root / row["path"], label, _optional(row.get("start"), float), _optional(row.get("end"), float),
-                    _optional(row.get("num_frames"), int), _optional(row.get("fps"), float),
+                    root / row["path"],
+                    label,
+                    _optional(row.get("start"), float),
+                    _optional(row.get("end"), float),
+                    _optional(row.get("num_frames"), int),
+                    _optional(row.get("fps"), float),
                 )
             except (TypeError, ValueError) as err:
                 raise IndexContractError(f"{path}:{line}: bad row {row}: {err}") from err
             if not -1 <= label < num_classes:
-                raise IndexContractError(f"{path}:{line}: label {label} outside -1..{num_classes - 1} (classes.txt)")
+                raise IndexContractError(
+                    f"{path}:{line}: label {label} outside -1..{num_classes - 1} (classes.txt)"
+                )
             if row["path"] in quarantine:
                 skipped += 1
                 continue
@@ -137,7 +145,9 @@ def predict_entries(path: Path) -> list[Entry]:
         return [Entry(path, -1)]
     videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES or p.is_dir())
     if not videos:
-        raise IndexContractError(f"predict_path {path} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders")
+        raise IndexContractError(
+            f"predict_path {path} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders"
+        )
     return [Entry(p, -1) for p in videos]
 
 
@@ -157,7 +167,9 @@ def call_with_timeout(fn: Callable[[], torch.Tensor], timeout: float | None, pat
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise DecodeError(path, f"decoding took longer than decode_timeout={timeout:g} s (hung decoder?)")
+        raise DecodeTimeoutError(
+            path, f"decoding took longer than decode_timeout={timeout:g} s (hung decoder?)"
+        )
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -165,7 +177,9 @@ def call_with_timeout(fn: Callable[[], torch.Tensor], timeout: float | None, pat
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A 63-bit seed for one sample, a pure function of (seed, epoch, position)."""
-    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    )
 
 
 class VideoClipDataset(Dataset):
@@ -261,8 +275,8 @@ class VideoClipDataset(Dataset):
                 return call_with_timeout(lambda b=backend: attempt(b), self.decode_timeout, entry.path)
             except DecodeError as err:
                 error = err
-                if "longer than decode_timeout" in err.reason or "does not exist" in err.reason:
-                    break  # a hung or missing file will not recover on retry
+                if not err.retryable:
+                    break  # a hung, missing or empty file will not recover on retry
             except Exception as err:  # anything else about this row (a bad value, a decoder bug): same policy
                 error = row_error(entry.path, index, err)
                 break
@@ -272,7 +286,9 @@ class VideoClipDataset(Dataset):
     # --------------------------------------------------------------------------------------- items
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if not isinstance(key, tuple) and int(key) == EMPTY_SHARD:
-            return {"placeholder": True}  # an empty evaluation shard (see EvalSampler): dropped by the collate
+            return {
+                "placeholder": True
+            }  # an empty evaluation shard (see EvalSampler): dropped by the collate
         index, seed = key if isinstance(key, tuple) else (int(key), sample_seed(self.seed, 0, int(key)))
         if self.mode == "train":
             return self._train_item(index, seed)
@@ -336,7 +352,13 @@ class VideoClipDataset(Dataset):
         except DecodeError as err:
             log.warning("%s: skipping %s (%s)", self.mode, err.path, err.reason)
             return {"failed": True, "index": index, "path": str(entry.path), "reason": err.reason}
-        return {"failed": False, "video": torch.cat(views), "label": entry.label, "index": index, "path": str(entry.path)}
+        return {
+            "failed": False,
+            "video": torch.cat(views),
+            "label": entry.label,
+            "index": index,
+            "path": str(entry.path),
+        }
 
 
 def row_error(path: Path | str, index: int, err: BaseException) -> DecodeError:

@@ -26,7 +26,13 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 class DecodeError(RuntimeError):
-    """A video could not be decoded; `path` names the file and `reason` says why."""
+    """A video could not be decoded; `path` names the file and `reason` says why.
+
+    `retryable`: whether another attempt (the same decoder again, or the other one) may succeed. The
+    subclasses below are the failures that another attempt cannot fix.
+    """
+
+    retryable = True
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
@@ -35,6 +41,18 @@ class DecodeError(RuntimeError):
 
     def __reduce__(self):  # picklable across DataLoader workers
         return (type(self), (self.path, self.reason))
+
+
+class MissingVideoError(DecodeError):
+    """The file is not there, or is empty: no decoder can read it."""
+
+    retryable = False
+
+
+class DecodeTimeoutError(DecodeError):
+    """Probing or decoding took longer than `decode_timeout` (a stalled mount, a FIFO, a decoder loop)."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -51,9 +69,9 @@ class VideoInfo:
 def _check_source(source: str | Path) -> Path:
     path = Path(source)
     if not path.exists():
-        raise DecodeError(path, "file does not exist (check the index path and the data root)")
+        raise MissingVideoError(path, "file does not exist (check the index path and the data root)")
     if path.is_file() and path.stat().st_size == 0:
-        raise DecodeError(path, "file is empty (0 bytes): re-download or quarantine it")
+        raise MissingVideoError(path, "file is empty (0 bytes): re-download or quarantine it")
     return path
 
 
@@ -74,7 +92,9 @@ def _segment_range(path: Path, fps: float | None, num_frames: int, segment) -> t
     first = max(0, int(round((start or 0.0) * fps)))
     last = num_frames if end is None else min(num_frames, int(round(end * fps)))
     if last <= first:
-        raise DecodeError(path, f"segment {segment} s holds no frames (video has {num_frames} at {fps:g} fps)")
+        raise DecodeError(
+            path, f"segment {segment} s holds no frames (video has {num_frames} at {fps:g} fps)"
+        )
     return first, last - first
 
 
@@ -261,7 +281,9 @@ def read_frames(
     path = _check_source(source)
     if path.is_dir():
         if segment is not None and any(v is not None and not math.isclose(v, 0.0) for v in segment[:1]):
-            raise DecodeError(path, "segments are not supported for JPEG folders (extract the event's frames)")
+            raise DecodeError(
+                path, "segments are not supported for JPEG folders (extract the event's frames)"
+            )
         return _read_jpeg_folder(path, indices)
     if backend == "decord":
         return _read_decord(path, indices, segment, threads)

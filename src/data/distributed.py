@@ -18,7 +18,9 @@ class TrainSampler(Sampler):
     depend on the number of DataLoader workers. Lightning calls `set_epoch` at every epoch.
     """
 
-    def __init__(self, num_items: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self, num_items: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ):
         if num_items < 1:
             raise ValueError("the training split is empty (after limit and quarantine)")
         if not 0 <= rank < world_size:

@@ -33,7 +33,12 @@ class EvalProtocol:
     def __post_init__(self) -> None:
         # plain Python values (config parsing hands in int subclasses such as PositiveInt): checkpoints store
         # them, and the safe loader refuses any class it does not know
-        for name, cast in (("num_frames", int), ("sampling", str), ("sampling_rate", int), ("crop_size", int)):
+        for name, cast in (
+            ("num_frames", int),
+            ("sampling", str),
+            ("sampling_rate", int),
+            ("crop_size", int),
+        ):
             object.__setattr__(self, name, cast(getattr(self, name)))
         object.__setattr__(self, "test_views", tuple(int(v) for v in self.test_views))
         for name in ("mean", "std"):

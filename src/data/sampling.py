@@ -78,7 +78,9 @@ class ClipSampler:
         if self.mode not in SAMPLINGS:
             raise ValueError(f"unknown sampling {self.mode!r}; use one of {SAMPLINGS}")
         if self.num_frames < 1 or self.stride < 1:
-            raise ValueError(f"num_frames and sampling_rate must be >= 1 (got {self.num_frames}, {self.stride})")
+            raise ValueError(
+                f"num_frames and sampling_rate must be >= 1 (got {self.num_frames}, {self.stride})"
+            )
 
     def train(self, length: int, rng: np.random.Generator) -> list[int]:
         """Random training clip."""

@@ -70,7 +70,9 @@ def parse_rand_augment(spec: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"m(\d+)-n(\d+)", str(spec).strip())
     if not match:
-        raise ValueError(f"rand_augment {spec!r} is not of the form 'm<magnitude>-n<ops>' (e.g. 'm7-n4') or null")
+        raise ValueError(
+            f"rand_augment {spec!r} is not of the form 'm<magnitude>-n<ops>' (e.g. 'm7-n4') or null"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -96,15 +98,22 @@ class TrainTransform:
         std: Sequence[float] = STD,
     ) -> None:
         if crop == "random_resized":
-            self.crop = v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)
+            self.crop = v2.RandomResizedCrop(
+                crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True
+            )
         elif crop == "jitter":
             self.crop = v2.Compose(
-                [v2.RandomShortestSize(list(range(jitter[0], jitter[1] + 1)), antialias=True), v2.RandomCrop(crop_size)]
+                [
+                    v2.RandomShortestSize(list(range(jitter[0], jitter[1] + 1)), antialias=True),
+                    v2.RandomCrop(crop_size),
+                ]
             )
         else:
             raise ValueError(f"unknown crop {crop!r}; use 'random_resized' or 'jitter'")
         ra = parse_rand_augment(rand_augment)
-        self.rand_augment = v2.RandAugment(num_ops=ra[1], magnitude=ra[0], num_magnitude_bins=11) if ra else None
+        self.rand_augment = (
+            v2.RandAugment(num_ops=ra[1], magnitude=ra[0], num_magnitude_bins=11) if ra else None
+        )
         self.flip = flip or FlipPolicy("off")
         self.finish = v2.Compose(
             [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
@@ -130,14 +139,20 @@ class EvalTransform:
     """
 
     def __init__(
-        self, crop_size: int = 224, num_crops: int = 1, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+        self,
+        crop_size: int = 224,
+        num_crops: int = 1,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
     ) -> None:
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         self.crop_size = crop_size
         self.num_crops = num_crops
         self.resize = v2.Resize(crop_size, antialias=True)
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+        self.normalize = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        )
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """All spatial views of one clip, stacked: (num_crops, 3, T, crop, crop)."""

@@ -78,3 +78,22 @@ def test_bad_sources_raise_decode_error_naming_the_file(tmp_path: Path, media_di
 def test_unknown_backend_is_refused(media_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown decode backend 'opencv'"):
         read_frames(media_dir / "clip.mp4", [0], backend="opencv")
+
+
+def test_failures_that_no_retry_can_fix_are_their_own_types(tmp_path: Path) -> None:
+    """Retries are decided by the exception's type, not by matching its message."""
+    from src.data.decoding import DecodeError, DecodeTimeoutError, MissingVideoError
+
+    with pytest.raises(MissingVideoError, match="does not exist") as missing:
+        probe(tmp_path / "gone.mp4")
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(MissingVideoError, match="empty") as empty:
+        read_frames(tmp_path / "empty.mp4", [0])
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    with pytest.raises(DecodeError) as junk:
+        read_frames(tmp_path / "junk.mp4", [0], "pyav")
+    assert not missing.value.retryable and not empty.value.retryable and junk.value.retryable
+    assert not DecodeTimeoutError("x", "slow").retryable and isinstance(DecodeTimeoutError("x", "y"), DecodeError)
+    import pickle
+
+    assert type(pickle.loads(pickle.dumps(missing.value))) is MissingVideoError  # crosses worker processes
