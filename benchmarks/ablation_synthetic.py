@@ -165,6 +165,23 @@ def plan_versions(plan: list[tuple[Arm, int]], runs: Path) -> list[int]:
     return versions
 
 
+def fit_and_test(
+    name: str, version: int, seed: int, index: Path, runs: Path, extra: list[str], threads: int | None
+) -> tuple[Path, float, float]:
+    """`src.cli fit` of configs/synthetic.yaml with `extra` options into `<runs>/<name>/version_<version>`, then
+    `src.cli test` of its best checkpoint with the run's own config; returns (run folder, fit s, test s)."""
+    run_dir = runs / name / f"version_{version}"
+    common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
+    fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common]  # fmt: skip
+    fit += ["--trainer.logger.init_args.version", str(version), "--seed_everything", str(seed)]  # fmt: skip
+    fit += ["--data.seed", str(seed), "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+    train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
+    test = ["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best_checkpoint(run_dir))]
+    test += [*common, "--trainer.logger.init_args.version", f"version_{version}/test"]  # fmt: skip
+    test_s = run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
+    return run_dir, train_s, test_s
+
+
 def run_one(
     arm: Arm,
     seed: int,
@@ -176,65 +193,24 @@ def run_one(
     threads: int | None,
 ) -> RunResult:
     """Fit and test one arm with one seed; the test uses the best checkpoint and the run's own config."""
-    name = run_name(arm)
-    run_dir = runs / name / f"version_{version}"
-    common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit = [
-        "fit",
-        "--config",
-        str(CONFIG.relative_to(REPO)),
-        "--data.root",
-        str(index),
-        *common,
-        "--trainer.logger.init_args.version",
-        str(version),
-        "--model.backbone.structure_dim",
-        str(arm.structure_dim),
-        "--seed_everything",
-        str(seed),
-        "--data.seed",
-        str(seed),
-        "--trainer.enable_progress_bar",
-        "false",
-        *budget,
-    ]
+    extra = ["--model.backbone.structure_dim", str(arm.structure_dim), *budget]
     if arm.struct_init:
-        fit += ["--model.backbone.struct_init", arm.struct_init]
+        extra += ["--model.backbone.struct_init", arm.struct_init]
     if arm.shuffle:
         spec = {"class_path": "benchmarks.ablation_synthetic.ShuffleFrames", "init_args": {"seed": seed}}
-        fit += [f"--trainer.callbacks+={json.dumps(spec)}"]
-    print(f"--- {arm.label}, seed {seed}: {run_dir}", flush=True)
-    train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
-    test = [
-        "test",
-        "--config",
-        str(run_dir / "config.yaml"),
-        "--ckpt_path",
-        str(best_checkpoint(run_dir)),
-        *common,
-        "--trainer.logger.init_args.version",
-        f"version_{version}/test",
-    ]
-    test_s = run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
+        extra += [f"--trainer.callbacks+={json.dumps(spec)}"]
+    print(f"--- {arm.label}, seed {seed}: {runs / run_name(arm) / f'version_{version}'}", flush=True)
+    run_dir, train_s, test_s = fit_and_test(run_name(arm), version, seed, index, runs, extra, threads)
     res = test_results(run_dir / "test", pairs)
     print(
-        f"    {arm.label}, seed {seed}: top-1 {100 * res.top1:.1f} %, reversed pairs {100 * (res.reversed_pairs or 0):.1f} %, "
-        f"train {train_s:.0f} s",
+        f"    {arm.label}, seed {seed}: top-1 {100 * res.top1:.1f} %, reversed pairs "
+        f"{100 * (res.reversed_pairs or 0):.1f} %, train {train_s:.0f} s",
         flush=True,
     )
     return RunResult(
-        arm.label,
-        arm.structure_dim,
-        arm.shuffle,
-        seed,
-        str(run_dir),
-        res.top1,
-        res.top5,
-        res.reversed_pairs,
-        res.reversed_confusion,
-        train_s,
-        test_s,
-    )
+        arm.label, arm.structure_dim, arm.shuffle, seed, str(run_dir), res.top1, res.top5, res.reversed_pairs,
+        res.reversed_confusion, train_s, test_s,
+    )  # fmt: skip
 
 
 def mean_std(values: list[float]) -> str:

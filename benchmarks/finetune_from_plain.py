@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.ablation_synthetic import fit_and_test
 from benchmarks.tables import write_section
-from src.demo import CONFIG, REPO, best_checkpoint, next_version, run_cli, test_results
+from src.demo import next_version, test_results
 from src.models.structsa import STRUCT_INITS
 
 SECTION = "## Fine-tuning from plain attention"
@@ -107,49 +108,12 @@ def fine_tune(
     """`src.cli fit` from the source with `init`, then `src.cli test` of the best checkpoint."""
     name = f"from_plain_{init}"
     version = next_version(runs, name)
-    run_dir = runs / name / f"version_{version}"
-    common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit = [
-        "fit",
-        "--config",
-        str(CONFIG.relative_to(REPO)),
-        "--data.root",
-        str(index),
-        *common,
-        "--trainer.logger.init_args.version",
-        str(version),
-        "--model.backbone.structure_dim",
-        "4",
-        "--model.init_from",
-        str(source),
-        "--model.init_struct_filters",
-        init,
-        "--seed_everything",
-        str(seed),
-        "--data.seed",
-        str(seed),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        *budget,
-    ]
-    print(f"--- start {init}, seed {seed}: {run_dir}", flush=True)
-    train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
-    test = [
-        "test",
-        "--config",
-        str(run_dir / "config.yaml"),
-        "--ckpt_path",
-        str(best_checkpoint(run_dir)),
-        *common,
-        "--trainer.logger.init_args.version",
-        f"version_{version}/test",
-    ]
-    run_cli(test, threads=threads, log=run_dir.parent / f"version_{version}.test.log")
-    result = FineTune(
-        init, seed, str(run_dir), val_curve(run_dir), test_results(run_dir / "test", []).top1, train_s
-    )
+    extra = ["--model.backbone.structure_dim", "4", "--model.init_from", str(source)]
+    extra += ["--model.init_struct_filters", init, "--trainer.num_sanity_val_steps", "0", *budget]
+    print(f"--- start {init}, seed {seed}: {runs / name / f'version_{version}'}", flush=True)
+    run_dir, train_s, _ = fit_and_test(name, version, seed, index, runs, extra, threads)
+    top1 = test_results(run_dir / "test", []).top1
+    result = FineTune(init, seed, str(run_dir), val_curve(run_dir), top1, train_s)
     print(
         f"    {init}, seed {seed}: val {[round(100 * v, 1) for v in result.val_top1]}, test "
         f"{100 * result.test_top1:.1f} %, {train_s:.0f} s",
