@@ -128,11 +128,9 @@ def _pct(values: list[float]) -> str:
 
 
 def section_text(source: Path, gaps: list[Gap], runs: list[FineTune], command: str, budget: list[str]) -> str:
-    """The BENCHMARKS.md section: the gap table and the fine-tuning table."""
+    """The BENCHMARKS.md section's body (write_section adds the heading): the gap and fine-tuning tables."""
     epochs = max((len(r.val_top1) for r in runs), default=0)
     lines = [
-        SECTION,
-        "",
         f"Command: `{command}` (torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, 2-core CPU). Source: "
         f"`{source}` (structvit_xs, D = 0, trained on the moving-shapes benchmark). Fine-tuning budget: "
         f"`{' '.join(budget)}` on top of `configs/synthetic.yaml`.",

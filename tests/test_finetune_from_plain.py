@@ -41,7 +41,7 @@ def test_section_lists_the_gap_and_the_curve_per_start() -> None:
     text = section_text(
         Path("src.ckpt"), gaps, runs, "python -m benchmarks.finetune_from_plain ...", ["--x", "1"]
     )
-    assert text.startswith("## Fine-tuning from plain attention\n")
+    assert text.startswith("Command: `python -m benchmarks.finetune_from_plain ...`")
     assert "| identity | 1.00e-06 | 100.0 % | 93.0 % | 93.0 % |" in text
     assert "| identity | 2 | 90.5 ± 0.7 | 92.0 ± 0.0 | 93.0 ± 0.0 | 100 |" in text
     assert "| shifted | 1 | 94.0 | 95.0 | 96.0 | 120 |" in text
