@@ -158,23 +158,25 @@ class VideoCLI(LightningCLI):
 
 def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
     """Fill the data config of a prediction from the checkpoint: its class names, its normalisation, and each
-    protocol value the config leaves unset; a value set otherwise is kept and reported."""
+    protocol value the config leaves at the DataModule's default; a value set to anything else (a config
+    file, the command line) is kept, with a warning when it differs from the checkpoint's."""
+    import inspect
+
+    from src.data.datamodule import VideoDataModule
+
+    defaults = inspect.signature(VideoDataModule).parameters
     data.classes = card.class_names
     protocol = card.protocol.to_dict()
     data.mean, data.std = protocol.pop("mean"), protocol.pop("std")
     for name, value in protocol.items():
-        given = data.get(name)
-        given = list(given) if isinstance(given, (list, tuple)) else given
-        if given is None:
+        given, default = (
+            list(v) if isinstance(v, (list, tuple)) else v for v in (data.get(name), defaults[name].default)
+        )
+        if given is None or given == default:
             data[name] = value
         elif given != value:
-            log.warning(
-                "predict: data.%s=%s is set; the checkpoint %s was evaluated with %s",
-                name,
-                given,
-                card.path,
-                value,
-            )
+            log.warning("predict: data.%s=%s is set; the checkpoint %s was evaluated with %s", name, given,
+                        card.path, value)  # fmt: skip
 
 
 def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:

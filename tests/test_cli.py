@@ -566,7 +566,7 @@ def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted,
         )
     )
     output = result.stdout + result.stderr
-    for noise in ("litlogger", "dirpath has changed", "LeafSpec", "Warning"):
+    for noise in ("litlogger", "dirpath has changed", "LeafSpec", "Warning", "was evaluated with"):
         assert noise not in output, output[-3000:]
     assert "predicted 3 of 3 videos; 0 failed" in output
     assert sorted(p.name for p in download.iterdir()) == [
@@ -826,3 +826,25 @@ def test_two_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
     for node, output in zip(nodes, outputs):
         assert node.returncode == 0, output[-4000:]
     assert confusion(runs / "nodes" / "test") == confusion(tested)
+
+
+def test_a_prediction_takes_the_checkpoints_protocol_unless_the_config_sets_another(caplog):
+    """Values left at the DataModule's defaults take the checkpoint's; one a config sets is kept and reported."""
+    from jsonargparse import Namespace
+
+    from src.cli import adopt_checkpoint_protocol
+    from src.data.protocol import EvalProtocol
+    from src.trained import CheckpointCard
+
+    card = CheckpointCard(Path("model.ckpt"), {"class_names": ["a", "b"], "num_classes": 2},
+                          EvalProtocol(8, "segment", 1, 32, (2, 1), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))  # fmt: skip
+    data = Namespace(num_frames=16, sampling="dense", sampling_rate=4, crop_size=64, test_views=[4, 1],
+                     mean=[0.45] * 3, std=[0.225] * 3, classes=None)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        adopt_checkpoint_protocol(data, card)
+    assert (data.num_frames, data.sampling, data.sampling_rate, data.test_views) == (8, "segment", 1, [2, 1])
+    assert (
+        data.crop_size == 64
+        and "data.crop_size=64 is set; the checkpoint model.ckpt was evaluated with 32" in caplog.text
+    )
+    assert data.classes == ["a", "b"] and data.mean == [0.5] * 3 and data.std == [0.2] * 3
