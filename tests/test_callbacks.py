@@ -103,25 +103,29 @@ def test_sigterm_mid_epoch_saves_last_and_resuming_ends_at_the_uninterrupted_ste
     assert resumed.global_step == uninterrupted.global_step == 8
 
 
-def test_prediction_writer_writes_one_json_line_per_video(tmp_path):
-    out = tmp_path / "pred" / "out.jsonl"
-    trainer = trainer_with(tmp_path, [JsonLinesPredictionWriter(str(out))])
+PREDICT_PATHS = [f"clip{i}.mp4" for i in range(3)]
+
+
+def predict_three_clips(trainer: pl.Trainer, task: VideoClassifier) -> TinyClips:
+    """Predict 3 tiny clips of 2 views each, named PREDICT_PATHS; returns the dataset."""
     data = TinyClips(3, views=2)
-    paths = [f"clip{i}.mp4" for i in range(3)]
 
     def collate(items):
-        return {
-            "video": torch.stack([it["video"] for it in items]),
-            "path": [paths[int(it["index"])] for it in items],
-        }
+        videos = torch.stack([it["video"] for it in items])
+        return {"video": videos, "path": [PREDICT_PATHS[int(it["index"])] for it in items]}
 
+    loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate)
+    trainer.predict(task, loader, return_predictions=False)
+    return data
+
+
+def test_prediction_writer_writes_one_json_line_per_video(tmp_path):
+    out = tmp_path / "pred" / "out.jsonl"
     task = make_task()
     task.class_names = ["a", "b", "c", "d"]
-    trainer.predict(
-        task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False
-    )
+    predict_three_clips(trainer_with(tmp_path, [JsonLinesPredictionWriter(str(out))]), task)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["path"] for r in records] == paths
+    assert [r["path"] for r in records] == PREDICT_PATHS
     assert all(len(r["top5"]) == 4 and r["top5"][0]["class"] in "abcd" for r in records)
 
 
@@ -130,27 +134,14 @@ def test_prediction_writer_puts_predictions_and_features_beside_the_checkpoints_
     view-averaged pre-logit embeddings, one row per predicted video, in the order of the JSON lines."""
     import numpy as np
 
-    data = TinyClips(3, views=2)
-    paths = [f"clip{i}.mp4" for i in range(3)]
-
-    def collate(items):
-        return {
-            "video": torch.stack([it["video"] for it in items]),
-            "path": [paths[int(it["index"])] for it in items],
-        }
-
     task = make_task().eval()
     task.source_checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    writer = JsonLinesPredictionWriter(features=True)
-    trainer = trainer_with(tmp_path, [writer])
-    trainer.predict(
-        task, torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate), return_predictions=False
-    )
+    data = predict_three_clips(trainer_with(tmp_path, [JsonLinesPredictionWriter(features=True)]), task)
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert [r["path"] for r in records] == paths and all("embedding" not in r for r in records)
+    assert [r["path"] for r in records] == PREDICT_PATHS and all("embedding" not in r for r in records)
     features = np.load(run / "predictions.features.npy")
-    assert (run / "predictions.features.txt").read_text().splitlines() == paths
+    assert (run / "predictions.features.txt").read_text().splitlines() == PREDICT_PATHS
     with torch.no_grad():
         embedding, _ = task.embed_and_classify(data[1]["video"])
     assert features.shape == (3, embedding.shape[1])
