@@ -96,8 +96,8 @@ def run_folder_of(checkpoint: str | Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
-def _payload(path: Path) -> dict:
-    payload = load_checkpoint_file(path)
+def _payload(path: Path, mmap: bool = False) -> dict:
+    payload = load_checkpoint_file(path, mmap=mmap)
     missing = [
         k for k in ("hyper_parameters", "state_dict") if not isinstance(payload, dict) or k not in payload
     ]
@@ -142,9 +142,7 @@ def _protocol(path: Path, payload: dict) -> EvalProtocol:
     data = payload.get("datamodule_hyper_parameters")
     if isinstance(data, dict):
         return _protocol_of_data_arguments(data)
-    keys = ", ".join(
-        f"'{k}': ..." for k in ("num_frames", "sampling", "sampling_rate", "crop_size", "test_views")
-    )
+    keys = ", ".join(f"'{k}': ..." for k in _PROTOCOL_ARGUMENTS)
     raise CheckpointFileError(
         f"{path}: holds no evaluation protocol (no '{CHECKPOINT_KEY}' and no datamodule_hyper_parameters), so the "
         f"clips it expects are unknown. Add it once: ckpt = torch.load(path); ckpt['{CHECKPOINT_KEY}'] = "
@@ -168,7 +166,7 @@ def _hyper_parameters(path: Path, payload: dict) -> dict[str, Any]:
 def read_card(path: str | Path) -> CheckpointCard:
     """The checkpoint's hyper-parameters, class names and evaluation protocol, without building the model."""
     path = Path(path)
-    payload = _payload(path)
+    payload = _payload(path, mmap=True)  # the tensors stay on disk: only the metadata is read
     return CheckpointCard(path, _hyper_parameters(path, payload), _protocol(path, payload))
 
 
