@@ -186,8 +186,8 @@ class VideoClassifier(pl.LightningModule):
         datamodule = getattr(trainer, "datamodule", None)
         log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank runs setup
         self.run_dir = Path(log_dir)
-        if datamodule is not None and hasattr(datamodule, "failure_log_dir"):
-            datamodule.failure_log_dir = log_dir
+        if datamodule is not None and hasattr(datamodule, "failures"):
+            datamodule.failures.folder = Path(log_dir)
         if stage == "fit" and self.hparams.init_from and trainer.ckpt_path is None:
             self.load_initial_weights(self.hparams.init_from)
 

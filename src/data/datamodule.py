@@ -3,17 +3,15 @@
 Every argument has one concrete value: a dataset's recipe is the `data:` section of `configs/<dataset>.yaml`
 (nothing is filled in behind the config's back), so the saved config.yaml shows each value that ran. The
 module builds its own distributed samplers (run the Trainer with `use_distributed_sampler=False`), counts
-decode failures (raising only above `max_failure_rate` of an epoch) and reports, per evaluation, "evaluated N
-of M videos" with the failed ones written to a file.
+decode failures through its `failures` (`DecodeFailureLog`, src/data/failures.py: raising only above
+`max_failure_rate` of an epoch; per evaluation "evaluated N of M videos", the failed ones written to a file).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -35,33 +33,13 @@ from src.data.datasets import (
 )
 from src.data.decoding import decord_used_in_this_process
 from src.data.distributed import EvalSampler, TrainSampler
+from src.data.failures import DecodeFailureLog
 from src.data.protocol import EvalProtocol
 from src.data.sampling import ClipSampler
 from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform
 from src.hang_guard import forget_wakeup_fd
 
 log = logging.getLogger("lightning.pytorch").getChild("data")
-
-
-class DecodeFailureRateError(RuntimeError):
-    """More videos failed to decode in one training epoch than `max_failure_rate` allows."""
-
-
-@dataclass
-class EvalReport:
-    """What one evaluation pass saw on this rank: videos scored, videos in the shard, failures with reasons."""
-
-    split: str
-    evaluated: int = 0
-    total: int = 0
-    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (row, path, reason)
-    file: Path | None = None
-
-    def message(self) -> str:
-        text = f"{self.split}: evaluated {self.evaluated} of {self.total} videos"
-        if self.failed:
-            text += f"; {len(self.failed)} failed to decode, listed in {self.file}"
-        return text
 
 
 POSITIVE = (
@@ -206,7 +184,6 @@ class VideoDataModule(LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.failure_log_dir: Path | None = None
         self._warned_empty_val = False
         self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
         if len(self.test_views) != 2 or self.test_views[1] not in (1, 3) or self.test_views[0] < 1:
@@ -217,9 +194,9 @@ class VideoDataModule(LightningDataModule):
         self.datasets: dict[str, VideoClipDataset] = {}
         self._classes: list[str] | None = list(classes) if classes is not None else None
         self._classes_given = classes is not None
-        self._failures = {"train_epoch": 0, "train_total": 0, "epoch": -1}
-        self._reports: dict[str, EvalReport] = {}
-        self._report_key: dict[str, tuple] = {}
+        self.failures = DecodeFailureLog(
+            max_failure_rate, self.root
+        )  # counts, rate policy, failed_<split>.txt
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------------------- index access
@@ -282,11 +259,6 @@ class VideoDataModule(LightningDataModule):
         )  # the order write_index hashes
         texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in present]
         return fingerprint_of(texts)
-
-    @property
-    def failure_counts(self) -> dict[str, int]:
-        """Training decode failures this epoch and in total on this rank (for logging)."""
-        return {"train_epoch": self._failures["train_epoch"], "train_total": self._failures["train_total"]}
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -423,65 +395,30 @@ class VideoDataModule(LightningDataModule):
         """All views of each video under `predict_path`, with its path."""
         return self._eval_loader("predict", predict=True)
 
-    # ------------------------------------------------------------------------------ failure policy
+    # ------------------------------------------------------------------------------ failure report
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Count training decode failures (raise above the rate) and track evaluation skips."""
+        """Hand each train/val/test batch's decode failures to `self.failures` (src/data/failures.py)."""
         trainer = self.trainer
         if trainer is None or not isinstance(batch, dict):
             return batch
+        rank, world = self._rank_world()
         if trainer.training and "decode_failures" in batch:
-            self._count_train_failures(int(batch["decode_failures"]), trainer.current_epoch)
+            shard = DecodeFailureLog.shard_size(len(self._dataset("train")), world)
+            self.failures.count_train(int(batch["decode_failures"]), trainer.current_epoch, rank, shard)
         elif (trainer.validating or trainer.testing) and "failed_index" in batch:
             split = "val" if trainer.validating else "test"
-            key = (trainer.sanity_checking, trainer.current_epoch, trainer.global_step, id(trainer.state.fn))
-            self.track_eval_batch(split, batch, key)
-        return batch
-
-    def _count_train_failures(self, failures: int, epoch: int) -> None:
-        if epoch != self._failures["epoch"]:
-            self._failures.update(epoch=epoch, train_epoch=0)
-        self._failures["train_epoch"] += failures
-        self._failures["train_total"] += failures
-        rank, world = self._rank_world()
-        shard = math.ceil(len(self._dataset("train")) / world)
-        allowed = self.max_failure_rate * shard
-        if self._failures["train_epoch"] > allowed:
-            raise DecodeFailureRateError(
-                f"{self._failures['train_epoch']} videos failed to decode in epoch {epoch} on rank {rank}, more than "
-                f"max_failure_rate={self.max_failure_rate:g} of {shard} videos allows. Run `make doctor "
-                f"INDEX={self.root}` to find and quarantine broken files, or raise data.max_failure_rate."
+            dataset = self._dataset(split)
+            self.failures.track_eval(
+                split,
+                batch,
+                path_of=lambda row: dataset.entries[row].path,
+                shard_total=lambda: EvalSampler(len(dataset), rank=rank, world_size=world).num_videos,
+                rank_world=(rank, world),
+                key=(
+                    trainer.sanity_checking,
+                    trainer.current_epoch,
+                    trainer.global_step,
+                    id(trainer.state.fn),
+                ),
             )
-
-    def track_eval_batch(self, split: str, batch: dict, key: tuple = ()) -> None:
-        """Record one eval batch; when the rank's shard is complete, write the failures file and log the count."""
-        if self._report_key.get(split) != key or split not in self._reports:
-            rank, world = self._rank_world()
-            total = EvalSampler(len(self._dataset(split)), rank=rank, world_size=world).num_videos
-            self._reports[split] = EvalReport(split, total=total)
-            self._report_key[split] = key
-        report = self._reports[split]
-        report.evaluated += len(batch["index"])
-        dataset = self._dataset(split)
-        for row, reason in zip(
-            batch["failed_index"].tolist(), batch.get("failed_reason", [""] * len(batch["failed_index"]))
-        ):
-            report.failed.append((row, str(dataset.entries[row].path), reason))
-        if report.evaluated + len(report.failed) == report.total:
-            self._finish_report(report, sanity=bool(key and key[0]))
-
-    def _finish_report(self, report: EvalReport, sanity: bool = False) -> None:
-        if report.failed and not sanity:
-            rank, world = self._rank_world()
-            # never `trainer.log_dir` here: it is a broadcast under DDP, and only ranks with failures get here
-            folder = Path(self.failure_log_dir or ".")
-            folder.mkdir(parents=True, exist_ok=True)
-            suffix = f"_rank{rank}" if world > 1 else ""
-            report.file = folder / f"failed_{report.split}{suffix}.txt"
-            lines = [f"{row}\t{path}\t{reason}\n" for row, path, reason in report.failed]
-            report.file.write_text("".join(lines), encoding="utf-8")
-        if not sanity:
-            (log.warning if report.failed else log.info)(report.message())
-
-    def eval_report(self, split: str) -> EvalReport | None:
-        """The last evaluation report of `split` ("val" or "test") on this rank, or None before any."""
-        return self._reports.get(split)
+        return batch

@@ -13,16 +13,28 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from data_prep.index import IndexRow, write_index
-from src.data.datamodule import DecodeFailureRateError, VideoDataModule
-from src.data.datasets import IndexContractError
 from src.data.catalog import PREPARE_TARGETS, config_data
+from src.data.datamodule import VideoDataModule
+from src.data.datasets import IndexContractError
+from src.data.failures import DecodeFailureRateError
 from tests.data.conftest import build_index, release_fifos
 from tests.helpers.videos import frame_index_of, write_test_video
 
 # the synthetic recipe (segment sampling, one view, no flip or augmentation), smaller
-TINY = dict(dataset="synthetic", num_frames=4, sampling="segment", crop_size=32, test_views=(1, 1), flip="off",
-            crop_scale=(0.7, 1.0), rand_augment=None, erase_prob=0.0, batch_size=3, eval_batch_size=3,
-            num_workers=0)
+TINY = dict(
+    dataset="synthetic",
+    num_frames=4,
+    sampling="segment",
+    crop_size=32,
+    test_views=(1, 1),
+    flip="off",
+    crop_scale=(0.7, 1.0),
+    rand_augment=None,
+    erase_prob=0.0,
+    batch_size=3,
+    eval_batch_size=3,
+    num_workers=0,
+)
 
 
 class TinyClassifier(LightningModule):
@@ -45,7 +57,9 @@ class TinyClassifier(LightningModule):
         self.failed[split] += batch["failed_index"].tolist()
         if len(batch["index"]):
             scores = self.head(batch["video"].mean(dim=(3, 4, 5))).softmax(-1).mean(1)  # average over views
-            self.log(f"{split}_acc", (scores.argmax(-1) == batch["label"]).float().mean(), batch_size=len(scores))
+            self.log(
+                f"{split}_acc", (scores.argmax(-1) == batch["label"]).float().mean(), batch_size=len(scores)
+            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval(batch, "val")
@@ -59,14 +73,23 @@ class TinyClassifier(LightningModule):
 
 def tiny_trainer(tmp_path: Path, **kwargs) -> Trainer:
     options = dict(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        num_sanity_val_steps=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
     )
     return Trainer(**{**options, **kwargs})
 
 
-def test_absent_index_names_the_folder_and_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_absent_index_names_the_folder_and_the_make_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "nowhere"))
     dm = VideoDataModule(dataset="ssv2")
     assert dm.root == tmp_path / "nowhere" / "ssv2"
@@ -80,14 +103,39 @@ def test_the_recipe_is_the_arguments_nothing_is_filled_in_behind_them(tmp_path: 
     """Every argument has one concrete default (the Kinetics-style recipe) and a dataset's recipe is the data
     section of its config, applied as written: the DataModule reproduces exactly what config.yaml records."""
     default = VideoDataModule()
-    assert (default.sampling, default.num_frames, default.sampling_rate, default.crop_size, default.test_views,
-            default.flip, default.rand_augment, default.erase_prob) == ("dense", 16, 4, 224, (4, 1), "on", "m7-n4", 0.25)
+    assert (
+        default.sampling,
+        default.num_frames,
+        default.sampling_rate,
+        default.crop_size,
+        default.test_views,
+        default.flip,
+        default.rand_augment,
+        default.erase_prob,
+    ) == ("dense", 16, 4, 224, (4, 1), "on", "m7-n4", 0.25)
     synthetic = config_data("synthetic")
     dm = VideoDataModule(**synthetic)
-    assert (dm.dataset, dm.sampling, dm.num_frames, dm.crop_size, dm.flip, dm.rand_augment, dm.erase_prob,
-            dm.crop_scale) == ("synthetic", "segment", 8, 32, "off", None, 0.0, (0.7, 1.0))
+    assert (
+        dm.dataset,
+        dm.sampling,
+        dm.num_frames,
+        dm.crop_size,
+        dm.flip,
+        dm.rand_augment,
+        dm.erase_prob,
+        dm.crop_scale,
+    ) == ("synthetic", "segment", 8, 32, "off", None, 0.0, (0.7, 1.0))
     assert dm.eval_protocol.test_views == (1, 1)
-    assert set(PREPARE_TARGETS) >= {"k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic", "custom"}
+    assert set(PREPARE_TARGETS) >= {
+        "k400",
+        "ssv1",
+        "ssv2",
+        "diving48",
+        "gym99",
+        "gym288",
+        "synthetic",
+        "custom",
+    }
     with pytest.raises(IndexContractError, match=r"make prepare-<dataset>"):
         _ = VideoDataModule(root=str(tmp_path / "none"), dataset="ucf101").class_names
     with pytest.raises(ValueError, match="unknown flip policy 'mirror'"):
@@ -140,7 +188,7 @@ def test_training_survives_broken_videos_and_counts_every_failure(tmp_path: Path
     assert not bad_rows & set(model.seen["train"]), "broken videos are replaced by good ones"
     # every bad row is visited once per epoch and fails at least once; substitutes can fail again
     assert model.decode_failures >= 2 * len(bad_rows)
-    assert dm.failure_counts["train_total"] == model.decode_failures
+    assert dm.failures.train_total == model.decode_failures
     dataset = dm.datasets["train"]
     for row in bad_rows:
         item = dataset[(row, 123)]
@@ -154,16 +202,20 @@ def test_training_stops_with_a_clear_error_above_the_failure_rate(tmp_path: Path
         tiny_trainer(tmp_path).fit(TinyClassifier(dm.num_classes), datamodule=dm)
 
 
-def test_evaluation_skips_broken_videos_and_writes_their_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    root = build_index(tmp_path / "idx", train=1, val=1, test=5, broken={"test": ["zero", "missing", "garbage"]})
+def test_evaluation_skips_broken_videos_and_writes_their_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = build_index(
+        tmp_path / "idx", train=1, val=1, test=5, broken={"test": ["zero", "missing", "garbage"]}
+    )
     dm = VideoDataModule(**{**TINY, **dict(root=str(root))})
-    dm.failure_log_dir = tmp_path / "failures"
+    dm.failures.folder = tmp_path / "failures"
     model = TinyClassifier(dm.num_classes)
     with caplog.at_level("INFO"):
         tiny_trainer(tmp_path).test(model, datamodule=dm)
     assert sorted(model.seen["test"]) == [0, 1, 2, 3, 4]
     assert sorted(model.failed["test"]) == [5, 6, 7]
-    report = dm.eval_report("test")
+    report = dm.failures.report("test")
     assert report.message().startswith("test: evaluated 5 of 8 videos; 3 failed to decode")
     assert "evaluated 5 of 8 videos" in caplog.text
     lines = (tmp_path / "failures" / "failed_test.txt").read_text().splitlines()
@@ -193,7 +245,7 @@ def _segment_on_frames_index(root: Path) -> Path:
 def test_any_per_row_error_goes_through_the_failure_policy_in_real_workers(tmp_path: Path) -> None:
     root = _segment_on_frames_index(tmp_path / "idx")
     dm = VideoDataModule(root=str(root), max_failure_rate=1.0, **{**TINY, "num_workers": 2})
-    dm.failure_log_dir = tmp_path / "failures"
+    dm.failures.folder = tmp_path / "failures"
     model = TinyClassifier(dm.num_classes)
     tiny_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(model, datamodule=dm)
     assert 4 not in set(model.seen["train"]) and model.decode_failures >= 1  # substituted and counted
@@ -275,7 +327,11 @@ def _ddp_eval_worker(rank: int, world: int, root: str, port: int, out: str) -> N
     try:
         dm = VideoDataModule(**{**TINY, **dict(root=root)})
         dm.setup("test")
-        seen = [i for batch in dm.test_dataloader() for i in batch["index"].tolist() + batch["failed_index"].tolist()]
+        seen = [
+            i
+            for batch in dm.test_dataloader()
+            for i in batch["index"].tolist() + batch["failed_index"].tolist()
+        ]
         gathered: list = [None] * world
         dist.all_gather_object(gathered, seen)
         if rank == 0:
@@ -298,7 +354,9 @@ def test_ddp_evaluation_scores_every_video_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "seen.pt"
     # forkserver: one clean process imports torch once and forks both ranks; forking the pytest process
     # itself can inherit locks held by threads of earlier tests and deadlock
-    mp.start_processes(_ddp_eval_worker, args=(2, str(root), port, str(out)), nprocs=2, start_method="forkserver")
+    mp.start_processes(
+        _ddp_eval_worker, args=(2, str(root), port, str(out)), nprocs=2, start_method="forkserver"
+    )
     per_rank = torch.load(out)
     assert [len(s) for s in per_rank] == [3, 4]
     assert sorted(per_rank[0] + per_rank[1]) == list(range(7)), "each video once, no padded duplicates"

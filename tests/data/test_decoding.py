@@ -59,14 +59,21 @@ def test_probe_reports_frames_fps_size_codec(media_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_sources_raise_decode_error_naming_the_file(tmp_path: Path, media_dir: Path, backend: str) -> None:
+def test_bad_sources_raise_decode_error_naming_the_file(
+    tmp_path: Path, media_dir: Path, backend: str
+) -> None:
     empty = tmp_path / "empty.mp4"
     empty.touch()
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(bytes(range(256)) * 64)
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes((media_dir / "clip.mp4").read_bytes()[:600])
-    cases = {tmp_path / "missing.mp4": "does not exist", empty: "empty", garbage: "cannot decode", truncated: "cannot decode"}
+    cases = {
+        tmp_path / "missing.mp4": "does not exist",
+        empty: "empty",
+        garbage: "cannot decode",
+        truncated: "cannot decode",
+    }
     for path, reason in cases.items():
         with pytest.raises(DecodeError, match=reason) as info:
             read_frames(path, [0, 10, 39], backend=backend)
@@ -93,7 +100,9 @@ def test_failures_that_no_retry_can_fix_are_their_own_types(tmp_path: Path) -> N
     with pytest.raises(DecodeError) as junk:
         read_frames(tmp_path / "junk.mp4", [0], "pyav")
     assert not missing.value.retryable and not empty.value.retryable and junk.value.retryable
-    assert not DecodeTimeoutError("x", "slow").retryable and isinstance(DecodeTimeoutError("x", "y"), DecodeError)
+    assert not DecodeTimeoutError("x", "slow").retryable and isinstance(
+        DecodeTimeoutError("x", "y"), DecodeError
+    )
     import pickle
 
     assert type(pickle.loads(pickle.dumps(missing.value))) is MissingVideoError  # crosses worker processes

@@ -18,7 +18,9 @@ def ssv2_class_names(real_annotations: Path) -> list[str]:
 
 def test_ssv2_swap_table_is_exactly_20bn_left_right_map(real_annotations: Path) -> None:
     names = ssv2_class_names(real_annotations)
-    mapping = json.loads((real_annotations / "ssv2_augmentation_mappings_20bn.json").read_text(encoding="utf-8"))
+    mapping = json.loads(
+        (real_annotations / "ssv2_augmentation_mappings_20bn.json").read_text(encoding="utf-8")
+    )
     position = {name: i for i, name in enumerate(names)}
     expected = {position[a]: position[b] for a, b in mapping["left/right"].items()}
     table = swap_table(names)
@@ -43,7 +45,9 @@ def asymmetric_clip(frames: int = 4, height: int = 40, width: int = 60) -> torch
 
 @pytest.mark.parametrize("policy", ["on", "off", "swap"])
 def test_flip_policy_flips_and_swaps_labels_consistently(policy: str) -> None:
-    flip = FlipPolicy(policy, ["Pushing something from left to right", "Pushing something from right to left", "Holding"])
+    flip = FlipPolicy(
+        policy, ["Pushing something from left to right", "Pushing something from right to left", "Holding"]
+    )
     clip = asymmetric_clip().permute(0, 3, 1, 2)
     torch.manual_seed(0)
     flipped = 0
