@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,28 @@ def _validate_indices(path: Path, indices: Sequence[int], length: int) -> list[i
 
 
 # ----------------------------------------------------------------------------------------- probing
+_PROBE_CACHE: OrderedDict[tuple[str, int, int], tuple[VideoInfo, list[int], list[int]]] = OrderedDict()
+_PROBE_CACHE_SIZE = 4096  # files per process; a table is ~8 bytes per frame
+
+
 def _probe_pyav(path: Path) -> tuple[VideoInfo, list[int], list[int]]:
-    """VideoInfo, the sorted presentation timestamps of every frame and those of the keyframes (demuxed)."""
+    """VideoInfo, the sorted presentation timestamps of every frame and those of the keyframes (demuxed).
+
+    Cached per process by (path, size, mtime): a training worker reads the same file every epoch, and
+    demuxing a 10 s file costs about as much as decoding a few frames."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _PROBE_CACHE:
+        _PROBE_CACHE.move_to_end(key)
+        return _PROBE_CACHE[key]
+    result = _demux_timestamps(path)
+    _PROBE_CACHE[key] = result
+    if len(_PROBE_CACHE) > _PROBE_CACHE_SIZE:
+        _PROBE_CACHE.popitem(last=False)
+    return result
+
+
+def _demux_timestamps(path: Path) -> tuple[VideoInfo, list[int], list[int]]:
     import av
 
     try:
@@ -209,8 +230,15 @@ def _read_decord(path: Path, indices: Sequence[int], segment, threads: int) -> t
 
 
 def _read_pyav(path: Path, indices: Sequence[int], segment, threads: int) -> torch.Tensor:
-    """Exact frames by timestamp table: demux once, seek to the keyframe before each wanted run, decode."""
+    """Exact frames by timestamp table: seek to the keyframe before each run of wanted frames, decode forward.
+
+    Three things keep it cheap. Frames that no other frame references and that are not wanted are not
+    decoded at all (`skip_frame = NONREF` per packet; single-threaded decoding only, where the setting
+    applies to the packet just sent). One colour converter is reused for the clip (PyAV's `to_ndarray`
+    builds a new one per frame, 25x slower). The timestamp table comes from the per-process probe cache.
+    """
     import av
+    from av.video.reformatter import VideoReformatter
 
     info, table, keyframes = _probe_pyav(path)
     first, count = _segment_range(path, info.fps, info.num_frames, segment)
@@ -218,36 +246,50 @@ def _read_pyav(path: Path, indices: Sequence[int], segment, threads: int) -> tor
     wanted = sorted({first + i for i in indices})
     wanted_pts = {table[i]: i for i in wanted}
     found: dict[int, np.ndarray] = {}
+    to_rgb = VideoReformatter()
+    skip_unwanted = threads == 1
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.codec_context.thread_count = threads
+            codec = stream.codec_context
+            codec.thread_count = threads
             if threads != 1:
                 stream.thread_type = "AUTO"
             next_wanted = 0
             while next_wanted < len(wanted):
                 container.seek(table[wanted[next_wanted]], stream=stream, backward=True, any_frame=False)
-                progressed = False
-                for frame in container.decode(stream):
-                    if frame.pts is None:
-                        continue
-                    if frame.pts in wanted_pts:
-                        found[wanted_pts[frame.pts]] = frame.to_ndarray(format="rgb24")
-                    while next_wanted < len(wanted) and wanted[next_wanted] in found:
-                        next_wanted += 1
-                        progressed = True
-                    if next_wanted == len(wanted):
-                        break
-                    if frame.pts > table[wanted[next_wanted]]:  # decoder skipped a wanted frame
-                        missing = wanted[next_wanted] - first
-                        raise DecodeError(path, f"frame {missing} could not be decoded (corrupt stream?)")
-                    # a keyframe lies between here and the next wanted frame: seeking skips the decode
-                    if progressed and _last_keyframe(keyframes, table[wanted[next_wanted]]) > frame.pts:
+                progressed, done = False, False
+                for packet in container.demux(stream):
+                    if skip_unwanted:
+                        codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
+                    for frame in codec.decode(packet):
+                        if frame.pts is None:
+                            continue
+                        if frame.pts in wanted_pts:
+                            found[wanted_pts[frame.pts]] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                        while next_wanted < len(wanted) and wanted[next_wanted] in found:
+                            next_wanted += 1
+                            progressed = True
+                        if next_wanted == len(wanted):
+                            done = True
+                            break
+                        if frame.pts > table[wanted[next_wanted]]:  # decoder skipped a wanted frame
+                            missing = wanted[next_wanted] - first
+                            raise DecodeError(path, f"frame {missing} could not be decoded (corrupt stream?)")
+                        # a keyframe lies between here and the next wanted frame: seeking skips the decode
+                        if progressed and _last_keyframe(keyframes, table[wanted[next_wanted]]) > frame.pts:
+                            done = True
+                            break
+                    if done:
                         break
                 else:
                     if next_wanted < len(wanted):
                         missing = [i - first for i in wanted[next_wanted:]][:5]
                         raise DecodeError(path, f"stream ended before frames {missing} (truncated file?)")
+                if skip_unwanted:
+                    codec.skip_frame = "DEFAULT"
+                if next_wanted < len(wanted):
+                    codec.flush_buffers()  # frames held for reordering belong to the old position
     except DecodeError:
         raise
     except Exception as err:

@@ -106,3 +106,22 @@ def test_failures_that_no_retry_can_fix_are_their_own_types(tmp_path: Path) -> N
     import pickle
 
     assert type(pickle.loads(pickle.dumps(missing.value))) is MissingVideoError  # crosses worker processes
+
+
+def test_pyav_skips_unwanted_non_reference_frames_without_changing_any_frame(tmp_path: Path) -> None:
+    """The PyAV reader does not decode B-frames it does not need; the frames it returns are the same as
+    decoding every frame (multi-threaded decoding skips nothing) and as decord's."""
+    import av
+
+    path = write_test_video(tmp_path / "b_frames.mp4", 90, (48, 64), gop=45)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        kept = sum(1 for _ in container.decode(stream))
+    assert kept < 80, "the test video must hold non-reference frames for the skip to matter"
+    for start in (0, 3, 30, 44, 46, 61):
+        indices = list(range(start, min(start + 29, 90), 4))
+        skipping = read_frames(path, indices, backend="pyav", threads=1)
+        assert decoded_indices(skipping) == indices
+        assert torch.equal(skipping, read_frames(path, indices, backend="pyav", threads=2))
+        assert torch.equal(skipping, read_frames(path, indices, backend="decord"))
