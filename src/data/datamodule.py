@@ -36,7 +36,7 @@ from src.data.distributed import EvalSampler, TrainSampler
 from src.data.failures import DecodeFailureLog
 from src.data.protocol import EvalProtocol
 from src.data.sampling import ClipSampler
-from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform
+from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform, normalize_views, seeded
 from src.hang_guard import forget_wakeup_fd
 
 log = logging.getLogger("lightning.pytorch").getChild("data")
@@ -80,7 +80,9 @@ def _worker_init(_: int) -> None:
 class VideoDataModule(LightningDataModule):
     """Video clips for training and multi-view evaluation of one prepared dataset.
 
-    Train batches: `video` float (B*num_repeats, 3, T, H, W), `label`, `index`, `decode_failures` (scalar).
+    Train batches: `video` float (B*num_repeats, 3, T, H, W), `label`, `index`, `decode_failures` (scalar);
+    with device augmentation the loader gives uint8 crops and `aug_seed`, and `on_after_batch_transfer`
+    turns them into the same float clips on the device.
     Val/test batches: `video` (B, V, 3, T, H, W) with V = clips x crops of each video, `label`, `index` (row in
     the split), `failed_index` (rows that failed to decode and were skipped), `failed_reason`.
     Predict batches: `video` (B, V, 3, T, H, W), `path`. `eval_protocol` is what checkpoints store so that a
@@ -120,6 +122,9 @@ class VideoDataModule(LightningDataModule):
         std: per-channel standard deviation the values are divided by.
         classes: class names used instead of classes.txt where there is no index (predicting from a checkpoint
             sets them from it); where there is an index they must equal its classes.txt.
+        augment_on: where RandAugment, flip, normalisation and erasing run. "cpu": in the loader workers;
+            "device": on the batch once it is on the accelerator (workers only decode and crop, uint8 travels;
+            the same clips for the same seed); "auto": "device" when the trainer runs on CUDA, else "cpu".
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class VideoDataModule(LightningDataModule):
         mean: tuple[float, float, float] = MEAN,
         std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = STD,
         classes: list[str] | None = None,
+        augment_on: Literal["auto", "cpu", "device"] = "auto",
     ) -> None:
         super().__init__()
         _check_ranges(locals())  # the CLI refuses these at parse time; this covers calls from Python
@@ -184,6 +190,7 @@ class VideoDataModule(LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.augment_on = augment_on
         self._warned_empty_val = False
         self.clip_sampler = ClipSampler(self.sampling, self.num_frames, self.sampling_rate)  # validates
         if len(self.test_views) != 2 or self.test_views[1] not in (1, 3) or self.test_views[0] < 1:
@@ -292,7 +299,7 @@ class VideoDataModule(LightningDataModule):
             return VideoClipDataset(
                 entries,
                 mode="predict",
-                eval_transform=self.eval_protocol.transform(),
+                eval_transform=self.eval_protocol.transform(normalize=not self.augments_on_device),
                 num_clips=clips,
                 **common,
             )
@@ -313,10 +320,19 @@ class VideoDataModule(LightningDataModule):
                 std=self.std,
             )
             return VideoClipDataset(
-                entries, mode="train", train_transform=transform, num_repeats=self.num_repeats, **common
+                entries,
+                mode="train",
+                train_transform=transform,
+                num_repeats=self.num_repeats,
+                augment_on_device=self.augments_on_device,
+                **common,
             )
         return VideoClipDataset(
-            entries, mode="eval", eval_transform=self.eval_protocol.transform(), num_clips=clips, **common
+            entries,
+            mode="eval",
+            eval_transform=self.eval_protocol.transform(normalize=not self.augments_on_device),
+            num_clips=clips,
+            **common,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -394,6 +410,40 @@ class VideoDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """All views of each video under `predict_path`, with its path."""
         return self._eval_loader("predict", predict=True)
+
+    # ------------------------------------------------------------------------------ device augmentation
+    @property
+    def augments_on_device(self) -> bool:
+        """Whether the loaders hand over uint8 clips that `on_after_batch_transfer` finishes on the device:
+        `augment_on` "device", or "auto" with a trainer on CUDA (fixed when the datasets are built)."""
+        if self.augment_on == "auto":
+            trainer = self.trainer
+            return trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return self.augment_on == "device"
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Finish the uint8 batches of device augmentation where they now are (see `finish_batch`)."""
+        return self.finish_batch(batch) if isinstance(batch, dict) else batch
+
+    def finish_batch(self, batch: dict) -> dict:
+        """uint8 train crops -> RandAugment, flip (labels swapped), normalise, erase, one seeded draw per clip,
+        exactly the CPU path's ops and draws; uint8 eval views -> normalised. Float batches pass unchanged."""
+        video = batch.get("video")
+        if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8:
+            return batch
+        if "aug_seed" not in batch:
+            return {**batch, "video": normalize_views(video, self.mean, self.std)}
+        transform = self._dataset("train").train_transform
+        clips, labels = [], []
+        for clip, label, seed in zip(video, batch["label"].tolist(), batch["aug_seed"].tolist()):
+            with seeded(seed):
+                clip, label = transform.appearance(clip, label)
+            clips.append(clip)
+            labels.append(label)
+        finished = {key: value for key, value in batch.items() if key != "aug_seed"}
+        finished["video"] = torch.stack(clips)
+        finished["label"] = torch.tensor(labels, dtype=batch["label"].dtype, device=batch["label"].device)
+        return finished
 
     # ------------------------------------------------------------------------------ failure report
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from src.data.decoding import BACKENDS, DecodeError, DecodeTimeoutError, probe, read_frames
 from src.data.sampling import ClipSampler
-from src.data.transforms import EvalTransform, TrainTransform
+from src.data.transforms import EvalTransform, TrainTransform, seeded
 
 EMPTY_SHARD = -1  # the index an empty evaluation shard yields (src.data.distributed): read as a placeholder
 
@@ -186,7 +186,8 @@ class VideoClipDataset(Dataset):
     """Clips of the videos in `entries`, for one of the modes `train`, `eval` or `predict`.
 
     train: item key `(index, seed)` (from TrainSampler) or an int; returns `video` (R, 3, T, H, W) for
-    `num_repeats` = R augmentations of one decode, `label` (R,), `index`, `decode_failures`.
+    `num_repeats` = R augmentations of one decode, `label` (R,), `index`, `decode_failures`; with
+    `augment_on_device`, `video` is the uint8 crops (R, T, 3, H, W) and `aug_seed` (R,) their appearance seeds.
     eval / predict: returns `video` (V, 3, T, H, W) with V = clips x crops, or `failed=True` with the reason.
     """
 
@@ -204,6 +205,7 @@ class VideoClipDataset(Dataset):
         decode_timeout: float | None = 30.0,
         seed: int = 0,
         max_substitutes: int = 20,
+        augment_on_device: bool = False,
     ) -> None:
         if mode not in ("train", "eval", "predict"):
             raise ValueError(f"unknown dataset mode {mode!r}")
@@ -224,6 +226,7 @@ class VideoClipDataset(Dataset):
         self.decode_timeout = decode_timeout
         self.seed = seed
         self.max_substitutes = max_substitutes
+        self.augment_on_device = augment_on_device  # train: only crop here, see `_augment`
         self._lengths: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -300,7 +303,7 @@ class VideoClipDataset(Dataset):
         for _ in range(self.max_substitutes + 1):
             try:
                 frames = self._decode_robustly(index, lambda n: self.sampler.train(n, rng), retry_same=True)
-                clips, labels = self._augment(frames, self.entries[index].label, seed, index)
+                clips, labels, seeds = self._augment(frames, self.entries[index].label, seed, index)
                 break
             except DecodeError as err:
                 failures += 1
@@ -316,22 +319,30 @@ class VideoClipDataset(Dataset):
             "label": torch.tensor(labels, dtype=torch.long),
             "index": index,
             "decode_failures": failures,
+            **({"aug_seed": torch.tensor(seeds, dtype=torch.long)} if self.augment_on_device else {}),
         }
 
-    def _augment(self, frames: torch.Tensor, label: int, seed: int, index: int) -> tuple[list, list]:
-        """`num_repeats` augmentations of one decode; an error here is the row's failure (a DecodeError)."""
-        clips, labels = [], []
+    def _augment(self, frames: torch.Tensor, label: int, seed: int, index: int) -> tuple[list, list, list]:
+        """`num_repeats` augmentations of one decode; an error here is the row's failure (a DecodeError).
+
+        Each repeat has a crop seed and an appearance seed. With `augment_on_device` only the crop runs here
+        (uint8 clips (T, 3, H, W)); the appearance seeds travel with the batch to the DataModule's
+        `on_after_batch_transfer`, which finishes the clips on the device exactly as the CPU path would."""
+        clips, labels, seeds = [], [], []
         try:
             for repeat in range(self.num_repeats):
-                # one decode, independent augmentations; torch's global RNG is restored afterwards
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed(seed, repeat, 1))
-                    clip, clip_label = self.train_transform(frames, label)
+                crop_seed, look_seed = sample_seed(seed, repeat, 1), sample_seed(seed, repeat, 2)
+                if self.augment_on_device:
+                    with seeded(crop_seed):
+                        clip, clip_label = self.train_transform.crop_clip(frames), label
+                else:
+                    clip, clip_label = self.train_transform(frames, label, seed=(crop_seed, look_seed))
                 clips.append(clip)
                 labels.append(clip_label)
+                seeds.append(look_seed)
         except Exception as err:
             raise row_error(self.entries[index].path, index, err) from err
-        return clips, labels
+        return clips, labels, seeds
 
     def _eval_item(self, index: int) -> dict:
         entry = self.entries[index]
@@ -370,14 +381,18 @@ def row_error(path: Path | str, index: int, err: BaseException) -> DecodeError:
 
 
 def collate_train(samples: list[dict]) -> dict:
-    """Train batch: `video` (B*R, 3, T, H, W), `label`, `index` (B*R,), `decode_failures` scalar."""
+    """Train batch: `video` (B*R, 3, T, H, W), `label`, `index` (B*R,), `decode_failures` scalar; for
+    augmentation on the device `video` is uint8 (B*R, T, 3, H, W) and `aug_seed` (B*R,) is added."""
     repeats = samples[0]["video"].shape[0]
-    return {
+    batch = {
         "video": torch.cat([s["video"] for s in samples]),
         "label": torch.cat([s["label"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long).repeat_interleave(repeats),
         "decode_failures": torch.tensor(sum(s["decode_failures"] for s in samples), dtype=torch.long),
     }
+    if "aug_seed" in samples[0]:
+        batch["aug_seed"] = torch.cat([s["aug_seed"] for s in samples])
+    return batch
 
 
 class EvalCollate:

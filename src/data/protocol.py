@@ -65,9 +65,12 @@ class EvalProtocol:
         """The frame sampler of this protocol."""
         return ClipSampler(self.sampling, self.num_frames, self.sampling_rate)
 
-    def transform(self) -> EvalTransform:
-        """uint8 frames (T, H, W, 3) -> normalised views (crops, 3, T, crop, crop)."""
-        return EvalTransform(self.crop_size, self.test_views[1], mean=self.mean, std=self.std)
+    def transform(self, normalize: bool = True) -> EvalTransform:
+        """uint8 frames (T, H, W, 3) -> normalised views (crops, 3, T, crop, crop); uint8 views with
+        `normalize=False` (normalised later on the device)."""
+        return EvalTransform(
+            self.crop_size, self.test_views[1], mean=self.mean, std=self.std, normalize=normalize
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers: what a checkpoint stores (safe to load with weights_only)."""

@@ -2,14 +2,20 @@
 
 A clip is one `Video` (T, C, H, W), so every random draw (crop box, RandAugment ops, erased box, flip) is
 made once and applied to all its frames. Outputs are float (C, T, H, W), normalised with mean/std.
+
+A training clip is augmented in two parts, each under its own seed (`seeded`): `TrainTransform.crop_clip`
+(uint8 in, uint8 out: what a loader worker must do, since it fixes the clip's size) and
+`TrainTransform.appearance` (RandAugment, flip, normalise, erase). With `data.augment_on: device` the second
+part runs on the batch after it reaches the GPU; with the same seeds both placements give the same clips.
 The flip policy (`on`, `off`, `swap`) is per dataset: `swap` flips and exchanges the labels of classes whose
 names mirror each other ("... left to right" <-> "... right to left"), with the table built from the names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -20,6 +26,20 @@ FLIP_POLICIES = ("on", "off", "swap")
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.225, 0.225, 0.225)
 _MIRROR = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded to `seed` (where transforms draw their parameters),
+    and give the caller's generator state back afterwards. CUDA generators are left alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+def to_normalized_float(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 in [0, 1], then (x - mean) / std per channel (torchvision's ops)."""
+    return F.normalize(F.to_dtype(video, torch.float32, scale=True), list(mean), list(std))
 
 
 def mirrored_name(name: str) -> str:
@@ -120,19 +140,38 @@ class TrainTransform:
             + ([v2.RandomErasing(p=erase_prob, value=0)] if erase_prob > 0 else [])
         )
 
-    def __call__(self, frames: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
-        """Augment one clip; returns (clip (3, T, H, W), possibly swapped label)."""
-        video = tv_tensors.Video(frames.permute(0, 3, 1, 2))
-        video = self.crop(video)
+    def crop_clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) -> uint8 clip (T, 3, crop, crop): the spatial crop and resize."""
+        video = self.crop(tv_tensors.Video(frames.permute(0, 3, 1, 2)))
+        return video.as_subclass(torch.Tensor).contiguous()
+
+    def appearance(self, clip: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
+        """uint8 clip (T, 3, H, W) on any device -> (float clip (3, T, H, W), possibly swapped label):
+        RandAugment, flip, normalise, erase. Random draws come from torch's CPU generator."""
+        video = tv_tensors.Video(clip)
         if self.rand_augment is not None:
             video = self.rand_augment(video)
         video, label = self.flip(video, label)
         video = self.finish(video)
         return video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous(), label
 
+    def __call__(
+        self, frames: torch.Tensor, label: int, seed: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Augment one clip; returns (clip (3, T, H, W), possibly swapped label).
+
+        `seed` = (crop seed, appearance seed) makes the result reproducible and the same as `crop_clip` +
+        `appearance` under those seeds on another device; None draws from the current generator."""
+        if seed is None:
+            return self.appearance(self.crop_clip(frames), label)
+        with seeded(seed[0]):
+            clip = self.crop_clip(frames)
+        with seeded(seed[1]):
+            return self.appearance(clip, label)
+
 
 class EvalTransform:
-    """uint8 frames (T, H, W, 3) -> float views (num_crops, 3, T, crop, crop).
+    """uint8 frames (T, H, W, 3) -> float views (num_crops, 3, T, crop, crop) (uint8 with `normalize=False`).
 
     Short side resized to `crop_size`, then a centre crop (`num_crops=1`) or three crops along the long
     side (left/top, centre, right/bottom; `num_crops=3`).
@@ -144,15 +183,15 @@ class EvalTransform:
         num_crops: int = 1,
         mean: Sequence[float] = MEAN,
         std: Sequence[float] = STD,
+        normalize: bool = True,
     ) -> None:
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         self.crop_size = crop_size
         self.num_crops = num_crops
         self.resize = v2.Resize(crop_size, antialias=True)
-        self.normalize = v2.Compose(
-            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        )
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.normalize = normalize  # False: uint8 views, normalised on the device (`normalize_views`)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """All spatial views of one clip, stacked: (num_crops, 3, T, crop, crop)."""
@@ -166,5 +205,13 @@ class EvalTransform:
         else:
             boxes = [(y, (width - size) // 2) for y in (0, (height - size) // 2, height - size)]
         views = [F.crop(video, top, left, size, size) for top, left in boxes]
-        views = [self.normalize(v).as_subclass(torch.Tensor).permute(1, 0, 2, 3) for v in views]
-        return torch.stack(views)
+        views = [v.as_subclass(torch.Tensor) for v in views]
+        if self.normalize:
+            views = [to_normalized_float(v, self.mean, self.std) for v in views]
+        return torch.stack([v.permute(1, 0, 2, 3) for v in views])
+
+
+def normalize_views(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 views (..., 3, T, H, W), as `EvalTransform(normalize=False)` makes them -> normalised float,
+    the same values `EvalTransform` computes on the CPU."""
+    return to_normalized_float(video.transpose(-4, -3), mean, std).transpose(-4, -3)

@@ -396,3 +396,55 @@ def test_testing_an_empty_split_is_an_error_naming_the_file(tmp_path: Path) -> N
 def test_out_of_range_values_are_errors(name: str) -> None:
     with pytest.raises(ValueError, match=f"data.{name} must be > 0"):
         VideoDataModule(**{**TINY, name: 0})
+
+
+# flip with label swap, strong RandAugment, erasing, repeats and real workers: every random part of the recipe
+AUGMENTED = {
+    **TINY,
+    "flip": "swap",
+    "rand_augment": "m9-n3",
+    "erase_prob": 0.5,
+    "num_repeats": 2,
+    "num_workers": 2,
+    "test_views": (2, 3),
+}
+
+
+@pytest.mark.timeout(300)
+def test_device_augmentation_gives_the_cpu_path_clips_for_the_same_seed(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=8, val=3)
+    loaded = {}
+    for where in ("cpu", "device"):
+        dm = VideoDataModule(root=str(root), augment_on=where, seed=5, **AUGMENTED)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(2)
+        loaded[where] = (dm, list(loader), list(dm.val_dataloader()))
+    dm, train, val = loaded["device"]
+    first = train[0]
+    assert first["video"].dtype == torch.uint8 and first["video"].shape == (6, 4, 3, 32, 32)
+    assert first["aug_seed"].shape == (6,) and len(set(first["aug_seed"].tolist())) == 6
+    assert val[0]["video"].dtype == torch.uint8
+    cpu_train, cpu_val = loaded["cpu"][1], loaded["cpu"][2]
+    swapped = 0
+    for cpu, raw in zip(cpu_train, train, strict=True):
+        finished = dm.finish_batch(raw)
+        assert "aug_seed" not in finished and finished["video"].dtype == torch.float32
+        assert torch.equal(finished["video"], cpu["video"]) and torch.equal(finished["label"], cpu["label"])
+        swapped += int((finished["label"] != raw["label"]).sum())
+    assert swapped > 0, "some clips were flipped with their left/right label exchanged"
+    for cpu, raw in zip(cpu_val, val, strict=True):
+        assert torch.equal(dm.finish_batch(raw)["video"], cpu["video"])
+    assert dm.finish_batch(cpu_train[0]) is cpu_train[0], "a float batch passes unchanged"
+
+
+def test_auto_augments_on_the_device_only_for_a_cuda_trainer(tmp_path: Path) -> None:
+    root = build_index(tmp_path / "idx", train=4, val=2)
+    dm = VideoDataModule(root=str(root), **{**TINY, "rand_augment": "m7-n2"})
+    assert dm.augment_on == "auto" and not dm.augments_on_device  # no trainer: the loaders finish the clips
+    model = TinyClassifier(dm.num_classes)
+    tiny_trainer(tmp_path).fit(model, datamodule=dm)
+    assert not dm.augments_on_device and dm.datasets["train"].augment_on_device is False
+    device_dm = VideoDataModule(root=str(root), **{**TINY, "rand_augment": "m7-n2", "augment_on": "device"})
+    device_model = TinyClassifier(device_dm.num_classes)
+    tiny_trainer(tmp_path / "device").fit(device_model, datamodule=device_dm)  # float clips reach the model
+    assert device_dm.datasets["train"].augment_on_device and sorted(device_model.seen["train"]) == [0, 1, 2]
