@@ -38,14 +38,14 @@ help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}' \
 		| sed -e 's|$$(DATA_ROOT)|$(DATA_ROOT)|g' -e 's|$$(RUNS)|$(RUNS)|g' -e 's|$$(NAME)|$(or $(NAME),custom)|g'
 
-install: ## Create .venv and install the project with its dev and export extras (no-op when pyproject.toml is unchanged)
+install: ## Create .venv and install the project with its dev, export and torchcodec extras (no-op when pyproject.toml is unchanged)
 	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(DEPS_HASH)" ]; then \
 		echo "install: $(VENV) is current"; \
 	else \
 		set -e; \
 		[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install --quiet --upgrade pip; \
-		$(PY) -m pip install --quiet -e '.[dev,export]'; \
+		$(PY) -m pip install --quiet -e '.[dev,export,torchcodec]'; \
 		echo "$(DEPS_HASH)" > $(STAMP); \
 		echo "install: $(VENV) ready"; \
 	fi

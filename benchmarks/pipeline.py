@@ -1,5 +1,9 @@
 """Item 5: data-pipeline throughput in clips/s: decode only, decode + augment, and the full DataLoader.
 
+With `augment_on="device"` a worker decodes and crops only (the rest runs on the batch on the device):
+rows of both placements, side by side in one run, give the per-core gain; `measure_device_part` times the
+moved half on the CPU.
+
 Decode only calls `src.data.decoding.read_frames` with the preset's sampling (dense 16x4 for Kinetics,
 16 segments for Something-Something). Decode + augment iterates the real `VideoDataModule` train loader
 in-process with one torch thread (what one DataLoader worker does). The DataLoader rows use 1 and 2 worker
@@ -64,7 +68,9 @@ def measure_decode(kind: VideoKind, index_dir: Path, backend: str, *, reps: int,
     return _result(kind, "decode", backend, 1, len(videos), timing)
 
 
-def _datamodule(kind: VideoKind, index_dir: Path, backend: str, workers: int, batch_size: int):
+def _datamodule(
+    kind: VideoKind, index_dir: Path, backend: str, workers: int, batch_size: int, augment_on: str = "cpu"
+):
     from src.data.catalog import config_data
     from src.data.datamodule import VideoDataModule
 
@@ -78,6 +84,7 @@ def _datamodule(kind: VideoKind, index_dir: Path, backend: str, workers: int, ba
             "persistent_workers": workers > 0,
             "decode_timeout": None,
             "prefetch_factor": 2 if workers > 0 else None,
+            "augment_on": augment_on,
         }
     )
 
@@ -91,12 +98,13 @@ def measure_loader(
     reps: int,
     warmup: int,
     batch_size: int = 2,
+    augment_on: str = "cpu",
 ) -> dict:
     """clips/s of the real train DataLoader (decode + the dataset config's augmentation + collate) with `workers`.
 
     workers = 0 runs in-process on one torch thread: the per-worker rate of decode + augment.
     """
-    dm = _datamodule(kind, index_dir, backend, workers, batch_size)
+    dm = _datamodule(kind, index_dir, backend, workers, batch_size, augment_on)
     loader = dm.train_dataloader()
     clips = 0
 
@@ -111,10 +119,33 @@ def measure_loader(
             timing = time_call(one_pass, reps=reps, warmup=warmup)
     finally:
         _stop_workers(loader)
-    stage = "decode+augment" if workers == 0 else "dataloader"
+    stage = STAGES[augment_on] if workers == 0 else "dataloader"
     row = _result(kind, stage, backend, workers if workers else 1, clips, timing)
     row["in_process"] = workers == 0
+    row["augment_on"] = augment_on
     return row
+
+
+def measure_device_part(kind: VideoKind, index_dir: Path, backend: str, *, reps: int, warmup: int) -> dict:
+    """clips/s of the device half of `augment_on: device` (`VideoDataModule.finish_batch`: RandAugment, flip,
+    normalise, erase) run here on the CPU, one thread: what the workers no longer do."""
+    dm = _datamodule(kind, index_dir, backend, 0, 2, "device")
+    batches = list(dm.train_dataloader())
+    clips = sum(int(b["video"].shape[0]) for b in batches)
+
+    def one_pass() -> None:
+        for batch in batches:
+            dm.finish_batch(batch)
+
+    with torch_threads(1):
+        timing = time_call(one_pass, reps=reps, warmup=warmup)
+    row = _result(kind, "device part, on CPU", backend, 1, clips, timing)
+    row.update(in_process=True, augment_on="device")
+    return row
+
+
+# what one worker does per clip, by `data.augment_on`
+STAGES = {"cpu": "decode+augment", "device": "decode+crop (augment on device)"}
 
 
 def _stop_workers(loader) -> None:

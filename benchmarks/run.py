@@ -95,7 +95,7 @@ def run_models(suite: Suite, log: Callable[[str], None]) -> list[dict]:
 
 def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
     """Item 5: decode only and decode + augment per worker, per backend; the DataLoader with N workers."""
-    from benchmarks.pipeline import measure_decode, measure_loader
+    from benchmarks.pipeline import measure_decode, measure_device_part, measure_loader
     from benchmarks.videos import video_set
 
     rows = []
@@ -106,11 +106,23 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
         log(
             f"  {kind.name}: {suite.videos_per_kind} videos at {index_dir} ({time.perf_counter() - start:.1f} s)"
         )
-        jobs = [(measure_decode, (kind, index_dir, b)) for b in suite.backends]
-        jobs += [(measure_loader, (kind, index_dir, b, 0)) for b in suite.backends]
-        jobs += [(measure_loader, (kind, index_dir, "decord", w)) for w in suite.loader_workers]
-        for fn, args in jobs:
-            row = _guarded(lambda fn=fn, args=args: fn(*args, reps=reps, warmup=warmup), kind=kind.name)
+        # before (augmentation in the workers) and after (on the device) side by side, every backend
+        jobs = [(measure_decode, (kind, index_dir, b), {}) for b in suite.backends]
+        jobs += [
+            (measure_loader, (kind, index_dir, b, 0), {"augment_on": where})
+            for where in ("cpu", "device")
+            for b in suite.backends
+        ]
+        jobs += [(measure_device_part, (kind, index_dir, suite.backends[0]), {})]
+        jobs += [
+            (measure_loader, (kind, index_dir, suite.backends[0], w), {"augment_on": "device"})
+            for w in suite.loader_workers
+        ]
+        for fn, args, options in jobs:
+            row = _guarded(
+                lambda fn=fn, args=args, options=options: fn(*args, reps=reps, warmup=warmup, **options),
+                kind=kind.name,
+            )
             log(
                 f"  {kind.name:5s} {row.get('stage', fn.__name__):15s} {row.get('backend', ''):7s} "
                 f"workers={row.get('workers', '?')}: {row.get('clips_per_s', row.get('reason'))} clips/s"

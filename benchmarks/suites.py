@@ -59,7 +59,7 @@ class Suite:
     # item 5
     video_kinds: tuple[VideoKind, ...] = ()
     videos_per_kind: int = 6
-    backends: tuple[str, ...] = ("decord", "pyav")
+    backends: tuple[str, ...] = ("pyav", "decord")  # the first: the default, used for the worker rows
     loader_workers: tuple[int, ...] = (1, 2)
     pipeline_reps: int = 5
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -142,7 +142,7 @@ SUITES: dict[str, Suite] = {
         model_warmup=1,
         video_kinds=(TINY_KINETICS, TINY_SSV2),
         videos_per_kind=1,
-        backends=("decord", "pyav"),
+        backends=("pyav", "decord"),
         loader_workers=(1,),
         pipeline_reps=1,
     ),

@@ -210,31 +210,46 @@ def pipeline_table(rows: list[dict], gpu_rates: dict[str, float] | None = None) 
         )
     out.append("")
     for dataset in dict.fromkeys(r["dataset"] for r in rows if r.get("status") == "ok"):
-        per_worker = next(
-            (
-                r["clips_per_s_per_worker"]
-                for r in rows
-                if r.get("dataset") == dataset
-                and r.get("stage") == "decode+augment"
-                and r.get("backend") == "decord"
-            ),
-            None,
-        )
-        if not per_worker:
-            continue
-        line = (
-            f"- {dataset}: one worker decodes and augments {per_worker:.2f} clips/s (decord), so 16 workers "
-            f"give about {16 * per_worker:.0f} clips/s if workers scale linearly"
-        )
-        if gpu_rates:
-            need = {label: math.ceil(rate / per_worker) for label, rate in gpu_rates.items()}
-            line += "; workers needed to feed the measured GPU training rate: " + ", ".join(
-                f"{label} {gpu_rates[label]:.1f} clips/s → {n}" for label, n in need.items()
-            )
-        else:
-            line += " (no GPU training rate measured yet: run `make bench-gpu`)"
-        out.append(line + ".")
+        out.append(_pipeline_summary(dataset, rows, gpu_rates))
     return "\n".join(out) + "\n"
+
+
+def _pipeline_summary(dataset: str, rows: list[dict], gpu_rates: dict[str, float] | None) -> str:
+    """Before (decord, augmentation in the worker: the pipeline until 2026-12) vs the fastest worker of
+    augmentation on the device, per core; the workers one GPU needs at the measured training rate."""
+
+    def rate(stage: str, backend: str | None = None) -> tuple[float, str] | None:
+        found = [
+            (r["clips_per_s_per_worker"], r["backend"])
+            for r in rows
+            if r.get("status") == "ok"
+            and r.get("dataset") == dataset
+            and r.get("stage") == stage
+            and (backend is None or r.get("backend") == backend)
+        ]
+        return max(found) if found else None
+
+    before = rate("decode+augment", "decord")
+    after = rate("decode+crop (augment on device)")
+    if before is None and after is None:
+        return f"- {dataset}: no per-worker rows."
+    line = f"- {dataset}: "
+    if before:
+        line += f"before, one worker decodes and augments {before[0]:.2f} clips/s (decord)"
+    if after:
+        line += f"; with augmentation on the device one worker prepares {after[0]:.2f} clips/s ({after[1]})"
+        if before:
+            line += f", **{after[0] / before[0]:.2f}x per core**"
+    per_worker = (after or before)[0]
+    line += f". 16 workers give about {16 * per_worker:.0f} clips/s if workers scale linearly"
+    if gpu_rates:
+        need = {label: math.ceil(rate / per_worker) for label, rate in gpu_rates.items()}
+        line += "; workers needed to feed the measured GPU training rate: " + ", ".join(
+            f"{label} {gpu_rates[label]:.1f} clips/s → {n}" for label, n in need.items()
+        )
+    else:
+        line += " (no GPU training rate measured yet: run `make bench-gpu`)"
+    return line + "."
 
 
 def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:

@@ -69,7 +69,7 @@ class TrainedModel:
     def variant(self) -> str:
         return str(self.module.hparams.backbone["variant"])
 
-    def read_views(self, video: str | Path, backend: str = "decord") -> Tensor:
+    def read_views(self, video: str | Path, backend: str = "pyav") -> Tensor:
         """All test views of one video (file or JPEG-frame folder) as the protocol makes them: (V, 3, T, H, W).
 
         Raises `DecodeError` naming the file when it cannot be decoded."""

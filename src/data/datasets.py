@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.decoding import BACKENDS, DecodeError, DecodeTimeoutError, probe, read_frames
+from src.data.decoding import ALL_BACKENDS, FALLBACK, DecodeError, DecodeTimeoutError, probe, read_frames
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, TrainTransform, seeded
 
@@ -200,7 +200,7 @@ class VideoClipDataset(Dataset):
         train_transform: TrainTransform | None = None,
         eval_transform: EvalTransform | None = None,
         num_clips: int = 1,
-        backend: str = "decord",
+        backend: str = "pyav",
         num_repeats: int = 1,
         decode_timeout: float | None = 30.0,
         seed: int = 0,
@@ -209,8 +209,8 @@ class VideoClipDataset(Dataset):
     ) -> None:
         if mode not in ("train", "eval", "predict"):
             raise ValueError(f"unknown dataset mode {mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown decode backend {backend!r}; use one of {BACKENDS}")
+        if backend not in ALL_BACKENDS:
+            raise ValueError(f"unknown decode backend {backend!r}; use one of {ALL_BACKENDS}")
         if mode == "train" and train_transform is None or mode != "train" and eval_transform is None:
             raise ValueError(f"mode {mode!r} needs its transform")
         if num_repeats < 1:
@@ -263,7 +263,7 @@ class VideoClipDataset(Dataset):
         mount, a FIFO, a decoder stuck in a loop) is abandoned like any other failure.
         """
         entry = self.entries[index]
-        other = [b for b in BACKENDS if b != self.backend][0]
+        other = FALLBACK[self.backend]
         attempts = [self.backend, self.backend, other] if retry_same else [self.backend, other]
         chosen: list[Sequence[int]] = []
         error: DecodeError | None = None

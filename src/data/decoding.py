@@ -1,4 +1,4 @@
-"""Read exact frames from a video file or a folder of JPEG frames, with decord or PyAV.
+"""Read exact frames from a video file or a folder of JPEG frames, with PyAV, decord or torchcodec.
 
 `read_frames(source, indices)` returns the frames at the video's own frame indices (0-based, counted in
 decode order of presentation), so sampling never depends on timestamps and variable frame rates are
@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("pyav", "decord")  # always installed; the first is the default
+OPTIONAL_BACKENDS = ("torchcodec",)  # the [torchcodec] extra plus FFmpeg's shared libraries
+ALL_BACKENDS = BACKENDS + OPTIONAL_BACKENDS
+# the decoder tried after a backend failed twice: a second, independent implementation
+FALLBACK = {"pyav": "decord", "decord": "pyav", "torchcodec": "pyav"}
 _decord_used_in_process = False  # decord's threads leave locks that deadlock processes forked afterwards
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -306,7 +310,7 @@ def _last_keyframe(keyframes: list[int], pts: int) -> int:
 def read_frames(
     source: str | Path,
     indices: Sequence[int],
-    backend: str = "decord",
+    backend: str = "pyav",
     *,
     segment: tuple[float | None, float | None] | None = None,
     threads: int = 1,
@@ -318,8 +322,8 @@ def read_frames(
     `threads` = decoder threads (1: one per DataLoader worker, which already run in parallel; 0 = auto).
     Raises DecodeError naming the file for missing, empty, corrupt or truncated sources.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown decode backend {backend!r}; use one of {BACKENDS}")
+    if backend not in ALL_BACKENDS:
+        raise ValueError(f"unknown decode backend {backend!r}; use one of {ALL_BACKENDS}")
     path = _check_source(source)
     if path.is_dir():
         if segment is not None and any(v is not None and not math.isclose(v, 0.0) for v in segment[:1]):
@@ -329,4 +333,8 @@ def read_frames(
         return _read_jpeg_folder(path, indices)
     if backend == "decord":
         return _read_decord(path, indices, segment, threads)
+    if backend == "torchcodec":
+        from src.data.torchcodec_reader import read_torchcodec
+
+        return read_torchcodec(path, indices, segment, threads)
     return _read_pyav(path, indices, segment, threads)

@@ -26,9 +26,8 @@ INSTALL_HINT = (
     "(Debian/Ubuntu: apt-get install ffmpeg; conda: conda install -c conda-forge ffmpeg)"
 )
 
-CAN_RESIZE: (
-    bool  # whether `size` is honoured (decoder-side Resize); computed on first access, see __getattr__
-)
+# Whether `size` is honoured (a Resize inside the decoder). Computed on first access: see __getattr__.
+CAN_RESIZE: bool
 
 
 @functools.cache
@@ -41,7 +40,7 @@ def _load_torchcodec() -> tuple[Any, str | None]:
         return None, f"torchcodec is not installed ({type(err).__name__}: {err})"
     except (RuntimeError, OSError) as err:  # older versions: FFmpeg or torch ABI mismatch fails the import
         return None, f"torchcodec cannot load ({type(err).__name__}: {err})"
-    # torchcodec >= 0.9 imports without FFmpeg and leaves ffmpeg_major_version None instead
+    # newer versions (0.17 checked) import without FFmpeg and leave ffmpeg_major_version None instead
     if getattr(torchcodec, "ffmpeg_major_version", 0) is None:
         version = getattr(torchcodec, "__version__", "?")
         return None, f"torchcodec {version} found no usable FFmpeg shared libraries"
