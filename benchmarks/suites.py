@@ -92,7 +92,7 @@ SUITES: dict[str, Suite] = {
         model_warmup=1,
         video_kinds=(KINETICS, SSV2),
         videos_per_kind=2,
-        backends=("decord",),
+        backends=("pyav", "decord"),
         loader_workers=(1,),
     ),
     "gpu": Suite(

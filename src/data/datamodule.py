@@ -116,7 +116,7 @@ class VideoDataModule(LightningDataModule):
         rand_augment: RandAugment as "m<magnitude>-n<ops>" (magnitude out of 10), or null for none.
         erase_prob: probability of random erasing of each training clip.
         seed: seed of the sampling, augmentation and shuffling streams (a pure function of seed, epoch, index).
-        pin_memory: pin loader batches in page-locked memory (GPU training).
+        pin_memory: pin loader batches in page-locked memory (GPU training; ignored where CUDA is absent).
         persistent_workers: keep loader workers alive between epochs.
         prefetch_factor: batches each worker loads ahead; null: torch's default (2).
         eval_batch_size: videos per evaluation step (each with all its views).
@@ -361,7 +361,7 @@ class VideoDataModule(LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             drop_last=drop_last,
             worker_init_fn=_worker_init if workers > 0 else None,
             persistent_workers=self.persistent_workers and workers > 0,
