@@ -408,8 +408,9 @@ def _repeated_index(source: Path, out: Path, repeats: int) -> Path:
 
 
 def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
-    """One worker's decode + augment rate, and the DataLoader's with `pipeline_workers` workers."""
-    from benchmarks.pipeline import measure_loader
+    """One worker's decode + crop rate, the DataLoader's with `pipeline_workers` workers, and the rate of the
+    augmentation half that runs on the device."""
+    from benchmarks.pipeline import measure_device_part, measure_loader
     from benchmarks.videos import video_set
 
     start = time.perf_counter()
@@ -421,28 +422,16 @@ def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
     )
     # the loader first: once this process has decoded, the data module starts workers from a forkserver
     # (decord's threads would deadlock forked children), which a training process does not pay
+    # the configs' recipe: PyAV, augmentation on the device (the workers decode and crop)
+    common = dict(reps=cfg.pipeline_reps, batch_size=cfg.pipeline_batch)
     rows = [
         measure_loader(
-            cfg.pipeline_kind,
-            repeated,
-            "decord",
-            cfg.pipeline_workers,
-            reps=cfg.pipeline_reps,
-            warmup=1,
-            batch_size=cfg.pipeline_batch,
+            cfg.pipeline_kind, repeated, "pyav", cfg.pipeline_workers, warmup=1, augment_on="device", **common
         )
     ]
-    rows.append(
-        measure_loader(
-            cfg.pipeline_kind,
-            index,
-            "decord",
-            0,
-            reps=cfg.pipeline_reps,
-            warmup=0,
-            batch_size=cfg.pipeline_batch,
-        )
-    )
+    rows.append(measure_loader(cfg.pipeline_kind, index, "pyav", 0, warmup=0, augment_on="device", **common))
+    # the half that moved: RandAugment, flip, normalise, erase on the batch, on this device
+    rows.append(measure_device_part(cfg.pipeline_kind, index, "pyav", warmup=1, device=cfg.device, **common))
     for row in rows:
         print(f"  {row['stage']:15s} workers={row['workers']:2d}: {row['clips_per_s']} clips/s")
     return [{"item": "pipeline", **row} for row in rows]

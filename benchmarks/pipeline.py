@@ -126,21 +126,35 @@ def measure_loader(
     return row
 
 
-def measure_device_part(kind: VideoKind, index_dir: Path, backend: str, *, reps: int, warmup: int) -> dict:
+def measure_device_part(
+    kind: VideoKind,
+    index_dir: Path,
+    backend: str,
+    *,
+    reps: int,
+    warmup: int,
+    device: str = "cpu",
+    batch_size: int = 2,
+) -> dict:
     """clips/s of the device half of `augment_on: device` (`VideoDataModule.finish_batch`: RandAugment, flip,
-    normalise, erase) run here on the CPU, one thread: what the workers no longer do."""
-    dm = _datamodule(kind, index_dir, backend, 0, 2, "device")
-    batches = list(dm.train_dataloader())
+    normalise, erase) on `device` (the CPU: one thread, what the workers no longer do; CUDA: synchronised)."""
+    dm = _datamodule(kind, index_dir, backend, 0, batch_size, "device")
+    batches = [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        for b in dm.train_dataloader()
+    ]
     clips = sum(int(b["video"].shape[0]) for b in batches)
 
     def one_pass() -> None:
         for batch in batches:
             dm.finish_batch(batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
-    with torch_threads(1):
+    with torch_threads(1) if device == "cpu" else contextlib.nullcontext():
         timing = time_call(one_pass, reps=reps, warmup=warmup)
-    row = _result(kind, "device part, on CPU", backend, 1, clips, timing)
-    row.update(in_process=True, augment_on="device")
+    row = _result(kind, f"device part, on {device.split(':')[0].upper()}", backend, 1, clips, timing)
+    row.update(in_process=device == "cpu", augment_on="device")
     return row
 
 
