@@ -28,7 +28,7 @@ from benchmarks.suites import SUITES, Suite
 from benchmarks.tables import gpu_training_rates, render, update_document
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("structsa", "scaling", "model", "pipeline")
+SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo")
 DEFAULT_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
 )
@@ -100,12 +100,16 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
 
     rows = []
     reps, warmup = suite.pipeline_reps, 1 if suite.pipeline_reps > 1 else 0
-    for kind in suite.video_kinds:
+    index_dirs = {}
+    for kind in suite.video_kinds:  # every video first: once decord has loaded, PyAV cannot encode VP9
         start = time.perf_counter()
-        index_dir = video_set(kind, suite.videos_per_kind, cache_dir)
+        index_dirs[kind.name] = video_set(kind, suite.videos_per_kind, cache_dir)
         log(
-            f"  {kind.name}: {suite.videos_per_kind} videos at {index_dir} ({time.perf_counter() - start:.1f} s)"
+            f"  {kind.name}: {suite.videos_per_kind} videos at {index_dirs[kind.name]} "
+            f"({time.perf_counter() - start:.1f} s)"
         )
+    for kind in suite.video_kinds:
+        index_dir = index_dirs[kind.name]
         # before (augmentation in the workers) and after (on the device) side by side, every backend
         jobs = [(measure_decode, (kind, index_dir, b), {}) for b in suite.backends]
         jobs += [
@@ -129,6 +133,28 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
             )
             rows.append(row)
     return rows
+
+
+def run_pytorchvideo(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
+    """This pipeline (augmentation in the worker, and on the device: CPU part) against PyTorchVideo's
+    datasets on the same files, per core; see benchmarks/pytorchvideo_compare.py."""
+    from benchmarks.pytorchvideo_compare import measure
+
+    crop, frames = suite.pytorchvideo_clip or (None, None)
+    return measure(
+        kinds=suite.video_kinds,
+        cache_dir=cache_dir,
+        clips=suite.pytorchvideo_clips,
+        reps=suite.pipeline_reps,
+        ours_variants={
+            "augment on CPU": {"augment_on": "cpu"},
+            "augment on device": {"augment_on": "device"},
+        },
+        crop_size=crop,
+        num_frames=frames,
+        backends=tuple(b for b in suite.backends if b in ("pyav", "decord")),
+        log=log,
+    )
 
 
 def _guarded(fn: Callable[[], dict], **context) -> dict:
@@ -189,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": lambda: run_scaling(suite, print),
         "model": lambda: run_models(suite, print),
         "pipeline": lambda: run_pipeline(suite, print, args.cache_dir),
+        "pytorchvideo": lambda: run_pytorchvideo(suite, print, args.cache_dir),
     }
     previous = out_dir / f"{suite.name}.json"
     if set(sections) != set(SECTIONS) and previous.is_file():
@@ -205,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
         section_start = time.perf_counter()
-        rows = runners[section]() if section != "pipeline" else _section_rows(runners[section])
+        guarded = section in ("pipeline", "pytorchvideo")
+        rows = _section_rows(runners[section], section) if guarded else runners[section]()
         results["sections"][section] = rows
         results.setdefault("section_runs", {})[section] = {
             "date": results["machine"]["date"],
@@ -230,9 +258,9 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _section_rows(runner: Callable[[], list[dict]]) -> list[dict]:
-    """The pipeline needs the data modules; if they cannot import, one error row says why."""
-    result = _guarded(lambda: {"rows": runner()}, stage="pipeline")
+def _section_rows(runner: Callable[[], list[dict]], section: str) -> list[dict]:
+    """The data sections need the data modules (and pytorchvideo); if they fail, one error row says why."""
+    result = _guarded(lambda: {"rows": runner()}, stage=section)
     return result["rows"] if "rows" in result else [result]
 
 

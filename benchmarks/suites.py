@@ -62,6 +62,10 @@ class Suite:
     backends: tuple[str, ...] = ("pyav", "decord")  # the first: the default, used for the worker rows
     loader_workers: tuple[int, ...] = (1, 2)
     pipeline_reps: int = 5
+    # the PyTorchVideo comparison (benchmarks/pytorchvideo_compare.py): clips per pass and kind; a smaller
+    # clip (crop side, frames) for the tiny suite only, None keeps the dataset config's recipe
+    pytorchvideo_clips: int = 6
+    pytorchvideo_clip: tuple[int, int] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -145,5 +149,7 @@ SUITES: dict[str, Suite] = {
         backends=("pyav", "decord"),
         loader_workers=(1,),
         pipeline_reps=1,
+        pytorchvideo_clips=1,
+        pytorchvideo_clip=(32, 4),
     ),
 }

@@ -252,6 +252,37 @@ def _pipeline_summary(dataset: str, rows: list[dict], gpu_rates: dict[str, float
     return line + "."
 
 
+def pytorchvideo_table(rows: list[dict]) -> str:
+    """Item 6: this pipeline and PyTorchVideo's datasets on the same files, clips/s per core, and the ratios."""
+    out = [
+        "### 6. Against PyTorchVideo (same files, sampling and clip shape; in-process, one thread)\n",
+        "| dataset | stage | pipeline | backend | clips/s per core | CPU / wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("type") == "ratio":
+            continue
+        if r.get("status") != "ok":
+            out.append(f"| {r.get('dataset', '?')} | {r.get('stage', '')} | | | {r.get('reason')} | |")
+            continue
+        name = "PyTorchVideo" if r["side"] == "pytorchvideo" else f"ours, {r['variant']}"
+        out.append(
+            f"| {r['dataset']} | {r['stage']} | {name} | {r['backend']} | {r['clips_per_s']:.2f} | "
+            f"{r['cpu_over_wall']:.2f} |"
+        )
+    out.append("")
+    for r in rows:
+        if r.get("type") != "ratio":
+            continue
+        ours, theirs = r["ours_best"], r["pytorchvideo_best"]
+        out.append(
+            f"- {r['dataset']}, {r['stage']}, ours ({r['variant']}) / PyTorchVideo: "
+            f"**{r['ours_over_pytorchvideo']:.2f}x** ({ours['clips_per_s']:.2f} clips/s with {ours['backend']} vs "
+            f"{theirs['clips_per_s']:.2f} with {theirs['backend']}, the best backend of each)."
+        )
+    return "\n".join(out) + "\n"
+
+
 def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
     """All tables of one results file, with its header, as markdown."""
     sections = results.get("sections", {})
@@ -264,6 +295,8 @@ def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
         parts.append(model_table(sections["model"]))
     if sections.get("pipeline"):
         parts.append(pipeline_table(sections["pipeline"], gpu_rates))
+    if sections.get("pytorchvideo"):
+        parts.append(pytorchvideo_table(sections["pytorchvideo"]))
     return "\n".join(parts)
 
 

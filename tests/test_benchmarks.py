@@ -140,13 +140,19 @@ def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path
     results = json.loads((tmp_path / "tiny.json").read_text())
     assert {"cpu", "cpu_cores", "torch", "date"} <= set(results["machine"])
     sections = results["sections"]
-    assert set(sections) == {"structsa", "scaling", "model", "pipeline"}
+    assert set(sections) == {"structsa", "scaling", "model", "pipeline", "pytorchvideo"}
     paths = {r["path"] for r in sections["structsa"]}
     assert paths == {"fast", "reference", "vanilla"}
     assert all(r["status"] == "ok" for rows in sections.values() for r in rows)
     assert {r["label"] for r in sections["model"]} == {"uniformer_s", "structvit_s S=2"}
     stages = {(r["dataset"], r["stage"], r["backend"]) for r in sections["pipeline"]}
-    assert ("k400", "decode", "pyav") in stages and ("ssv2", "dataloader", "decord") in stages
+    assert ("k400", "decode", "pyav") in stages and ("ssv2", "dataloader", "pyav") in stages
+    assert ("k400", "decode+augment", "decord") in stages  # before: augmentation in the worker
+    assert ("k400", "decode+crop (augment on device)", "pyav") in stages
+    compared = [r for r in sections["pytorchvideo"] if r.get("type") == "ratio"]
+    assert {(r["dataset"], r["variant"]) for r in compared if r["stage"] == "decode+augment"} == {
+        (d, v) for d in ("k400", "ssv2") for v in ("augment on CPU", "augment on device")
+    }
     text = doc.read_text()
     for title in (
         "fast exact path vs reference path",
@@ -154,6 +160,7 @@ def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path
         "Scaling with tokens",
         "Whole model",
         "Data pipeline",
+        "Against PyTorchVideo",
     ):
         assert title in text
     assert "other engineer's table" in text

@@ -222,7 +222,9 @@ def _read_decord(path: Path, indices: Sequence[int], segment, threads: int) -> t
         first, count = _segment_range(path, fps, length, segment)
         indices = _validate_indices(path, indices, count)
         wanted = sorted(set(indices))
-        batch = reader.get_batch([first + i for i in wanted]).asnumpy()
+        batch = reader.get_batch([first + i for i in wanted])
+        # decord's NDArray, or a torch tensor when another library (pytorchvideo) switched decord's bridge
+        batch = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
     except DecodeError:
         raise
     except Exception as err:

@@ -125,3 +125,16 @@ def test_pyav_skips_unwanted_non_reference_frames_without_changing_any_frame(tmp
         assert decoded_indices(skipping) == indices
         assert torch.equal(skipping, read_frames(path, indices, backend="pyav", threads=2))
         assert torch.equal(skipping, read_frames(path, indices, backend="decord"))
+
+
+def test_decord_reads_when_another_library_switched_its_bridge_to_torch(media_dir: Path) -> None:
+    """pytorchvideo's decord module sets decord's bridge to torch on import; reading must still work
+    (it used to fail and fall back to PyAV without a word)."""
+    import decord
+
+    decord.bridge.set_bridge("torch")
+    try:
+        frames = read_frames(media_dir / "clip.mp4", [3, 1], backend="decord")
+    finally:
+        decord.bridge.set_bridge("native")
+    assert decoded_indices(frames) == [3, 1] and frames.dtype == torch.uint8
