@@ -97,6 +97,7 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
     """Item 5: decode only and decode + augment per worker, per backend; the DataLoader with N workers."""
     from benchmarks.pipeline import measure_decode, measure_device_part, measure_loader
     from benchmarks.videos import video_set
+    from src.data.torchcodec_reader import torchcodec_available
 
     rows = []
     reps, warmup = suite.pipeline_reps, 1 if suite.pipeline_reps > 1 else 0
@@ -117,6 +118,9 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
             for where in ("cpu", "device")
             for b in suite.backends
         ]
+        if torchcodec_available() is None:  # the optional third decoder, where it is installed and works
+            jobs += [(measure_decode, (kind, index_dir, "torchcodec"), {})]
+            jobs += [(measure_loader, (kind, index_dir, "torchcodec", 0), {"augment_on": "device"})]
         jobs += [(measure_device_part, (kind, index_dir, suite.backends[0]), {})]
         jobs += [
             (measure_loader, (kind, index_dir, suite.backends[0], w), {"augment_on": "device"})
