@@ -771,60 +771,42 @@ def confusion(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_test_like_a_single_process(fitted, tested, index):
-    """`fit` under DDP (progress bars, workers, faults) is tested in tests/test_ddp.py."""
-    runs = fitted.parent.parent
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
-    ckpt = str(fitted / "checkpoints" / "last.ckpt")
-    ok(run_cli("test", *run_args(index, runs, "ddp", "test"), *ddp, "--ckpt_path", ckpt))
-    assert confusion(runs / "ddp" / "test") == confusion(tested)
-
-
-@pytest.mark.slow
-def test_two_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
+@pytest.mark.timeout(600)
+def test_ddp_processes_and_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
+    """`test` with two processes of one node and with two torchrun "nodes", launched together (both are
+    small; together they take little more wall time than one): each gives the single process's confusion
+    matrix. `fit` under DDP (progress bars, workers, faults) is tested in tests/test_ddp.py."""
     runs = fitted.parent.parent
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--ckpt_path", ckpt]
+    launch = dict(cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "src.cli", "test", *run_args(index, runs, "ddp", "test")]
+            + ["--trainer.devices", "2", *ddp],
+            **launch,
+        )
+    ]
     port = str(free_port())
-    nodes = []
     for rank in (0, 1):
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "2",
-            "--nproc_per_node",
-            "1",
-            "--node_rank",
-            str(rank),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            port,
-            "-m",
-            "src.cli",
-            "test",
-            *run_args(index, runs, "nodes", "test"),
-            "--trainer.num_nodes",
-            "2",
-            "--trainer.devices",
-            "1",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.accelerator",
-            "cpu",
-            "--ckpt_path",
-            ckpt,
-        ]
-        nodes.append(
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+        torchrun += ["--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port]
+        node_args = ["--trainer.num_nodes", "2", "--trainer.devices", "1", *ddp]
+        processes.append(
             subprocess.Popen(
-                command, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                [*torchrun, "-m", "src.cli", "test", *run_args(index, runs, "nodes", "test"), *node_args],
+                **launch,
             )
         )
-    deadline = time.time() + 300
-    outputs = [node.communicate(timeout=max(deadline - time.time(), 1))[0] for node in nodes]
-    for node, output in zip(nodes, outputs):
-        assert node.returncode == 0, output[-4000:]
+    deadline = time.time() + 400
+    try:
+        outputs = [p.communicate(timeout=max(deadline - time.time(), 1))[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-4000:]
+    assert confusion(runs / "ddp" / "test") == confusion(tested)
     assert confusion(runs / "nodes" / "test") == confusion(tested)
 
 

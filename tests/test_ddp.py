@@ -141,16 +141,63 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------------- progress bars
+def torchrun_nodes(index: Path, runs: Path, name: str, *extra: str) -> list[subprocess.Popen]:
+    """Two torchrun "nodes" on 127.0.0.1, one CPU process each, running `fit`."""
+    port = str(free_port())
+    return [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                "-m",
+                "src.cli",
+                "fit",
+                *run_args(index, runs, name),
+                "--trainer.num_nodes",
+                "2",
+                "--trainer.devices",
+                "1",
+                "--trainer.strategy",
+                "ddp",
+                "--trainer.accelerator",
+                "cpu",
+                *extra,
+            ]
+        )
+        for rank in (0, 1)
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ddp_fit_finishes_with_every_progress_bar_and_gives_the_same_metrics_and_weights(index, tmp_path):
-    """The README's multi-process command hung after epoch 1 with the default (rank-0-only) progress bar."""
+    """The README's multi-process command hung after epoch 1 with the default (rank-0-only) progress bar.
+
+    Two processes of one node (`--trainer.devices 2`) with the default and with no bar, and two torchrun
+    "nodes" of one process each with the tqdm bar: every run ends, with the same metrics and weights."""
     runs, outputs = {}, {}
-    for bar, extra in PROGRESS_BARS.items():
+    for bar in ("default", "none"):
         outputs[bar] = succeed(
-            cli("fit", *run_args(index, tmp_path, bar), *DDP, "--trainer.max_epochs", "2", *extra)
+            cli(
+                "fit", *run_args(index, tmp_path, bar), *DDP, "--trainer.max_epochs", "2", *PROGRESS_BARS[bar]
+            )
         )
         runs[bar] = tmp_path / bar / "run"
+    nodes = torchrun_nodes(index, tmp_path, "tqdm", "--trainer.max_epochs", "2", *PROGRESS_BARS["tqdm"])
+    deadline = time.time() + 300
+    outputs["tqdm"] = "".join(succeed(node, timeout=max(deadline - time.time(), 1)) for node in nodes)
+    runs["tqdm"] = tmp_path / "tqdm" / "run"
     assert re.search(r"Epoch 1/1 ", outputs["default"]), "the default here is the rich bar"
     assert re.search(r"Epoch 1: +100%", outputs["tqdm"]) and not re.search(
         r"Epoch 1: +100%", outputs["default"]
@@ -184,54 +231,6 @@ def test_ddp_fit_finishes_with_every_progress_bar_and_gives_the_same_metrics_and
         assert [p.name for p in best] == [
             p.name for p in sorted((runs["none"] / "checkpoints").glob("best-*.ckpt"))
         ]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_two_torchrun_nodes_fit_with_the_default_progress_bar_and_workers(index, tmp_path):
-    port = str(free_port())
-    nodes = [
-        start(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes",
-                "2",
-                "--nproc_per_node",
-                "1",
-                "--node_rank",
-                str(rank),
-                "--master_addr",
-                "127.0.0.1",
-                "--master_port",
-                port,
-                "-m",
-                "src.cli",
-                "fit",
-                *run_args(index, tmp_path, "nodes"),
-                "--trainer.num_nodes",
-                "2",
-                "--trainer.devices",
-                "1",
-                "--trainer.strategy",
-                "ddp",
-                "--trainer.accelerator",
-                "cpu",
-                "--trainer.max_epochs",
-                "2",
-            ]
-        )
-        for rank in (0, 1)
-    ]
-    deadline = time.time() + 300
-    for node in nodes:
-        succeed(node, timeout=max(deadline - time.time(), 1))
-    last = torch.load(
-        tmp_path / "nodes" / "run" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"
-    )
-    assert last["global_step"] == 4
-    assert [v for _, v in scalars(tmp_path / "nodes" / "run")["val/videos"]] == [4.0, 4.0]
 
 
 @pytest.mark.slow
@@ -283,13 +282,13 @@ def test_a_stalled_rank_ends_the_run_after_the_collective_timeout(index, tmp_pat
         "--trainer.max_epochs",
         "2",
         "--hang_guard.collective_timeout",
-        "30",
+        "15",
         STRUCTVIT_STALL_S="600",
     )
     output = finish(proc, timeout=240)
     assert proc.returncode != 0
     assert "rank 1: stalling" in output
-    assert "hang_guard.collective_timeout=30 s" in output, output[-4000:]
+    assert "hang_guard.collective_timeout=15 s" in output, output[-4000:]
     assert time.time() - began < 200  # not the 600 s stall, nor torch's 30-minute default
 
 
