@@ -200,6 +200,12 @@ class VideoDataModule(LightningDataModule):
                 f"test_views must be [clips, crops] with crops 1 or 3, got {list(self.test_views)}"
             )
         FlipPolicy(self.flip)  # validates the policy name early
+        if backend == "torchcodec":  # refused now, not as a failure of every video hours into a run
+            from src.data.torchcodec_reader import INSTALL_HINT, torchcodec_available
+
+            reason = torchcodec_available()
+            if reason:
+                raise ValueError(f"data.backend=torchcodec cannot run here: {reason}. {INSTALL_HINT}")
         self.datasets: dict[str, VideoClipDataset] = {}
         self._classes: list[str] | None = list(classes) if classes is not None else None
         self._classes_given = classes is not None

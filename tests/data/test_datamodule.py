@@ -448,3 +448,23 @@ def test_auto_augments_on_the_device_only_for_a_cuda_trainer(tmp_path: Path) -> 
     device_model = TinyClassifier(device_dm.num_classes)
     tiny_trainer(tmp_path / "device").fit(device_model, datamodule=device_dm)  # float clips reach the model
     assert device_dm.datasets["train"].augment_on_device and sorted(device_model.seen["train"]) == [0, 1, 2]
+
+
+def test_an_unusable_torchcodec_backend_is_refused_when_the_datamodule_is_made(tmp_path: Path) -> None:
+    """Where torchcodec or FFmpeg's libraries are missing, the refusal names the fix at once (not a decode
+    failure per video); where they are there, the backend reads the same frames as the default."""
+    from src.data.torchcodec_reader import torchcodec_available
+
+    root = build_index(tmp_path / "idx", train=3, val=1)
+    reason = torchcodec_available()
+    if reason:
+        with pytest.raises(
+            ValueError, match=r"data.backend=torchcodec cannot run here.*apt-get install ffmpeg"
+        ):
+            VideoDataModule(root=str(root), **{**TINY, "backend": "torchcodec"})
+        return
+    batches = [
+        next(iter(VideoDataModule(root=str(root), **{**TINY, "backend": b}).val_dataloader()))
+        for b in ("torchcodec", "pyav")
+    ]
+    assert torch.equal(batches[0]["video"], batches[1]["video"])
