@@ -410,7 +410,7 @@ def _repeated_index(source: Path, out: Path, repeats: int) -> Path:
 def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
     """One worker's decode + crop rate, the DataLoader's with `pipeline_workers` workers, and the rate of the
     augmentation half that runs on the device."""
-    from benchmarks.pipeline import measure_device_part, measure_loader
+    from benchmarks.pipeline import measure_device_part, measure_loader, measure_torchcodec_device
     from benchmarks.videos import video_set
 
     start = time.perf_counter()
@@ -432,8 +432,15 @@ def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
     rows.append(measure_loader(cfg.pipeline_kind, index, "pyav", 0, warmup=0, augment_on="device", **common))
     # the half that moved: RandAugment, flip, normalise, erase on the batch, on this device
     rows.append(measure_device_part(cfg.pipeline_kind, index, "pyav", warmup=1, device=cfg.device, **common))
+    # torchcodec's decoding on this device (NVDEC on CUDA): speed, and distance to PyAV's frames
+    rows.append(
+        measure_torchcodec_device(cfg.pipeline_kind, index, cfg.device, reps=cfg.pipeline_reps, warmup=1)
+    )
     for row in rows:
-        print(f"  {row['stage']:15s} workers={row['workers']:2d}: {row['clips_per_s']} clips/s")
+        print(
+            f"  {row['stage']:15s} workers={row.get('workers', 1):2d}: "
+            f"{row.get('clips_per_s', row.get('reason'))} clips/s"
+        )
     return [{"item": "pipeline", **row} for row in rows]
 
 

@@ -13,7 +13,9 @@ of time is recorded and the next one runs; the whole check has a total budget to
             then with cuDNN autotuning on
   bench     StructSA fast vs reference at the stage-3 shape, K/V conv fusion and channels_last_3d, the
             depthwise convolutions' layouts, the largest batch of structvit_s_4_2
-  pipeline  the DataLoader's clips/s with 16 workers and one worker's rate, against the step rate
+  pipeline  the configs' loader (PyAV, augmentation on the device): clips/s with 16 workers and one
+            worker's rate against the step rate; the moved augmentation's rate on the GPU; torchcodec's
+            NVDEC decoding (clips/s, distance to PyAV's frames) where torchcodec and FFmpeg are installed
   compile   pytest tests/gpu/test_cuda_compile.py: torch.compile vs eager, output and step time
 
 On CUDA the shapes are the issue's (16x224², batch 8, bf16); with `--device cpu` every part runs the same

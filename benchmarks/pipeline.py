@@ -158,6 +158,44 @@ def measure_device_part(
     return row
 
 
+def measure_torchcodec_device(
+    kind: VideoKind, index_dir: Path, device: str, *, reps: int, warmup: int
+) -> dict:
+    """clips/s of torchcodec decoding the training clips on `device` (NVDEC on CUDA), and how far its frames
+    are from PyAV's on the CPU (NVDEC converts colour its own way). A row with status "skipped" and the reason
+    where torchcodec cannot run."""
+    from src.data.decoding import read_frames
+    from src.data.torchcodec_reader import read_torchcodec, torchcodec_available
+
+    reason = torchcodec_available()
+    if reason:
+        return {
+            "dataset": kind.name,
+            "stage": f"torchcodec decode on {device}",
+            "status": "skipped",
+            "reason": reason,
+        }
+    rng = np.random.default_rng(0)
+    clips = [(path, clip_indices(kind, length, rng)) for path, length in _rows(index_dir)]
+
+    def one_pass() -> None:
+        for path, indices in clips:
+            read_torchcodec(path, indices, None, 1, device=device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    timing = time_call(one_pass, reps=reps, warmup=warmup)
+    path, indices = clips[0]
+    gap = (
+        read_torchcodec(path, indices, None, 1, device=device).cpu().int() - read_frames(path, indices).int()
+    ).abs()
+    row = _result(
+        kind, f"torchcodec decode on {device.split(':')[0].upper()}", "torchcodec", 1, len(clips), timing
+    )
+    row.update(max_abs_diff_vs_pyav=int(gap.max()), mean_abs_diff_vs_pyav=round(float(gap.float().mean()), 3))
+    return row
+
+
 # what one worker does per clip, by `data.augment_on`
 STAGES = {"cpu": "decode+augment", "device": "decode+crop (augment on device)"}
 

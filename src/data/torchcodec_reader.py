@@ -122,10 +122,13 @@ def _frame_count(path: Path, metadata: Any) -> int:
     return int(count)
 
 
-def _open(path: Path, threads: int, size: tuple[int, int] | None) -> Any:
+def _open(path: Path, threads: int, size: tuple[int, int] | None, device: str = "cpu") -> Any:
     decoder_class = _video_decoder_class()
+    options = _decoder_options(threads, size)
+    if device != "cpu":  # NVDEC: torchcodec decodes on the GPU and returns frames there
+        options["device"] = device
     try:
-        return decoder_class(str(path), **_decoder_options(threads, size))
+        return decoder_class(str(path), **options)
     except Exception as err:  # RuntimeError from FFmpeg, ValueError for a file without a video stream
         raise DecodeError(path, f"torchcodec cannot open it: {type(err).__name__}: {err}") from err
 
@@ -136,6 +139,7 @@ def read_torchcodec(
     segment: tuple[float | None, float | None] | None,
     threads: int,
     size: tuple[int, int] | None = None,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """Frames `indices` of the video `path` as uint8 (T, H, W, 3), in the order (and multiplicity) asked.
 
@@ -144,10 +148,12 @@ def read_torchcodec(
     decoder (bilinear, antialiased) when `CAN_RESIZE`; otherwise frames come back at full size. Each
     distinct frame is decoded once. Raises MissingVideoError for a missing or empty file, DecodeError
     naming the file for any other failure, RuntimeError when torchcodec or FFmpeg cannot be loaded.
+    `device="cuda"` decodes with the GPU's video decoder (NVDEC) and returns the frames on that GPU (what
+    `make gpu-check` measures; the data loaders decode on the CPU).
     """
     path = _check_source(path)
     size = _check_size(size)
-    decoder = _open(path, threads, size)
+    decoder = _open(path, threads, size, device)
     length = _frame_count(path, decoder.metadata)
     fps = _average_fps(decoder.metadata) if segment is not None else None
     first, count = _segment_range(path, fps, length, segment)
