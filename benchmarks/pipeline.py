@@ -69,7 +69,13 @@ def measure_decode(kind: VideoKind, index_dir: Path, backend: str, *, reps: int,
 
 
 def _datamodule(
-    kind: VideoKind, index_dir: Path, backend: str, workers: int, batch_size: int, augment_on: str = "cpu"
+    kind: VideoKind,
+    index_dir: Path,
+    backend: str,
+    workers: int,
+    batch_size: int,
+    augment_on: str = "cpu",
+    num_repeats: int = 1,
 ):
     from src.data.catalog import config_data
     from src.data.datamodule import VideoDataModule
@@ -85,6 +91,7 @@ def _datamodule(
             "decode_timeout": None,
             "prefetch_factor": 2 if workers > 0 else None,
             "augment_on": augment_on,
+            "num_repeats": num_repeats,
         }
     )
 
@@ -99,12 +106,13 @@ def measure_loader(
     warmup: int,
     batch_size: int = 2,
     augment_on: str = "cpu",
+    num_repeats: int = 1,
 ) -> dict:
     """clips/s of the real train DataLoader (decode + the dataset config's augmentation + collate) with `workers`.
 
     workers = 0 runs in-process on one torch thread: the per-worker rate of decode + augment.
     """
-    dm = _datamodule(kind, index_dir, backend, workers, batch_size, augment_on)
+    dm = _datamodule(kind, index_dir, backend, workers, batch_size, augment_on, num_repeats)
     loader = dm.train_dataloader()
     clips = 0
 
@@ -120,6 +128,8 @@ def measure_loader(
     finally:
         _stop_workers(loader)
     stage = STAGES[augment_on] if workers == 0 else "dataloader"
+    if num_repeats > 1:  # repeated augmentation: clips per decoded video
+        stage += f", {num_repeats} clips per decode"
     row = _result(kind, stage, backend, workers if workers else 1, clips, timing)
     row["in_process"] = workers == 0
     row["augment_on"] = augment_on

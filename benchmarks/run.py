@@ -121,6 +121,13 @@ def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
         if torchcodec_available() is None:  # the optional third decoder, where it is installed and works
             jobs += [(measure_decode, (kind, index_dir, "torchcodec"), {})]
             jobs += [(measure_loader, (kind, index_dir, "torchcodec", 0), {"augment_on": "device"})]
+        jobs += [  # repeated augmentation (num_repeats 2, UniFormer's recipe): what one decode gives twice
+            (
+                measure_loader,
+                (kind, index_dir, suite.backends[0], 0),
+                {"augment_on": "device", "num_repeats": 2},
+            )
+        ]
         jobs += [(measure_device_part, (kind, index_dir, suite.backends[0]), {})]
         jobs += [
             (measure_loader, (kind, index_dir, suite.backends[0], w), {"augment_on": "device"})
