@@ -358,6 +358,15 @@ def pipeline(results: dict) -> str:
             for r in rows
         ),
     )
+    for r in rows:
+        if "max_abs_diff_vs_pyav" in r:
+            text += (
+                f"\n{r['stage']}: frames differ from PyAV's on the CPU by {r['mean_abs_diff_vs_pyav']} levels on "
+                f"average, {r['max_abs_diff_vs_pyav']} at most.\n"
+            )
+    for r in results["parts"].get("pipeline", {}).get("rows", []):
+        if r.get("status") == "skipped":
+            text += f"\n{r.get('stage')}: skipped ({r.get('reason')}).\n"
     if feeding:
         text += "\n" + _table(
             (

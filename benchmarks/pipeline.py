@@ -181,7 +181,7 @@ def measure_torchcodec_device(
     if reason:
         return {
             "dataset": kind.name,
-            "stage": f"torchcodec decode on {device}",
+            "stage": f"torchcodec decode on {device.split(':')[0].upper()}",
             "status": "skipped",
             "reason": reason,
         }

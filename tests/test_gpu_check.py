@@ -90,7 +90,15 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
     assert all(r["exact"] for r in variants)
     (largest,) = [r for r in bench if r["item"] == "max_batch"]
     assert largest["largest_batch"] >= 2 and largest["smallest_failing"] > largest["largest_batch"]
-    assert {r["stage"] for r in parts["pipeline"]["rows"]} == {"decode+augment", "dataloader"}
+    pipeline = {r["stage"]: r for r in parts["pipeline"]["rows"]}
+    assert set(pipeline) == {
+        "dataloader",  # the configs' recipe: PyAV, augmentation on the device
+        "decode+crop (augment on device)",
+        "device part, on CPU",
+        "torchcodec decode on CPU",
+    }
+    decoded = pipeline["torchcodec decode on CPU"]  # NVDEC on CUDA; on the CPU its frames equal PyAV's
+    assert decoded["status"] == "skipped" or decoded["max_abs_diff_vs_pyav"] == 0, decoded
     assert len(data["summary"]["feeding"]) == 3  # one per model: workers needed to feed its step rate
 
     markdown = (tmp_path / "gpu-check-cpu.md").read_text()
