@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backend",
         choices=("pyav", "decord", "torchcodec"),
         default="pyav",
-        help="the training decoder (data.backend of the config: pyav, or decord for ssv2)",
+        help="the training decoder (data.backend of the config; pyav in all shipped configs)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when anything is quarantined"
