@@ -7,6 +7,7 @@ A training clip is augmented in two parts, each under its own seed (`seeded`): `
 (uint8 in, uint8 out: what a loader worker must do, since it fixes the clip's size) and
 `TrainTransform.appearance` (RandAugment, flip, normalise, erase). With `data.augment_on: device` the second
 part runs on the batch after it reaches the GPU; with the same seeds both placements give the same clips.
+
 The flip policy (`on`, `off`, `swap`) is per dataset: `swap` flips and exchanges the labels of classes whose
 names mirror each other ("... left to right" <-> "... right to left"), with the table built from the names.
 """
