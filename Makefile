@@ -51,7 +51,7 @@ install: ## Create .venv and install the project with its dev, export and torchc
 	fi
 
 test: install ## Run the whole test suite (installs first); non-zero exit on any failure
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: install ## Run the test suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
