@@ -209,9 +209,8 @@ class VideoDataModule(LightningDataModule):
         self.datasets: dict[str, VideoClipDataset] = {}
         self._classes: list[str] | None = list(classes) if classes is not None else None
         self._classes_given = classes is not None
-        self.failures = DecodeFailureLog(
-            max_failure_rate, self.root
-        )  # counts, rate policy, failed_<split>.txt
+        # decode failures: the counts, the rate limit and the failed_<split>.txt lists (src/data/failures.py)
+        self.failures = DecodeFailureLog(max_failure_rate, self.root)
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------------------- index access
