@@ -2,12 +2,13 @@
 
     python -m benchmarks.clip_cost [--clips 16] [--reps 5] [--json FILE]
 
-For the same clips (the dataset config's sampling, seeded), one thread, it times each step of the PyAV path
-alone: demux (the timestamp table), seek + decode of every frame up to the last wanted one, the same with
-unwanted non-reference frames skipped, colour conversion of the wanted frames with a new converter per frame
-(PyAV's `to_ndarray`) and with one reused converter, then the augmentation steps of the recipe on the clip:
-crop, RandAugment, flip + normalise + erase. Each step is timed as a whole pass over the clips; the figure is
-ms per clip (median over `reps` passes, steps alternating pass by pass).
+For the same clips (the dataset config's sampling, seeded), one thread, it times the data pipeline's own PyAV
+reader (`src.data.decoding.pyav_reader`) step by step: demux (the timestamp table), seek + decode of the
+wanted frames with and without skipping unwanted non-reference frames, colour conversion of the wanted
+frames with a new converter per frame (what PyAV's `to_ndarray` does) and with the reader's one reused
+converter, and the whole `read_frames` call; then the augmentation steps of the recipe on the clip, with the
+transform the DataModule builds: crop, RandAugment, flip + normalise + erase. Each step is timed as a whole
+pass over the clips; the figure is ms per clip (median over `reps` passes, steps alternating pass by pass).
 """
 
 from __future__ import annotations
@@ -20,39 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmarks.pipeline import clip_indices, torch_threads
 from benchmarks.videos import KINETICS, SSV2, VideoKind, video_set
-
-
-def _videos(index_dir: Path) -> list[tuple[Path, int]]:
-    import csv
-
-    with open(index_dir / "train.csv", newline="") as handle:
-        return [(index_dir / r["path"], int(r["num_frames"])) for r in csv.DictReader(handle)]
-
-
-def _decode(path: Path, wanted: list[int], table: list[int], skip: bool) -> list:
-    """Seek to the keyframe before the first wanted frame and decode up to the last; the wanted av frames."""
-    import av
-
-    wanted_pts = {table[i] for i in wanted}
-    last = table[max(wanted)]
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        codec = stream.codec_context
-        container.seek(table[min(wanted)], stream=stream, backward=True, any_frame=False)
-        for packet in container.demux(stream):
-            if skip:
-                codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
-            for frame in codec.decode(packet):
-                if frame.pts in wanted_pts:
-                    frames.append(frame)
-            if packet.pts is not None and packet.pts >= last and len(frames) == len(wanted_pts):
-                break
-    return frames
 
 
 def steps_for(kind: VideoKind, index_dir: Path, clips: int) -> dict[str, Callable[[], None]]:
@@ -61,26 +32,35 @@ def steps_for(kind: VideoKind, index_dir: Path, clips: int) -> dict[str, Callabl
 
     from src.data.catalog import config_data
     from src.data.datamodule import VideoDataModule
-    from src.data.decoding import _demux_timestamps
+    from src.data.decoding import read_frames
+    from src.data.decoding.pyav_reader import decode_wanted, demux_timestamps, rgb_converter
+    from src.data.index import read_classes, read_split
 
     data = config_data(kind.dataset)
     rng = np.random.default_rng(0)
-    videos = _videos(index_dir)
+    videos, _ = read_split(index_dir, "train", len(read_classes(index_dir)))
     chosen = [videos[i % len(videos)] for i in range(clips)]
-    picks = [(path, sorted(set(clip_indices(kind, n, rng)))) for path, n in chosen]
-    tables = {path: _demux_timestamps(path)[1] for path, _ in chosen}
-    decoded = [_decode(path, wanted, tables[path], skip=True) for path, wanted in picks]
-    frames = [torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in clip])) for clip in decoded]
+    picks = [(entry.path, clip_indices(kind, entry.num_frames, rng)) for entry in chosen]
+    tables = {path: demux_timestamps(path) for path, _ in picks}
+
+    def decode(path: Path, indices: list[int], skip_nonref: bool) -> dict:
+        """The reader's seek + decode of the clip's distinct frames, kept as PyAV frames (no conversion)."""
+        _, table, keyframes = tables[path]
+        wanted = sorted(set(indices))
+        return decode_wanted(path, wanted, table, keyframes, convert=lambda f: f, skip_nonref=skip_nonref)
+
+    decoded = [list(decode(path, indices, True).values()) for path, indices in picks]
+    frames = [read_frames(path, indices, "pyav") for path, indices in picks]
     # the recipe's own transform, as the DataModule builds it for this dataset config
     datamodule = VideoDataModule(**{**data, "root": str(index_dir), "num_workers": 0, "augment_on": "cpu"})
-    transform = datamodule._dataset("train").train_transform
+    transform = datamodule.split_dataset("train").train_transform
     crops = [transform.crop_clip(f) for f in frames]
 
-    def reused_converter() -> None:
+    def one_converter() -> None:
         for clip in decoded:
-            to_rgb = VideoReformatter()
+            convert = rgb_converter()
             for frame in clip:
-                to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                convert(frame)
 
     def rand_augment() -> None:
         if transform.rand_augment is not None:
@@ -97,17 +77,17 @@ def steps_for(kind: VideoKind, index_dir: Path, clips: int) -> dict[str, Callabl
             transform.finish(video)
 
     return {
-        "demux (timestamp table)": lambda: [_demux_timestamps(path) for path, _ in picks],
-        "seek + decode, every frame": lambda: [_decode(p, w, tables[p], skip=False) for p, w in picks],
-        "seek + decode, unwanted non-ref skipped": lambda: [
-            _decode(p, w, tables[p], skip=True) for p, w in picks
-        ],
+        "demux (timestamp table)": lambda: [demux_timestamps(path) for path, _ in picks],
+        "seek + decode, every frame": lambda: [decode(p, i, skip_nonref=False) for p, i in picks],
+        "seek + decode, unwanted non-ref skipped": lambda: [decode(p, i, skip_nonref=True) for p, i in picks],
         # what PyAV's `frame.to_ndarray()` does the first time for each frame (it keeps that converter on the
         # frame, so timing `to_ndarray` on frames converted before would hide the cost)
         "colour conversion, converter per frame": lambda: [
             [VideoReformatter().reformat(f, format="rgb24").to_ndarray() for f in clip] for clip in decoded
         ],
-        "colour conversion, one converter": reused_converter,
+        "colour conversion, one converter": one_converter,
+        # the whole read as the DataLoader workers run it (timestamp table from the per-process cache)
+        "read_frames (whole read)": lambda: [read_frames(p, i, "pyav") for p, i in picks],
         "crop (+ resize)": lambda: [transform.crop_clip(f) for f in frames],
         "RandAugment": rand_augment,
         "flip + normalise + erase": flip_normalise_erase,

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.index import IndexRow, write_index
 from data_prep.media import probe_many
 from data_prep.transcode import TranscodeJob, transcode_many
 from src.data.decoding import VideoInfo
+from src.data.index import IndexRow, write_index
 
 log = logging.getLogger("data_prep")
 
@@ -81,7 +81,7 @@ def transcode_items(
     return failures
 
 
-def _probe_summary(infos: Mapping[Path, VideoInfo | str]) -> dict:
+def probe_summary(infos: Mapping[Path, VideoInfo | str]) -> dict:
     """Counts of the probed videos by codec, size and fps (the per-video numbers are in the CSVs)."""
     good = [i for i in infos.values() if isinstance(i, VideoInfo)]
     top = lambda values: dict(Counter(values).most_common(10))  # noqa: E731
@@ -140,7 +140,7 @@ def finish_index(
         version=version,
         missing=missing,
         failed=failures,
-        extra={**(extra or {}), "probe": _probe_summary(infos)},
+        extra={**(extra or {}), "probe": probe_summary(infos)},
     )
     for split, items in splits.items():
         n, m, f = len(items), len(missing[split]), len(failures[split])

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.doctor_worker import Check, worker_loop
-from data_prep.index import SPLITS, atomic_write_text
+from src.data.index import SPLITS, atomic_write_text
 
 
 class _Slot:

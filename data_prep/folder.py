@@ -1,4 +1,4 @@
-"""Your own videos, one folder per class, indexed to the contract of `data_prep.index` (docs/custom-data.md).
+"""Your own videos, one folder per class, indexed to the contract of `src.data.index` (docs/custom-data.md).
 
 Layouts of SRC (found automatically; `--layout` forces one):
   classes  SRC/<class>/<video>                   the split is drawn per class (seeded, see below)
@@ -44,11 +44,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.common import _probe_summary, parse_with_common_args
-from data_prep.index import SPLITS, IndexRow, write_index
+from data_prep.common import parse_with_common_args, probe_summary
 from data_prep.media import probe_many
 from src.data.datasets import VIDEO_SUFFIXES
 from src.data.decoding import JPEG_SUFFIXES, VideoInfo
+from src.data.index import SPLITS, IndexRow, write_index
 
 log = logging.getLogger("data_prep.folder")
 LINK = "videos"  # OUT/videos -> SRC
@@ -449,7 +449,7 @@ def prepare(
         "class_counts": per_class,
         "classes_missing": {s: cs for s, cs in missing_in.items() if cs and (s != "test" or write_test)},
         "skipped": found.skipped,
-        "probe": _probe_summary(infos),
+        "probe": probe_summary(infos),
     }
     manifest = write_index(
         out,

@@ -244,7 +244,7 @@ def measure_gym(root: Path, n: int, workers: int) -> dict:
 
 def measure_doctor(root: Path, n: int, workers: int) -> dict:
     from data_prep import doctor
-    from data_prep.index import IndexRow, write_index
+    from src.data.index import IndexRow, write_index
 
     vids = [
         write_video(root / "v" / f"{i}.mp4", 250, 360, 480, 25, seed=i, crf=16, grain=6) for i in range(n)

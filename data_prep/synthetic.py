@@ -11,7 +11,7 @@ front or behind) and pixel noise from the same distributions, and object sizes f
 (about a fifth to two fifths of the frame); the two classes of a time-reversed pair share every distribution
 exactly. Objects are large on purpose: the demo trains on 32x32 frames.
 
-The clips are written with PyAV as H.264 mp4 into the index contract of `data_prep.index` (README, "Data").
+The clips are written with PyAV as H.264 mp4 into the index contract of `src.data.index` (README, "Data").
 Each clip's random generator is seeded by (seed, split, row), so the output is identical for a seed whatever
 the number of workers. The generation options are recorded in `manifest.json`; a second call with the same
 options finds the files and returns at once.
@@ -42,7 +42,7 @@ import numpy as np
 
 from data_prep import dots
 from data_prep.dots import render_dots
-from data_prep.index import SPLITS, IndexRow, write_index
+from src.data.index import SPLITS, IndexRow, write_index
 
 DATASET = "synthetic"
 GENERATOR_VERSION = "2"  # bump when the rendering changes, so cached folders are regenerated

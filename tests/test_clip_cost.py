@@ -1,4 +1,5 @@
-"""benchmarks.clip_cost: every step of one clip's CPU time is measured, on real generated videos."""
+"""benchmarks.clip_cost: every step of one clip's CPU time is measured, on real generated videos, with the
+pipeline's own reader."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def test_every_step_of_a_clip_is_timed_for_both_kinds(tmp_path: Path) -> None:
         "seek + decode, unwanted non-ref skipped",
         "colour conversion, converter per frame",
         "colour conversion, one converter",
+        "read_frames (whole read)",
         "crop (+ resize)",
         "RandAugment",
         "flip + normalise + erase",

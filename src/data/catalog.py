@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from src.paths import configs_dir
 
 # dataset name -> the make target that prepares its index
 PREPARE_TARGETS: dict[str, str] = {
@@ -41,8 +41,9 @@ def config_data(name: str) -> dict[str, Any]:
     """The `data:` section of configs/<name>.yaml: the dataset's recipe as the CLI runs it."""
     import yaml
 
-    path = CONFIGS / f"{name}.yaml"
+    configs = configs_dir()
+    path = configs / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+        known = sorted(p.stem for p in configs.glob("*.yaml"))
         raise ValueError(f"no dataset config {path}; known: {known}")
     return dict(yaml.safe_load(path.read_text(encoding="utf-8"))["data"])

@@ -9,7 +9,6 @@ decode failures through its `failures` (`DecodeFailureLog`, src/data/failures.py
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from pathlib import Path
@@ -22,18 +21,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from src.data.catalog import default_root, prepare_hint
-from src.data.datasets import (
-    EvalCollate,
-    IndexContractError,
-    VideoClipDataset,
-    collate_train,
-    predict_entries,
-    read_classes,
-    read_split,
-)
+from src.data.datasets import EvalCollate, VideoClipDataset, collate_train, predict_entries
 from src.data.decoding import decord_used_in_this_process
+from src.data.decoding.torchcodec_reader import INSTALL_HINT, torchcodec_available
 from src.data.distributed import EvalSampler, TrainSampler
 from src.data.failures import DecodeFailureLog
+from src.data.index import IndexContractError, read_classes, read_fingerprint, read_split
 from src.data.protocol import EvalProtocol
 from src.data.sampling import ClipSampler
 from src.data.transforms import MEAN, STD, FlipPolicy, TrainTransform, normalize_views, seeded
@@ -101,7 +94,7 @@ class VideoDataModule(LightningDataModule):
             classes whose names mirror each other, "left" <-> "right").
         batch_size: training clips per step and device.
         num_workers: DataLoader worker processes per device.
-        backend: video decoder tried first: "pyav" (default: the same frames as decord, measured faster),
+        backend: video decoder tried first: "pyav" (default: the same frames as decord, faster in `make bench`),
             "decord", or "torchcodec" (the [torchcodec] extra and FFmpeg's libraries); after two failures
             the other of pyav / decord is tried (pyav after torchcodec).
         num_repeats: augmented copies of each decoded training video in a batch (repeated augmentation).
@@ -201,8 +194,6 @@ class VideoDataModule(LightningDataModule):
             )
         FlipPolicy(self.flip)  # validates the policy name early
         if backend == "torchcodec":  # refused now, not as a failure of every video hours into a run
-            from src.data.torchcodec_reader import INSTALL_HINT, torchcodec_available
-
             reason = torchcodec_available()
             if reason:
                 raise ValueError(f"data.backend=torchcodec cannot run here: {reason}. {INSTALL_HINT}")
@@ -262,17 +253,7 @@ class VideoDataModule(LightningDataModule):
         if self._classes_given and not (self.root / "classes.txt").is_file():
             return ""
         self._require_index()
-        path = self.root / "manifest.json"
-        if path.is_file():
-            return str(json.loads(path.read_text(encoding="utf-8")).get("fingerprint", ""))
-        from data_prep.index import SPLITS, fingerprint_of
-
-        texts = [(self.root / "classes.txt").read_text(encoding="utf-8")]
-        present = sorted(
-            s for s in SPLITS if (self.root / f"{s}.csv").is_file()
-        )  # the order write_index hashes
-        texts += [(self.root / f"{s}.csv").read_text(encoding="utf-8") for s in present]
-        return fingerprint_of(texts)
+        return read_fingerprint(self.root)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -349,7 +330,8 @@ class VideoDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
 
-    def _dataset(self, split: str) -> VideoClipDataset:
+    def split_dataset(self, split: str) -> VideoClipDataset:
+        """The dataset of `split` ("train", "val", "test" or "predict"), built on first use."""
         if split not in self.datasets:
             self.datasets[split] = self._build(split)
         return self.datasets[split]
@@ -376,14 +358,14 @@ class VideoDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, rank-sharded clips; each sample seeded from (seed, epoch, position)."""
-        dataset = self._dataset("train")
+        dataset = self.split_dataset("train")
         rank, world = self._rank_world()
         sampler = TrainSampler(len(dataset), rank=rank, world_size=world, seed=self.seed)
         drop_last = len(sampler) > self.batch_size
         return self._loader(dataset, sampler, self.batch_size, collate_train, drop_last=drop_last)
 
     def _eval_loader(self, split: str, predict: bool = False) -> DataLoader | list:
-        dataset = self._dataset(split)
+        dataset = self.split_dataset(split)
         if len(dataset) == 0 and not predict:
             csv_file = self.root / f"{self._eval_split_name(split)}.csv"
             fitting = self.trainer is not None and self.trainer.state.fn == "fit"
@@ -440,7 +422,7 @@ class VideoDataModule(LightningDataModule):
             return batch
         if "aug_seed" not in batch:
             return {**batch, "video": normalize_views(video, self.mean, self.std)}
-        transform = self._dataset("train").train_transform
+        transform = self.split_dataset("train").train_transform
         clips, labels = [], []
         for clip, label, seed in zip(video, batch["label"].tolist(), batch["aug_seed"].tolist()):
             with seeded(seed):
@@ -460,11 +442,11 @@ class VideoDataModule(LightningDataModule):
             return batch
         rank, world = self._rank_world()
         if trainer.training and "decode_failures" in batch:
-            shard = DecodeFailureLog.shard_size(len(self._dataset("train")), world)
+            shard = DecodeFailureLog.shard_size(len(self.split_dataset("train")), world)
             self.failures.count_train(int(batch["decode_failures"]), trainer.current_epoch, rank, shard)
         elif (trainer.validating or trainer.testing) and "failed_index" in batch:
             split = "val" if trainer.validating else "test"
-            dataset = self._dataset(split)
+            dataset = self.split_dataset(split)
             self.failures.track_eval(
                 split,
                 batch,

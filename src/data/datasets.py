@@ -1,7 +1,7 @@
 """`VideoClipDataset`: clips from any dataset prepared to the index contract, with the failure policy.
 
-Index contract (`data_prep.index`, README "Data"): `classes.txt`, `<split>.csv` (`path,label[,start,end][,num_frames,fps]`, paths
-relative to the index folder), `manifest.json`, optional `quarantine.txt` (`path<TAB>reason`, skipped).
+The rows come from an index folder read by `src.data.index` (the index contract: `classes.txt`, the split
+CSVs, `manifest.json`, the doctor's `quarantine.txt`), or from `predict_entries` for prediction inputs.
 
 Failure policy. Training never dies on one bad video: the decode is retried once, then tried with the other
 backend, then another (seeded random) video is substituted; each substituted video counts as one failure
@@ -12,18 +12,25 @@ Randomness is seeded per sample from (seed, epoch, position) by the sampler, nev
 
 from __future__ import annotations
 
-import csv
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.decoding import ALL_BACKENDS, FALLBACK, DecodeError, DecodeTimeoutError, probe, read_frames
+from src.data.decoding import (
+    ALL_BACKENDS,
+    FALLBACK,
+    DecodeError,
+    DecodeTimeoutError,
+    probe,
+    read_frames,
+    segment_range,
+)
+from src.data.index import Entry, IndexContractError
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, TrainTransform, seeded
 
@@ -31,98 +38,6 @@ EMPTY_SHARD = -1  # the index an empty evaluation shard yields (src.data.distrib
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-
-
-class IndexContractError(ValueError):
-    """The index folder is absent or malformed; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One row of a split: absolute path, label (-1 = unlabelled), optional segment and cached probe."""
-
-    path: Path
-    label: int
-    start: float | None = None
-    end: float | None = None
-    num_frames: int | None = None
-    fps: float | None = None
-
-    @property
-    def segment(self) -> tuple[float | None, float | None] | None:
-        return None if self.start is None and self.end is None else (self.start, self.end)
-
-
-def read_classes(root: Path) -> list[str]:
-    """Class names of the index at `root`, line number = label."""
-    path = Path(root) / "classes.txt"
-    if not path.is_file():
-        raise IndexContractError(f"{path} not found: {root} is not a prepared dataset index")
-    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
-    while names and not names[-1].strip():
-        names.pop()
-    if not names:
-        raise IndexContractError(f"{path} lists no classes")
-    return names
-
-
-def read_quarantine(root: Path) -> dict[str, str]:
-    """`path -> reason` from the dataset doctor's quarantine.txt (empty when there is none)."""
-    path = Path(root) / "quarantine.txt"
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, reason = line.partition("\t")
-            out[name.strip()] = reason.strip()
-    return out
-
-
-def _optional(value: str | None, cast: Callable):
-    return None if value is None or value.strip() == "" else cast(value)
-
-
-def read_split(
-    root: Path, split: str, num_classes: int, *, limit: int | None = None
-) -> tuple[list[Entry], int]:
-    """Rows of `<root>/<split>.csv` minus quarantined ones; returns (entries, number quarantined)."""
-    root = Path(root)
-    path = root / f"{split}.csv"
-    if not path.is_file():
-        raise IndexContractError(f"{path} not found: the index at {root} has no {split!r} split")
-    quarantine = read_quarantine(root)
-    entries, skipped = [], 0
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise IndexContractError(f"{path}: header must start with 'path,label', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-                entry = Entry(
-                    root / row["path"],
-                    label,
-                    _optional(row.get("start"), float),
-                    _optional(row.get("end"), float),
-                    _optional(row.get("num_frames"), int),
-                    _optional(row.get("fps"), float),
-                )
-            except (TypeError, ValueError) as err:
-                raise IndexContractError(f"{path}:{line}: bad row {row}: {err}") from err
-            if not -1 <= label < num_classes:
-                raise IndexContractError(
-                    f"{path}:{line}: label {label} outside -1..{num_classes - 1} (classes.txt)"
-                )
-            if row["path"] in quarantine:
-                skipped += 1
-                continue
-            entries.append(entry)
-            if limit is not None and len(entries) >= limit:
-                break
-    if skipped:
-        log.info("%s: skipped %d quarantined videos listed in %s", path, skipped, root / "quarantine.txt")
-    return entries, skipped
 
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -248,11 +163,7 @@ class VideoClipDataset(Dataset):
                         f"row {index} gives a segment {entry.segment} in seconds but the source has no frame rate "
                         "(a JPEG-frame folder): remove start/end from the row or give its fps in the index",
                     )
-                first = max(0, round((entry.start or 0.0) * fps))
-                last = num_frames if entry.end is None else min(num_frames, round(entry.end * fps))
-                num_frames = last - first
-                if num_frames < 1:
-                    raise DecodeError(entry.path, f"segment {entry.segment} s holds no frames")
+                num_frames = segment_range(entry.path, fps, num_frames, entry.segment)[1]
             self._lengths[index] = num_frames
         return self._lengths[index]
 

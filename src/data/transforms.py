@@ -216,3 +216,14 @@ def normalize_views(video: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     """uint8 views (..., 3, T, H, W), as `EvalTransform(normalize=False)` makes them -> normalised float,
     the same values `EvalTransform` computes on the CPU."""
     return to_normalized_float(video.transpose(-4, -3), mean, std).transpose(-4, -3)
+
+
+def denormalize(
+    video: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_dim: int = -4
+) -> torch.Tensor:
+    """Normalised float clips with RGB along `channel_dim` ((..., 3, T, H, W) by default) -> x * std + mean
+    per channel, clamped to [0, 1]: the pictures a run normalised with `mean` / `std` was shown."""
+    shape = [1] * video.ndim
+    shape[channel_dim] = 3
+    mean_t, std_t = (torch.tensor(v, dtype=video.dtype, device=video.device).view(shape) for v in (mean, std))
+    return (video * std_t + mean_t).clamp(0, 1)

@@ -41,13 +41,13 @@ def build_index(
     classes: tuple[str, ...] = ("moving left", "moving right", "still"),
     broken: dict[str, list[str]] | None = None,
 ) -> Path:
-    """A real index (data_prep.index.write_index) over tiny H.264 clips, 3 classes, labels i % 3.
+    """A real index (src.data.index.write_index) over tiny H.264 clips, 3 classes, labels i % 3.
 
     `broken` maps a split to kinds of bad rows appended after the good ones: `zero` (0-byte file),
     `garbage` (random bytes), `truncated` (a clip cut short), `missing` (no file), `hang` (a FIFO: opening
     it blocks forever, a real hung decoder).
     """
-    from data_prep.index import IndexRow, write_index
+    from src.data.index import IndexRow, write_index
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "videos").mkdir(exist_ok=True)

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from data_prep.index import IndexRow, write_index
 from src.data.catalog import PREPARE_TARGETS, config_data
 from src.data.datamodule import VideoDataModule
-from src.data.datasets import IndexContractError
 from src.data.failures import DecodeFailureRateError
+from src.data.index import IndexContractError, IndexRow, write_index
 from tests.data.conftest import build_index, release_fifos
 from tests.helpers.videos import frame_index_of, write_test_video
 
@@ -455,7 +454,7 @@ def test_auto_augments_on_the_device_only_for_a_cuda_trainer(tmp_path: Path) -> 
 def test_an_unusable_torchcodec_backend_is_refused_when_the_datamodule_is_made(tmp_path: Path) -> None:
     """Where torchcodec or FFmpeg's libraries are missing, the refusal names the fix at once (not a decode
     failure per video); where they are there, the backend reads the same frames as the default."""
-    from src.data.torchcodec_reader import torchcodec_available
+    from src.data.decoding.torchcodec_reader import torchcodec_available
 
     root = build_index(tmp_path / "idx", train=3, val=1)
     reason = torchcodec_available()

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from data_prep import doctor
-from data_prep.index import IndexRow, write_index
-from src.data.datasets import read_quarantine
+from src.data.index import IndexRow, read_quarantine, write_index
 from tests.helpers.videos import write_test_frames, write_test_video
 
 

@@ -269,7 +269,7 @@ def test_one_class_is_indexed_with_a_warning(tmp_path, caplog):
 def test_custom_recipe():
     from src.data.catalog import prepare_hint
     from src.data.datamodule import VideoDataModule
-    from src.data.datasets import IndexContractError
+    from src.data.index import IndexContractError
     from src.models import build_model
     from src.task import BackboneConfig
 

@@ -108,8 +108,16 @@ def _source(root: Path, naming: str) -> Path:
     return src
 
 
+def _extracted_files(out: Path) -> dict[Path, tuple[int, int, int]]:
+    """Every file extracted under `out/videos` (and the done marker) with its inode, mtime and ctime (the
+    ctime changes when a file is written or renamed into place, even where the extraction restores the
+    archive's mtime and the file system reuses the inode number)."""
+    stats = {p: p.stat() for p in sorted((out / "videos").rglob("*")) if p.is_file()}
+    return {p: (s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for p, s in stats.items()}
+
+
 @pytest.mark.parametrize("naming", ["labels/", "something-something-v2-*"])
-def test_prepare_joins_the_parts_and_indexes_by_template(tmp_path, naming):
+def test_prepare_joins_the_parts_and_indexes_by_template(tmp_path, naming, monkeypatch):
     src = _source(tmp_path, naming)
     out = tmp_path / "ssv2"
     ssv2.main(["--source", str(src), "--out", str(out), "--workers", "2", "--quiet"])
@@ -122,9 +130,13 @@ def test_prepare_joins_the_parts_and_indexes_by_template(tmp_path, naming):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["missing"]["train"] == [{"id": "13", "reason": "video file not found"}]
     assert (out / "classes.txt").read_text().splitlines() == CLASSES
-    ssv2.main(
-        ["--source", str(src), "--out", str(out), "--workers", "2", "--quiet"]
-    )  # re-run: no re-extraction
+    extracted = _extracted_files(out)
+    assert {p.name for p in extracted} >= {"11.webm", "12.webm", "21.webm"}
+    # a re-run finds the earlier extraction: the archive is not extracted again, no file is rewritten
+    calls = []
+    monkeypatch.setattr(ssv2, "safe_extract", lambda *a, **k: calls.append(a))
+    ssv2.main(["--source", str(src), "--out", str(out), "--workers", "2", "--quiet"])
+    assert calls == [] and _extracted_files(out) == extracted
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] == manifest["fingerprint"]
 
 

@@ -1,11 +1,19 @@
-"""The index writer produces exactly the contract of docs/design.md."""
+"""The index contract: the writer produces exactly the layout of docs/design.md and the reader reads it back."""
 
 import csv
 import json
 
 import pytest
 
-from data_prep.index import IndexRow, write_index
+from src.data.index import (
+    Entry,
+    IndexContractError,
+    IndexRow,
+    read_classes,
+    read_fingerprint,
+    read_split,
+    write_index,
+)
 
 
 def test_index_files_follow_the_contract(tmp_path):
@@ -56,3 +64,38 @@ def test_fingerprint_changes_with_the_lists_and_only_with_them(tmp_path):
 def test_out_of_range_label_is_refused_with_the_path(tmp_path):
     with pytest.raises(ValueError, match="b.mp4"):
         write_index(tmp_path, dataset="toy", classes=["x"], splits={"train": [IndexRow("b.mp4", 3)]})
+
+
+def test_the_reader_reads_back_what_the_writer_wrote(tmp_path):
+    rows = {
+        "train": [IndexRow("v/a.mp4", 1, num_frames=16, fps=25.0), IndexRow("v/b.mp4", 0)],
+        "val": [IndexRow("v/c.mp4", 1, start=1.5, end=3.0)],
+        "test": [IndexRow("v/d.mp4", -1)],
+    }
+    manifest = write_index(tmp_path, dataset="toy", classes=["x", "y"], splits=rows)
+    assert read_classes(tmp_path) == ["x", "y"]
+    for split, written in rows.items():
+        entries, quarantined = read_split(tmp_path, split, num_classes=2)
+        assert quarantined == 0
+        assert entries == [
+            Entry(tmp_path / r.path, r.label, r.start, r.end, r.num_frames, r.fps) for r in written
+        ]
+    assert read_split(tmp_path, "val", 2)[0][0].segment == (1.5, 3.0)
+    # a hand-made index (no manifest.json) gets the fingerprint the writer would have given it
+    assert read_fingerprint(tmp_path) == manifest["fingerprint"]
+    (tmp_path / "manifest.json").unlink()
+    assert read_fingerprint(tmp_path) == manifest["fingerprint"]
+    (tmp_path / "test.csv").unlink()
+    assert read_fingerprint(tmp_path) != manifest["fingerprint"]
+
+
+def test_the_reader_names_the_file_of_a_broken_index(tmp_path):
+    write_index(tmp_path, dataset="toy", classes=["x"], splits={"train": [IndexRow("a.mp4", 0)]})
+    with pytest.raises(IndexContractError, match=r"val\.csv not found"):
+        read_split(tmp_path, "val", 1)
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,1\n")
+    with pytest.raises(IndexContractError, match=r"train\.csv:2: label 1 outside -1\.\.0"):
+        read_split(tmp_path, "train", 1)
+    (tmp_path / "quarantine.txt").write_text("# doctor\na.mp4\tempty file\n")
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,0\n")
+    assert read_split(tmp_path, "train", 1) == ([], 1)

@@ -1,6 +1,6 @@
 """Read exact frames of a video file with torchcodec, PyTorch's own FFmpeg-based decoder (optional backend).
 
-`read_torchcodec` has the contract of `decoding._read_decord` / `_read_pyav`: uint8 (T, H, W, 3) frames at
+`read_torchcodec` has the contract of `read_pyav` / `read_decord`: uint8 (T, H, W, 3) frames at
 the video's own 0-based frame indices, `segment=(start, end)` seconds with indices counted from its first
 frame, `DecodeError(path, reason)` for every failure. torchcodec's exact seek mode scans the file once, so
 frame numbers are exact for variable frame rates too. It can also resize inside the decoder (`size`).
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from src.data.decoding import DecodeError, _check_source, _segment_range, _validate_indices
+from src.data.decoding.base import DecodeError, Segment, check_source, segment_range, validate_indices
 
 INSTALL_HINT = (
     "pip install -e '.[torchcodec]' and install FFmpeg 4-7 shared libraries "
@@ -136,7 +136,7 @@ def _open(path: Path, threads: int, size: tuple[int, int] | None, device: str = 
 def read_torchcodec(
     path: Path,
     indices: Sequence[int],
-    segment: tuple[float | None, float | None] | None,
+    segment: Segment | None,
     threads: int,
     size: tuple[int, int] | None = None,
     device: str = "cpu",
@@ -151,13 +151,13 @@ def read_torchcodec(
     `device="cuda"` decodes with the GPU's video decoder (NVDEC) and returns the frames on that GPU (what
     `make gpu-check` measures; the data loaders decode on the CPU).
     """
-    path = _check_source(path)
+    path = check_source(path)
     size = _check_size(size)
     decoder = _open(path, threads, size, device)
     length = _frame_count(path, decoder.metadata)
     fps = _average_fps(decoder.metadata) if segment is not None else None
-    first, count = _segment_range(path, fps, length, segment)
-    indices = _validate_indices(path, indices, count)  # ValueError for none, DecodeError out of range
+    first, count = segment_range(path, fps, length, segment)
+    indices = validate_indices(path, indices, count)  # ValueError for none, DecodeError out of range
     wanted = sorted(set(indices))
     try:
         batch = decoder.get_frames_at([first + i for i in wanted]).data
