@@ -25,8 +25,8 @@ GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
 PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP_ARGS=--transcode (ssv2)
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
-MOTION_ARGS   ?=# extra options of python -m benchmarks.ablation_motion, e.g. --arms D0 D4-shifted --seeds 0 --jobs 1
-FINETUNE_ARGS ?=# options of python -m benchmarks.finetune_from_plain; --source <a D = 0 checkpoint of make ablation-synthetic> is required
+MOTION_ARGS   ?=# extra options of python -m experiments.ablation_motion, e.g. --arms D0 D4-shifted --seeds 0 --jobs 1
+FINETUNE_ARGS ?=# options of python -m experiments.finetune_from_plain; --source <a D = 0 checkpoint of make ablation-synthetic> is required
 DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tiny shapes)
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
@@ -56,12 +56,13 @@ test: install ## Run the whole test suite (installs first); non-zero exit on any
 test-fast: install ## Run the test suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## Check the code with ruff (lint rules and formatting)
-	$(VENV)/bin/ruff check src data_prep benchmarks tests
-	$(VENV)/bin/ruff format --check src data_prep benchmarks tests
+lint: install ## Check the code with ruff (lint rules and formatting) and the import contracts (lint-imports)
+	$(VENV)/bin/ruff check src data_prep benchmarks experiments tests
+	$(VENV)/bin/ruff format --check src data_prep benchmarks experiments tests
+	$(VENV)/bin/lint-imports
 
 format: install ## Format the code with ruff
-	$(VENV)/bin/ruff format src data_prep benchmarks tests
+	$(VENV)/bin/ruff format src data_prep benchmarks experiments tests
 
 demo: install ## The embedded default end to end: generate the synthetic benchmark, train structvit_xs, test, report
 	$(PY) -m src.demo --data-root $(DATA_ROOT) --runs $(RUNS) $(DEMO_ARGS)
@@ -99,7 +100,7 @@ doctor: install ## Probe every video of INDEX in subprocesses; write quarantine.
 bench: install ## Run the CPU benchmark set (under 15 min); JSON in benchmarks/results/, tables for BENCHMARKS.md
 	$(PY) -m benchmarks.run --suite cpu --doc BENCHMARKS.md
 
-bench-quick: install ## Run a quick benchmark subset (under 2 min)
+bench-quick: install ## Run a quick benchmark subset (about 3 min on 2 cores)
 	$(PY) -m benchmarks.run --suite quick
 
 bench-gpu: install ## Run the GPU benchmark set (CUDA, flash attention, bf16)
@@ -109,13 +110,13 @@ gpu-check: install ## The GPU check (<= 8 min, one H100/H200): CUDA tests, CLI f
 	$(PY) -m benchmarks.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)
 
 ablation-synthetic: install ## Table 1a on the synthetic benchmark: D in {0,1,4} x 3 seeds + frame-shuffle control
-	$(PY) -m benchmarks.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation --doc BENCHMARKS.md $(ABLATION_ARGS)
+	$(PY) -m experiments.ablation_synthetic --data-root $(DATA_ROOT) --runs $(RUNS)/ablation --doc BENCHMARKS.md $(ABLATION_ARGS)
 
 ablation-motion: install ## Motion-only ablation: random-dot kinematograms, pure-attention model, D x filter init x 3 seeds
-	$(PY) -m benchmarks.ablation_motion --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(MOTION_ARGS)
+	$(PY) -m experiments.ablation_motion --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(MOTION_ARGS)
 
 finetune-from-plain: install ## StructSA (D = 4) fine-tuned from a trained plain-attention structvit_xs, per filter start: step-0 gap and curve
-	$(PY) -m benchmarks.finetune_from_plain --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(FINETUNE_ARGS)
+	$(PY) -m experiments.finetune_from_plain --data-root $(DATA_ROOT) --doc BENCHMARKS.md $(FINETUNE_ARGS)
 
 export-speed: install ## Time per clip on CPU of eager PyTorch vs onnxruntime vs TorchScript (structvit_xs, structvit_s); BENCHMARKS.md "Export"
 	$(PY) -m benchmarks.export_speed --doc BENCHMARKS.md

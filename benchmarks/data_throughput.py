@@ -66,8 +66,8 @@ def write_benchmark_video(
 
 def measure(out: Path, clips: int = 8, reps: int = 5) -> dict:
     """Median clips/s over `reps` passes of `clips` training clips, for decord and PyAV."""
-    from data_prep.index import IndexRow, write_index
     from src.data.datamodule import VideoDataModule
+    from src.data.index import IndexRow, write_index
 
     video = out / "k400_like.mp4"
     if not video.exists():

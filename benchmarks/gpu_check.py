@@ -18,7 +18,7 @@ of time is recorded and the next one runs; the whole check has a total budget to
             NVDEC decoding (clips/s, distance to PyAV's frames) where torchcodec and FFmpeg are installed
   compile   pytest tests/gpu/test_cuda_compile.py: torch.compile vs eager, output and step time
 
-On CUDA the shapes are the issue's (16x224², batch 8, bf16); with `--device cpu` every part runs the same
+On CUDA the shapes are the paper's training shapes (16x224², batch 8, bf16); with `--device cpu` every part runs the same
 code at tiny shapes, and only what needs CUDA itself differs (SDPA kernel names, NCCL, inductor), as the
 results say. Writes benchmarks/results/gpu-check.json (gpu-check-cpu.json for the dry run) after every part
 and a markdown table beside it; exits 1 if any correctness check failed or any part crashed or timed out.
@@ -27,7 +27,6 @@ and a markdown table beside it; exits 1 if any correctness check failed or any p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -82,7 +81,7 @@ PARTS = (
     ),
     Part("compile", "torch.compile vs eager: output and training-step time", 180, 75),
 )
-TOTAL_BUDGET_S = {"cuda": 460.0, "cpu": 115.0}  # issue 17: at most 8 min on the GPU, under 2 min dry
+TOTAL_BUDGET_S = {"cuda": 460.0, "cpu": 115.0}  # at most 8 min on the GPU, under 2 min dry
 BENCH_ITEMS = {"models": ("models",), "bench": ("structsa", "convs", "max_batch"), "pipeline": ("pipeline",)}
 TEST_FILES = {"tests": "tests/gpu/test_cuda_paths.py", "compile": "tests/gpu/test_cuda_compile.py"}
 # what the dry run cannot check, and why (stated in every CPU result file)
@@ -346,10 +345,9 @@ def cli_commands(ctx: Context) -> dict[str, list[str]]:
 
 def _confusion_total(path: Path) -> int | None:
     """Sum of a confusion_matrix.csv written by `test` (the number of test videos scored), None if absent."""
-    if not path.is_file():
-        return None
-    rows = list(csv.reader(path.open()))
-    return sum(int(v) for row in rows[1:] for v in row[1:])
+    from src.runs import read_confusion
+
+    return sum(map(sum, read_confusion(path)[1])) if path.is_file() else None
 
 
 def run_cli_part(ctx: Context, timeout: float) -> dict:

@@ -68,3 +68,20 @@ def check(budget: Budget, predicted_bytes: int, predicted_seconds: float | None,
             f"{budget.seconds:.0f} s"
         )
     return None
+
+
+def device_memory_budget(device: str, cap_bytes: int | None = None) -> int:
+    """`cap_bytes` (none: no cap of its own) lowered to 80% of the GPU's memory on CUDA, or to 70% of the
+    memory the host has available now on CPU (a run that exhausts RAM is killed, not told)."""
+    import torch
+
+    from benchmarks.machine import available_memory_bytes
+
+    if torch.device(device).type == "cuda":
+        limit = int(torch.cuda.get_device_properties(0).total_memory * 0.8)
+    else:
+        available = available_memory_bytes()
+        limit = int(available * 0.7) if available else None
+    if cap_bytes is None:
+        return limit if limit is not None else 8 * 2**30
+    return cap_bytes if limit is None else min(cap_bytes, limit)

@@ -75,3 +75,14 @@ def peak_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> 
     if torch.device(device).type == "cuda":
         return cuda_peak_bytes(fn, device)
     return cpu_peak_bytes(fn)
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether `err` says the allocator ran out of memory (CUDA, CPU, or an allocation failure)."""
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in text or "alloc" in text
+
+
+def oom_reason(err: BaseException) -> str:
+    """The one-line reason recorded in a row that ran out of memory."""
+    return f"out of memory: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"

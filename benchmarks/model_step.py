@@ -1,4 +1,4 @@
-"""Item 4: training-step throughput (clips/s) and peak memory of whole models, side by side.
+"""Training-step throughput (clips/s) and peak memory of whole models, side by side.
 
 One step = forward, cross-entropy, backward, AdamW update, on a fixed random clip batch; the optimiser
 state is created during warm-up, so the measured peak is that of a steady-state step. The models' timed
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.kernels import sdpa_kernels
-from benchmarks.memory import cpu_profile, operator_names, peak_bytes
+from benchmarks.memory import cpu_profile, oom_reason, operator_names, peak_bytes
 from benchmarks.timing import time_call
 
 
@@ -29,7 +29,7 @@ class ModelCase:
     overrides: dict = field(default_factory=dict)
 
 
-# The three models of the issue: UniFormer-S (D = 0) and StructViT-S-4 with key/value stride 2 and 1.
+# The three models compared: UniFormer-S (D = 0) and StructViT-S-4 with key/value stride 2 and 1.
 MODEL_CASES = (
     ModelCase("uniformer_s", "uniformer_s"),
     ModelCase("structvit_s S=2", "structvit_s", {"structure_dim": 4, "kv_stride": 2}),
@@ -37,29 +37,41 @@ MODEL_CASES = (
 )
 
 
+class Trainee:
+    """A registry model in training mode with its AdamW optimiser; `step(clips, labels)` is one training step
+    (forward under bf16 autocast when asked, cross-entropy, backward, optimiser step)."""
+
+    def __init__(self, case: ModelCase, device: str, bf16: bool, num_classes: int = 400) -> None:
+        from src.models import build_model
+
+        torch.manual_seed(0)
+        self.model = build_model(case.name, num_classes=num_classes, **case.overrides).to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        self.autocast = (
+            torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+            if bf16
+            else contextlib.nullcontext()
+        )
+
+    def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = F.cross_entropy(self.model(clips), labels)
+        loss.backward()
+        self.optimizer.step()
+
+
 def _prepare(
     case: ModelCase, *, batch: int, frames: int, size: int, device: str, bf16: bool, num_classes: int
 ) -> tuple[Callable[[], None], dict]:
     """(one training step of the built model, the row describing it)."""
-    from src.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(case.name, num_classes=num_classes, **case.overrides).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    trainee = Trainee(case, device, bf16, num_classes)
+    model = trainee.model
     clips = torch.randn(batch, 3, frames, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
-    autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        if bf16
-        else contextlib.nullcontext()
-    )
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = F.cross_entropy(model(clips), labels)
-        loss.backward()
-        optimizer.step()
+        trainee.step(clips, labels)
 
     row = {
         "label": case.label,
@@ -122,7 +134,7 @@ def measure_models(
                 }
             )
     except (torch.OutOfMemoryError, MemoryError) as err:
-        reason = f"out of memory: {str(err).splitlines()[0][:200]}"
+        reason = oom_reason(err)
         done = {r["label"] for r in rows}
         rows += [
             {**row, "status": "oom", "reason": reason} for _, row in prepared if row["label"] not in done

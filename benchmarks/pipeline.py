@@ -1,4 +1,4 @@
-"""Item 5: data-pipeline throughput in clips/s: decode only, decode + augment, and the full DataLoader.
+"""Data-pipeline throughput in clips/s: decode only, decode + augment, and the full DataLoader.
 
 With `augment_on="device"` a worker decodes and crops only (the rest runs on the batch on the device):
 rows of both placements, side by side in one run, give the per-core gain; `measure_device_part` times the
@@ -126,7 +126,7 @@ def measure_loader(
         with torch_threads(1) if workers == 0 else contextlib.nullcontext():
             timing = time_call(one_pass, reps=reps, warmup=warmup)
     finally:
-        _stop_workers(loader)
+        stop_workers(loader)
     stage = STAGES[augment_on] if workers == 0 else "dataloader"
     if num_repeats > 1:  # repeated augmentation: clips per decoded video
         stage += f", {num_repeats} clips per decode"
@@ -175,7 +175,7 @@ def measure_torchcodec_device(
     are from PyAV's on the CPU (NVDEC converts colour its own way). A row with status "skipped" and the reason
     where torchcodec cannot run."""
     from src.data.decoding import read_frames
-    from src.data.torchcodec_reader import read_torchcodec, torchcodec_available
+    from src.data.decoding.torchcodec_reader import read_torchcodec, torchcodec_available
 
     reason = torchcodec_available()
     if reason:
@@ -210,7 +210,7 @@ def measure_torchcodec_device(
 STAGES = {"cpu": "decode+augment", "device": "decode+crop (augment on device)"}
 
 
-def _stop_workers(loader) -> None:
+def stop_workers(loader) -> None:
     """End a persistent-worker loader's processes now; left to the garbage collector, a later loader's forked
     workers inherit the iterator and try to stop processes that are not their children."""
     iterator = getattr(loader, "_iterator", None)

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
-from benchmarks.pipeline import _stop_workers, torch_threads
+from benchmarks.pipeline import stop_workers, torch_threads
 from benchmarks.timing import time_call
 from benchmarks.videos import KINETICS, SSV2, VideoKind, video_set
 
@@ -443,7 +443,7 @@ def _ours_rows(kind, index_dir, data, videos, backends, variants, decode: bool) 
                 else "decode+augment",
                 "extra_kwargs": dict(extra),
             }
-            rows.append(_Row(info, full_pass, "native", close=lambda loader=loader: _stop_workers(loader)))
+            rows.append(_Row(info, full_pass, "native", close=lambda loader=loader: stop_workers(loader)))
         if decode:
 
             def decode_pass(rep: int, backend=backend) -> tuple[int, tuple[int, ...]]:

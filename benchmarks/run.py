@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.limits import Budget
-from benchmarks.machine import available_memory_bytes, machine_info
+from benchmarks.attention import grid_cases, run_cases, scaling_cases
+from benchmarks.limits import Budget, device_memory_budget
+from benchmarks.machine import machine_info
 from benchmarks.model_step import MODEL_CASES, measure_models
-from benchmarks.scaling import scaling_cases
-from benchmarks.structsa_grid import grid_cases, run_cases
 from benchmarks.suites import SUITES, Suite
 from benchmarks.tables import gpu_training_rates, render, update_document
 
@@ -36,24 +35,18 @@ DEFAULT_CACHE = (
 
 def _budget(suite: Suite) -> Budget:
     """The suite's memory budget, capped at 70% of the memory the host has available now."""
-    memory = int(suite.memory_budget_gib * 2**30)
-    if suite.device == "cpu":
-        available = available_memory_bytes()
-        if available:
-            memory = min(memory, int(available * 0.7))
-    else:
-        memory = min(memory, int(torch.cuda.get_device_properties(0).total_memory * 0.8))
+    memory = device_memory_budget(suite.device, int(suite.memory_budget_gib * 2**30))
     return Budget(memory_bytes=memory, seconds=suite.reference_case_s)
 
 
 def run_structsa(suite: Suite, log: Callable[[str], None]) -> list[dict]:
-    """Items 1 and 2: fast vs reference vs vanilla at the suite's StructViT-S shapes."""
+    """Attention layers: fast vs reference vs vanilla at the suite's StructViT-S shapes."""
     cases = grid_cases(suite.shapes, suite.structure_dims, suite.strides, suite.modes)
     return run_cases(cases, **_attention_settings(suite), total_s=suite.structsa_s, log=log)
 
 
 def run_scaling(suite: Suite, log: Callable[[str], None]) -> list[dict]:
-    """Item 3: fast and reference path against token count at D = 4, S = 1."""
+    """Scaling: fast and reference path against token count at D = 4, S = 1."""
     cases = scaling_cases(suite.scaling_frames, suite.scaling_modes, layer=suite.scaling_layer)
     return run_cases(cases, **_attention_settings(suite), total_s=suite.scaling_s, log=log)
 
@@ -71,7 +64,7 @@ def _attention_settings(suite: Suite) -> dict:
 
 
 def run_models(suite: Suite, log: Callable[[str], None]) -> list[dict]:
-    """Item 4: training-step throughput and peak memory of whole models (timed steps interleaved)."""
+    """Whole models: training-step throughput and peak memory of whole models (timed steps interleaved)."""
     if suite.model_input is None:
         return []
     batch, frames, size = suite.model_input
@@ -94,10 +87,10 @@ def run_models(suite: Suite, log: Callable[[str], None]) -> list[dict]:
 
 
 def run_pipeline(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
-    """Item 5: decode only and decode + augment per worker, per backend; the DataLoader with N workers."""
+    """Data pipeline: decode only and decode + augment per worker, per backend; the DataLoader with N workers."""
     from benchmarks.pipeline import measure_decode, measure_device_part, measure_loader
     from benchmarks.videos import video_set
-    from src.data.torchcodec_reader import torchcodec_available
+    from src.data.decoding.torchcodec_reader import torchcodec_available
 
     rows = []
     reps, warmup = suite.pipeline_reps, 1 if suite.pipeline_reps > 1 else 0

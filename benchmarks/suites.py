@@ -1,10 +1,10 @@
 """The benchmark suites: which shapes, models and videos each measures, and its time and memory budgets.
 
-cpu   (make bench, < 15 min on 2 cores): every item of issue 8 at the issue's shapes; the reference path runs
+cpu   (make bench, < 15 min on 2 cores): every measurement at StructViT-S shapes; the reference path runs
       where its predicted cost fits the budgets, and every skipped case is listed with its prediction.
-quick (make bench-quick, < 2 min): one small shape per item, to check the harness end to end.
+quick (make bench-quick, about 3 min on 2 cores): one small shape per section, to check the harness end to end.
 gpu   (make bench-gpu): full-size shapes on CUDA in bf16 (flash attention), 16x224^2 batch-8 training steps.
-target: only the issue's headline case (16 frames, S = 1, D = 4, forward + backward, fast vs reference);
+target: only the headline case (16 frames, S = 1, D = 4, forward + backward, fast vs reference);
       one reference call takes minutes on 2 cores, so the reference path gets 1 timed call after 1 profiled one.
 tiny  (tests): toy shapes that finish in seconds; the numbers mean nothing.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from benchmarks.structsa_grid import STAGE3_8F, STAGE3_16F, STAGE4_8F, STAGE4_16F, LayerShape
+from benchmarks.attention import STAGE3_8F, STAGE3_16F, STAGE4_8F, STAGE4_16F, LayerShape
 from benchmarks.videos import KINETICS, SSV2, VideoKind
 
 # Small, short versions of the two video kinds for the smoke test (same codecs and sampling).
@@ -32,7 +32,7 @@ class Suite:
     dtype: torch.dtype = torch.float32
     reps: int = 5
     warmup: int = 1
-    # items 1-2: attention layers
+    # attention layers
     shapes: tuple[LayerShape, ...] = ()
     structure_dims: tuple[int, ...] = (4, 1, 8)
     strides: tuple[int, ...] = (1, 2)
@@ -41,22 +41,24 @@ class Suite:
     memory_budget_gib: float = 8.0
     reference_case_s: float = 60.0
     reference_total_s: float = 300.0
-    structsa_s: float = float("inf")  # time budget of items 1-2 (cases predicted to overrun are skipped)
-    scaling_s: float = float("inf")  # time budget of item 3
+    structsa_s: float = float(
+        "inf"
+    )  # time budget of the attention layers (cases predicted to overrun are skipped)
+    scaling_s: float = float("inf")  # time budget of the scaling section
     reference_reps: int | None = (
         None  # timed reference calls if not `reps` (the target suite: too slow for 5)
     )
-    # item 3
+    # scaling with tokens
     scaling_frames: tuple[int, ...] = ()
     scaling_modes: tuple[str, ...] = ("forward", "train")
     scaling_layer: LayerShape = STAGE3_8F  # channels, heads and the per-frame (H, W) token grid
-    # item 4: (batch, frames, size)
+    # whole models: (batch, frames, size)
     model_input: tuple[int, int, int] | None = None
     model_bf16: bool = False
     model_names: tuple[str, ...] = ("uniformer_s", "structvit_s S=2", "structvit_s S=1")
     model_reps: int = 5
     model_warmup: int = 2
-    # item 5
+    # data pipeline
     video_kinds: tuple[VideoKind, ...] = ()
     videos_per_kind: int = 6
     backends: tuple[str, ...] = ("pyav", "decord")  # the first: the default, used for the worker rows

@@ -79,7 +79,7 @@ def _section_dates(results: dict) -> str:
 
 
 def structsa_tables(rows: list[dict]) -> str:
-    """Item 1 (fast vs reference) and item 2 (StructSA vs vanilla), one table per mode."""
+    """Fast vs reference path, and StructSA vs vanilla attention, one table per mode."""
     idx = _index(rows)
     keys = sorted(
         {(r["label"], r["structure_dim"], r["kv_stride"]) for r in rows if r["path"] != "vanilla"},
@@ -128,7 +128,7 @@ def structsa_tables(rows: list[dict]) -> str:
 
 
 def scaling_table(rows: list[dict]) -> str:
-    """Item 3: time and memory against tokens; the growth columns show linear vs quadratic memory."""
+    """Time and memory against tokens; the growth columns show linear vs quadratic memory."""
     first = rows[0]
     out = [
         f"### 3. Scaling with tokens (D = {first['structure_dim']}, S = {first['kv_stride']}, "
@@ -168,7 +168,7 @@ def scaling_table(rows: list[dict]) -> str:
 
 
 def model_table(rows: list[dict]) -> str:
-    """Item 4: whole-model training steps, with ratios to uniformer_s."""
+    """Whole-model training steps, with ratios to uniformer_s."""
     out = [
         "### 4. Whole model: one training step (forward, loss, backward, AdamW)\n",
         "| model | input (B,3,T,H,W) | precision | params (M) | attention kernels | ms / step | clips/s | peak MiB | "
@@ -190,7 +190,7 @@ def model_table(rows: list[dict]) -> str:
 
 
 def pipeline_table(rows: list[dict], gpu_rates: dict[str, float] | None = None) -> str:
-    """Item 5: clips/s per stage, backend and worker count; workers per GPU from the GPU step rate."""
+    """Data pipeline: clips/s per stage, backend and worker count; workers per GPU from the GPU step rate."""
     out = [
         "### 5. Data pipeline (generated videos; one pass over the set per repetition)\n",
         "| dataset | codec, size, sampling | stage | backend | workers | clips/s | clips/s per worker |",
@@ -254,7 +254,7 @@ def _pipeline_summary(dataset: str, rows: list[dict], gpu_rates: dict[str, float
 
 
 def pytorchvideo_table(rows: list[dict]) -> str:
-    """Item 6: this pipeline and PyTorchVideo's datasets on the same files, clips/s per core, and the ratios."""
+    """This pipeline and PyTorchVideo's datasets on the same files, clips/s per core, and the ratios."""
     out = [
         "### 6. Against PyTorchVideo (same files, sampling and clip shape; in-process, one thread)\n",
         "| dataset | stage | pipeline | backend | clips/s per core | CPU / wall |",

@@ -2,7 +2,7 @@
 
 Content is a panned, low-frequency texture with a moving disc and mild noise: it compresses like natural
 footage (motion compensation works, bitrate is moderate), unlike pure noise (worst case) or flat colour
-(trivially fast). Written with PyAV and an index in the project's index contract (data_prep.index), so the
+(trivially fast). Written with PyAV and an index in the project's index contract (src.data.index), so the
 real decoders and the real VideoDataModule read them.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.index import IndexRow, write_index
+from src.data.index import IndexRow, write_index
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from src.data.transforms import MEAN, STD
+from src.data.protocol import EvalProtocol
+from src.data.transforms import denormalize
 
 
 class ThroughputMonitor(Callback):
@@ -58,8 +59,27 @@ class ThroughputMonitor(Callback):
         self._last_end = None  # validation in the middle of an epoch is not data wait
 
 
-def frame_grid(video: torch.Tensor, max_clips: int = 8, max_frames: int = 8) -> torch.Tensor:
-    """(B, 3, T, H, W) normalised clips -> one (3, H', W') uint8-range float image: a row of frames per clip."""
+def run_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> EvalProtocol:
+    """The protocol (frames, crop, mean / std) of the clips this run feeds the model: its DataModule's, else
+    the one the model was loaded with (`src.trained.load_trained`), else a DataModule's defaults."""
+    protocol = getattr(getattr(trainer, "datamodule", None), "eval_protocol", None)
+    protocol = protocol or getattr(pl_module, "eval_protocol", None)
+    if protocol is None:
+        from src.trained import default_protocol
+
+        protocol = default_protocol()
+    return protocol
+
+
+def frame_grid(
+    video: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    max_clips: int = 8,
+    max_frames: int = 8,
+) -> torch.Tensor:
+    """(B, 3, T, H, W) clips normalised with `mean` / `std` -> one (3, H', W') float image in [0, 1]: a row of
+    frames per clip."""
     import torchvision
 
     clips = video[:max_clips].detach().float().cpu()
@@ -67,8 +87,7 @@ def frame_grid(video: torch.Tensor, max_clips: int = 8, max_frames: int = 8) -> 
     step = max(t // max_frames, 1)
     frames = clips[:, :, ::step][:, :, :max_frames]  # (b, 3, t', H, W)
     b, _, tt = frames.shape[:3]
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (MEAN, STD))
-    frames = (frames * std + mean).clamp(0, 1).permute(0, 2, 1, 3, 4).reshape(b * tt, 3, *frames.shape[-2:])
+    frames = denormalize(frames, mean, std).permute(0, 2, 1, 3, 4).reshape(b * tt, 3, *frames.shape[-2:])
     return torchvision.utils.make_grid(frames, nrow=tt, padding=1)
 
 
@@ -86,7 +105,8 @@ class FirstBatchFrames(Callback):
         if self._done or not trainer.is_global_zero:
             return
         self._done = True
-        grid = frame_grid(batch["video"], self.max_clips, self.max_frames)
+        protocol = run_protocol(trainer, pl_module)
+        grid = frame_grid(batch["video"], protocol.mean, protocol.std, self.max_clips, self.max_frames)
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):

@@ -26,8 +26,9 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
 from src.hang_guard import HangGuard
 from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
+from src.runs import last_checkpoint
 from src.task import VideoClassifier
-from src.trained import CheckpointCard, load_trained, read_card
+from src.trained import CheckpointCard, datamodule_defaults, load_trained, read_card
 
 log = logging.getLogger("lightning.pytorch").getChild("cli")
 
@@ -160,17 +161,13 @@ def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
     """Fill the data config of a prediction from the checkpoint: its class names, its normalisation, and each
     protocol value the config leaves at the DataModule's default; a value set to anything else (a config
     file, the command line) is kept, with a warning when it differs from the checkpoint's."""
-    import inspect
-
-    from src.data.datamodule import VideoDataModule
-
-    defaults = inspect.signature(VideoDataModule).parameters
+    defaults = datamodule_defaults()
     data.classes = card.class_names
     protocol = card.protocol.to_dict()
     data.mean, data.std = protocol.pop("mean"), protocol.pop("std")
     for name, value in protocol.items():
         given, default = (
-            list(v) if isinstance(v, (list, tuple)) else v for v in (data.get(name), defaults[name].default)
+            list(v) if isinstance(v, (list, tuple)) else v for v in (data.get(name), defaults[name])
         )
         if given is None or given == default:
             data[name] = value
@@ -194,36 +191,11 @@ def find_last_checkpoint(config: Any) -> Path:
     """The newest intact `last.ckpt` under `<logger save_dir>/<name>/version_*/checkpoints/` of this config.
 
     A newest file that is truncated or corrupt (a write cut short by a full disk) is reported and skipped for
-    the newest intact checkpoint of the run's versions (last or best)."""
+    the newest intact checkpoint of the run's versions (last or best); see `src.runs.last_checkpoint`."""
     logger = config.get("trainer.logger")
     init = getattr(logger, "init_args", None) or {}
     save_dir = Path(init.get("save_dir") or config.get("trainer.default_root_dir") or "runs")
-    name = init.get("name") or "default"
-    root = save_dir / name
-    candidates = sorted(root.glob("version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(
-            f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints/; "
-            "give a checkpoint path or check trainer.logger.init_args.save_dir / name"
-        )
-    newest = candidates[-1]
-    fallbacks = sorted(
-        root.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for candidate in fallbacks:
-        try:
-            load_checkpoint_file(candidate, mmap=True)
-        except CheckpointFileError as err:
-            log.warning("--ckpt_path last: skipping %s", err)
-            continue
-        if candidate != newest:
-            log.warning(
-                "--ckpt_path last: %s is corrupt; resuming from the newest intact checkpoint %s instead",
-                newest,
-                candidate,
-            )
-        return candidate
-    raise CheckpointFileError(f"--ckpt_path last: no intact checkpoint under {root}/version_*/checkpoints/")
+    return last_checkpoint(save_dir, init.get("name") or "default")
 
 
 def cli_main(

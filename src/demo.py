@@ -23,14 +23,15 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "synthetic.yaml"
+from src.paths import REPO_ROOT, configs_dir
+from src.runs import best_checkpoint, cli_env, next_version, run_cli, test_results
+
 RUN_NAME = "synthetic"
 
-# The tiny variant for the tests: every stage runs, in about a minute on two shared cores.
+# The tiny variant for the tests: every stage runs; it checks the wiring, not the learning.
 FAST_DATA = {"train": 28, "val": 14, "test": 14, "frames": 8, "size": 32}
 FAST_FIT = [
     "--trainer.max_epochs",
@@ -48,148 +49,28 @@ FAST_FIT = [
 ]
 
 
-@dataclass
-class TestResults:
-    """Accuracies (fractions in [0, 1]) of one test run, from its confusion matrix and logged metrics.
-
-    `reversed_pairs` is top-1 restricted to clips whose true class belongs to a time-reversed pair;
-    `reversed_confusion` is the fraction of those clips predicted as the partner class (the frame-order error).
-    """
-
-    clips: int
-    top1: float
-    top5: float | None
-    mean_class: float
-    reversed_pairs: float | None
-    reversed_clips: int
-    reversed_confusion: float | None
-    per_class: dict[str, float] = field(default_factory=dict)
-
-
-def read_confusion(path: Path) -> tuple[list[str], list[list[int]]]:
-    """The (class names, rows = true class / columns = predicted) matrix that the test step wrote."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the test step writes it; did `src.cli test` finish?")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    names = rows[0][1:]
-    matrix = [[int(v) for v in row[1:]] for row in rows[1:]]
-    if len(matrix) != len(names) or any(len(row) != len(names) for row in matrix):
-        raise ValueError(f"{path}: not a square confusion matrix over {len(names)} classes")
-    return names, matrix
-
-
-def event_scalars(log_dir: Path) -> dict[str, float]:
-    """The last value of every scalar tag in the TensorBoard event files directly inside `log_dir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[str, tuple[int, float]] = {}
-    for event_file in sorted(Path(log_dir).glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            last = acc.Scalars(tag)[-1]
-            values[tag] = (last.step, last.value)
-    return {tag: value for tag, (_, value) in values.items()}
-
-
-def summarize(
-    names: list[str], matrix: list[list[int]], pairs: list[list[int]], top5: float | None = None
-) -> TestResults:
-    """Top-1, mean-class and reversed-pair accuracy from a confusion matrix; `pairs` are class-index pairs."""
-    support = [sum(row) for row in matrix]
-    correct = [matrix[i][i] for i in range(len(names))]
-    clips = sum(support)
-    if clips == 0:
-        raise ValueError("the confusion matrix is empty: no test clip was evaluated")
-    per_class = {names[i]: correct[i] / support[i] for i in range(len(names)) if support[i]}
-    paired = {i: j for a, b in pairs for i, j in ((a, b), (b, a))}
-    rev_clips = sum(support[i] for i in paired)
-    rev_correct = sum(correct[i] for i in paired)
-    rev_swapped = sum(matrix[i][j] for i, j in paired.items())
-    return TestResults(
-        clips=clips,
-        top1=sum(correct) / clips,
-        top5=top5,
-        mean_class=sum(per_class.values()) / len(per_class),
-        reversed_pairs=rev_correct / rev_clips if rev_clips else None,
-        reversed_clips=rev_clips,
-        reversed_confusion=rev_swapped / rev_clips if rev_clips else None,
-        per_class=per_class,
-    )
-
-
-def test_results(test_dir: Path, pairs: list[list[int]]) -> TestResults:
-    """Results of the test run logged in `test_dir` (confusion_matrix.csv and the TensorBoard scalars)."""
-    names, matrix = read_confusion(test_dir / "confusion_matrix.csv")
-    top5 = event_scalars(test_dir).get("test/top5")
-    return summarize(names, matrix, pairs, top5)
-
-
-def next_version(save_dir: Path, name: str) -> int:
-    """The first unused `version_<n>` under `<save_dir>/<name>/` (what TensorBoardLogger would pick)."""
-    root = Path(save_dir) / name
-    used = [int(p.name.split("_", 1)[1]) for p in root.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    return max(used, default=-1) + 1
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The `best-*.ckpt` that ModelCheckpoint kept (highest val/top1), else `last.ckpt`."""
-    folder = Path(run_dir) / "checkpoints"
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    raise FileNotFoundError(f"no checkpoint in {folder}: did the fit step finish?")
-
-
 def default_threads() -> int:
     """Cores left beside the config's two loader workers (at least 1): on 2 cores one torch thread, because
-    two OpenMP threads next to the workers thrash (measured: 34 clips/s with 1 thread, 4-6 with 2)."""
+    OpenMP threads spinning beside the loader workers slow the training down."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
     return max(1, (os.cpu_count() or 1) - 2)
 
 
-def cli_env(threads: int | None) -> dict[str, str]:
-    """The environment of the subprocesses: unbuffered output, and OMP_NUM_THREADS when `threads` is set."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-def run_cli(
-    args: list[str], *, threads: int | None = None, quiet: bool = False, log: Path | None = None
-) -> float:
-    """Run `python -m src.cli ARGS` from the repository root; returns its wall time, raises on failure."""
-    command = [sys.executable, "-m", "src.cli", *args]
-    print("$ python -m src.cli " + " ".join(args), flush=True)
-    start = time.perf_counter()
-    if quiet or log is not None:
-        result = subprocess.run(command, cwd=REPO, env=cli_env(threads), capture_output=True, text=True)
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"`python -m src.cli {args[0]}` failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
-            )
-    else:
-        code = subprocess.call(command, cwd=REPO, env=cli_env(threads))
-        if code != 0:
-            raise RuntimeError(f"`python -m src.cli {args[0]}` failed (exit {code}); its output is above")
-    return time.perf_counter() - start
-
-
 def prepare_data(data_root: Path, fast: bool, workers: int) -> tuple[Path, dict, float]:
-    """Generate (or find cached) the benchmark; returns (index folder, manifest, seconds)."""
-    from data_prep.synthetic import generate_dataset
-
+    """Generate (or find cached) the benchmark with `python -m data_prep.synthetic` in a subprocess; returns
+    (index folder, the manifest.json the generator wrote, seconds)."""
     root = Path(data_root) / ("synthetic_fast" if fast else "synthetic")
+    options = [f"--{key}={value}" for key, value in (FAST_DATA if fast else {}).items()]
+    args = ["--out", str(root), "--workers", str(workers), *options]
+    print("$ python -m data_prep.synthetic " + " ".join(args), flush=True)
     start = time.perf_counter()
-    manifest = generate_dataset(root, workers=workers, progress=True, **(FAST_DATA if fast else {}))
+    code = subprocess.call(
+        [sys.executable, "-m", "data_prep.synthetic", *args], cwd=REPO_ROOT, env=cli_env(None)
+    )
+    if code != 0:
+        raise RuntimeError(f"`python -m data_prep.synthetic` failed (exit {code}); its output is above")
+    manifest = json.loads((root / "manifest.json").read_text())
     return root, manifest, time.perf_counter() - start
 
 
@@ -288,12 +169,13 @@ def run_demo(
     )
 
     version = next_version(runs, name)
+    config = configs_dir() / "synthetic.yaml"
     run_dir = Path(runs) / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
     fit_args = [
         "fit",
         "--config",
-        str(CONFIG.relative_to(REPO)),
+        str(config.relative_to(REPO_ROOT)),
         "--data.root",
         str(Path(index).resolve()),
         *common,
@@ -306,8 +188,7 @@ def run_demo(
     fit_s = run_cli(fit_args, threads=threads, quiet=quiet)
 
     checkpoint = best_checkpoint(run_dir)
-    config = run_dir / "config.yaml"
-    after_fit = ["--config", str(config), "--ckpt_path", str(checkpoint), *common]
+    after_fit = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(checkpoint), *common]
     print(f"[3/4] test: {checkpoint.name} on the test split", flush=True)
     test_s = run_cli(
         ["test", *after_fit, "--trainer.logger.init_args.version", f"version_{version}/test"],

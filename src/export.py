@@ -119,8 +119,8 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     example = example_clips(clip_shape, batch)
     # The exporter: torch 2.14's default (dynamo=True, through torch.export) also exports StructViT and
-    # UniFormer and matches as closely, but it needs two more packages (onnxscript, onnx-ir) and took ~13 s for
-    # structvit_xs against 0.5 s here. The TorchScript-based exporter (dynamo=False) needs only torch, marks
+    # UniFormer and matches as closely, but it needs two more packages (onnxscript, onnx-ir) and is slower
+    # (docs/export.md). The TorchScript-based exporter (dynamo=False) needs only torch, marks
     # the batch axis dynamic with `dynamic_axes`, and its graph is checked below and by `check_export` at two
     # batch sizes. Tracing sees the plain depthwise convolution (DepthwiseConv3d skips its autograd Function
     # under tracing) and SDPA, which opset >= 14 expresses with MatMul / Softmax. `dynamo=True` stays available

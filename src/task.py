@@ -43,9 +43,14 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss stayed NaN/inf for too many consecutive steps."""
 
 
+# The fields are the options of the registered networks (`src.models.model_options`) except `image` (a run
+# trains on clips); tests/models/test_structvit.py fails when the two disagree.
 @dataclass
 class BackboneConfig:
     """Which backbone to build and its options (`src.models.list_models()` names the variants).
+
+    The options are the networks' own constructor arguments (`src.models.model_options(variant)`); null
+    keeps the variant's value.
 
     Args:
         variant: the network, e.g. structvit_s, structvit_xs, uniformer_s, x3d_m, pure_attention_tiny.
@@ -57,7 +62,7 @@ class BackboneConfig:
         attn_fp32: compute the attention softmax in float32 under mixed precision.
         stem: "patch" (UniFormer's 4x4 patchify) or "conv" (two 3x3x3 convolutions, structvit_xs's).
         struct_init: how StructSA's key/value filters start when training from scratch: "random" (the
-            measured best, docs/structsa-init.md), "shifted" (D distinct delta taps), "noisy_identity", or
+            default; docs/structsa-init.md compares them), "shifted" (D distinct delta taps), "noisy_identity", or
             "identity" (plain attention exactly).
         pos_embed: learned position embedding of pure_attention_tiny ("none" / "learned"); others: null.
         num_frames: input frames, for the models whose heads or embeddings depend on it (x3d_m, mvit_b_16x4,

@@ -73,21 +73,42 @@ class TrainedModel:
         """All test views of one video (file or JPEG-frame folder) as the protocol makes them: (V, 3, T, H, W).
 
         Raises `DecodeError` naming the file when it cannot be decoded."""
-        from src.data.datasets import Entry, VideoClipDataset
-        from src.data.decoding import DecodeError
+        return read_views(video, self.protocol, backend)
 
-        dataset = VideoClipDataset(
-            [Entry(Path(video), -1)],
-            mode="predict",
-            sampler=self.protocol.clip_sampler(),
-            eval_transform=self.protocol.transform(),
-            num_clips=self.protocol.test_views[0],
-            backend=backend,
-        )
-        item = dataset[0]
-        if item.get("failed"):
-            raise DecodeError(Path(video), str(item.get("reason", "could not be decoded")))
-        return item["video"]
+
+def read_views(video: str | Path, protocol: EvalProtocol, backend: str = "pyav") -> Tensor:
+    """All test views of one video (file or JPEG-frame folder) as `protocol` makes them, through the
+    prediction dataset: (V, 3, T, H, W), V = temporal clips x spatial crops in that order.
+
+    Raises `DecodeError` naming the file when it cannot be decoded."""
+    from src.data.datasets import Entry, VideoClipDataset
+    from src.data.decoding import DecodeError
+
+    dataset = VideoClipDataset(
+        [Entry(Path(video), -1)],
+        mode="predict",
+        sampler=protocol.clip_sampler(),
+        eval_transform=protocol.transform(),
+        num_clips=protocol.test_views[0],
+        backend=backend,
+    )
+    item = dataset[0]
+    if item.get("failed"):
+        raise DecodeError(Path(video), str(item.get("reason", "could not be decoded")))
+    return item["video"]
+
+
+def datamodule_defaults() -> dict[str, Any]:
+    """The defaults of `VideoDataModule`'s arguments by name: what a config that leaves one out gets."""
+    from src.data.datamodule import VideoDataModule
+
+    return {name: p.default for name, p in inspect.signature(VideoDataModule).parameters.items()}
+
+
+def default_protocol() -> EvalProtocol:
+    """The evaluation protocol of a DataModule left at its defaults (for a model without a checkpoint)."""
+    defaults = datamodule_defaults()
+    return EvalProtocol(**{name: defaults[name] for name in (*_PROTOCOL_ARGUMENTS, "mean", "std")})
 
 
 def run_folder_of(checkpoint: str | Path) -> Path:
@@ -119,18 +140,16 @@ _PROTOCOL_ARGUMENTS = ("sampling", "num_frames", "sampling_rate", "crop_size", "
 
 def _protocol_of_data_arguments(data: dict[str, Any]) -> EvalProtocol:
     """The protocol a DataModule built from `data` (its saved arguments) evaluated with."""
-    from src.data.datamodule import VideoDataModule
-
-    defaults = inspect.signature(VideoDataModule).parameters
+    defaults = datamodule_defaults()
     former = _FORMER_PRESETS.get(str(data.get("preset", "synthetic")))  # "synthetic" was the default preset
     values = {}
     for i, name in enumerate(_PROTOCOL_ARGUMENTS):
         value = data.get(name)
         if value is None:
-            value = former[i] if former is not None else defaults[name].default
+            value = former[i] if former is not None else defaults[name]
         values[name] = value
     for name in ("mean", "std"):
-        values[name] = data.get(name) or defaults[name].default
+        values[name] = data.get(name) or defaults[name]
     return EvalProtocol(**values)
 
 

@@ -19,7 +19,9 @@
    StructSA replaced by plain attention with the same qkv / proj weights, all other weights shared).
 6. `overview.png`: frames, correlation, the D attention maps and the vanilla map in one picture.
 
-Every value comes from the model's own tensors: a forward pre-hook captures the input of the chosen
+The clip is one view made the way prediction makes it, by the checkpoint's evaluation protocol (frames,
+sampling, crop, mean / std; a `--model` without checkpoint: the DataModule's defaults), so the figures show
+what the model is evaluated on. Every value comes from the model's own tensors: a forward pre-hook captures the input of the chosen
 attention module and `StructSA.reference_maps` (docs/method.md, 'Explicit form') gives the maps.
 """
 
@@ -30,7 +32,7 @@ import copy
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +47,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from src.data import transforms  # noqa: E402
+from src.data.protocol import EvalProtocol  # noqa: E402
+from src.data.transforms import denormalize  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# src.data.transforms' normalisation as (3,) tensors, which broadcast over channel-last frames
-MEAN = torch.tensor(transforms.MEAN)
-STD = torch.tensor(transforms.STD)
 FIGURE_NAMES = (
     "correlation",
     "structural_attention",
@@ -207,11 +207,14 @@ def compute_structure_maps(
     query: str | Sequence[int] | None = None,
     vanilla_model: nn.Module | None = None,
     frames: Tensor | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> StructureMaps:
     """Compute every map the figures show for one clip `video` (1, 3, T, H, W), normalised as in training.
 
-    `frames` (T, H, W, 3) in [0, 1] are what the panels are drawn over (default: `video` denormalised).
+    `frames` (T, H, W, 3) in [0, 1] are what the panels are drawn over; without them, `video` de-normalised
+    with the `mean` / `std` it was normalised with (the run's or the checkpoint's protocol).
     `vanilla_model` is a D = 0 twin (see `vanilla_twin`); None leaves the comparison out.
     """
     if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
@@ -238,13 +241,17 @@ def compute_structure_maps(
         j = flat_index(key_position(pos, grid, key_grid), key_grid)
         kappa = ref.dynamic_kernels(i)[0, head, j].mean(0)  # (kT, kH, kW), mean over the head's channels
         aggregators = ref.value_filters[head].mean(1)  # (D, kT, kH, kW)
-        key_filters = attn._head_filters(attn.k_struct)[head].mean(1) if attn.k_struct is not None else None
+        key_filters = attn.head_filters("key")[head].mean(1) if attn.k_struct is not None else None
 
     vanilla = None
     if vanilla_model is not None:
         vanilla = vanilla_attention_map(vanilla_model, video, stage=stage, block=block, head=head, query=pos)
     if frames is None:
-        frames = (video[0].cpu().permute(1, 2, 3, 0) * STD + MEAN).clamp(0, 1)
+        if mean is None or std is None:
+            raise ValueError(
+                "compute_structure_maps: give `frames`, or the `mean` / `std` `video` was normalised with"
+            )
+        frames = denormalize(video[0].cpu(), mean, std).permute(1, 2, 3, 0)
     probs = logits.float().softmax(-1)[0]
     top = int(probs.argmax())
     name = class_names[top] if class_names is not None and top < len(class_names) else f"class {top}"
@@ -589,7 +596,7 @@ def make_figures(maps: StructureMaps) -> dict[str, Figure]:
 def save_figures(figures: dict[str, Figure], out: Path, dpi: int = 90, palette: bool = False) -> list[Path]:
     """Write each figure as out/<name>.png and close it; returns the paths written.
 
-    `palette` stores 256-colour PNGs (about 3x smaller; for pictures committed to the docs).
+    `palette` stores 256-colour PNGs (smaller files, for pictures committed to the docs).
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -614,48 +621,34 @@ def save_figures(figures: dict[str, Figure], out: Path, dpi: int = 90, palette: 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_clip(
-    path: Path,
-    num_frames: int,
-    size: int,
-    mean: Sequence[float] = transforms.MEAN,
-    std: Sequence[float] = transforms.STD,
-) -> tuple[Tensor, Tensor]:
-    """Read `num_frames` evenly spaced frames, resize the short side to `size` and centre-crop.
+def load_clip(path: Path, protocol: EvalProtocol) -> tuple[Tensor, Tensor]:
+    """One view of the video at `path` made by `protocol` as prediction makes it (`src.trained.read_views`:
+    the same frames, sampling, crop and normalisation): the middle temporal clip, centre crop.
 
-    Returns (frames (T, size, size, 3) in [0, 1] for display, video (1, 3, T, size, size) normalised with
-    the per-channel `mean` / `std`).
+    Returns (frames (T, crop, crop, 3) in [0, 1] for display, video (1, 3, T, crop, crop) normalised with the
+    protocol's mean / std).
     """
-    from torchvision.transforms.v2 import functional as tvf
-
-    from src.data.decoding import probe, read_frames
+    from src.trained import read_views
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--video {path}: no such file or folder")
-    total = probe(path).num_frames
-    if total < 1:
-        raise ValueError(f"--video {path}: the video has no frames")
-    indices = [min(total - 1, int((k + 0.5) * total / num_frames)) for k in range(num_frames)]
-    clip = read_frames(path, indices)  # (T, H, W, 3) uint8
-    clip = clip.permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
-    clip = tvf.center_crop(tvf.resize(clip, [size], antialias=True), [size, size]).clamp(0, 1)
-    frames = clip.permute(0, 2, 3, 1).contiguous()
-    video = tvf.normalize(clip, list(mean), list(std)).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+    clips, crops = protocol.test_views
+    views = read_views(path, protocol)  # (clips x crops, 3, T, crop, crop)
+    video = views[(clips // 2) * crops + crops // 2].unsqueeze(0).contiguous()
+    frames = denormalize(video[0], protocol.mean, protocol.std).permute(1, 2, 3, 0).contiguous()
     return frames, video
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to visualise, and the clip size and normalisation it expects (None: not known)."""
+    """A model ready to visualise and the protocol its clips follow (a checkpoint's own, or the DataModule's
+    defaults for a model without one)."""
 
     model: nn.Module
     variant: str
     class_names: list[str] | None
-    num_frames: int | None
-    crop_size: int | None
-    mean: tuple[float, ...] = transforms.MEAN
-    std: tuple[float, ...] = transforms.STD
+    protocol: EvalProtocol
 
 
 def load_model(
@@ -682,16 +675,9 @@ def load_model(
         from src.trained import load_trained
 
         trained = load_trained(ckpt)
-        protocol = trained.protocol
         log.info("loaded %s (%s)", ckpt, trained.variant)
         return LoadedModel(
-            trained.module.backbone.eval(),
-            trained.variant,
-            trained.class_names,
-            protocol.num_frames,
-            protocol.crop_size,
-            protocol.mean,
-            protocol.std,
+            trained.module.backbone.eval(), trained.variant, trained.class_names, trained.protocol
         )
     if model_name is None:
         raise ValueError("give a checkpoint (--ckpt) or a model variant (--model structvit_xs)")
@@ -707,7 +693,9 @@ def load_model(
                 f"--weights {weights}: does not fit {model_name} {overrides} with {num_classes or 400} "
                 f"classes (set --num-classes / --kv-stride to the trained model's):\n{report}"
             )
-    return LoadedModel(model.eval(), model_name, None, None, None)
+    from src.trained import default_protocol
+
+    return LoadedModel(model.eval(), model_name, None, default_protocol())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -735,8 +723,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--query", help="query token t,y,x on the layer's token grid; default the centre of the middle frame"
     )
-    p.add_argument("--frames", type=int, help="frames to read (default: the checkpoint's, else 16)")
-    p.add_argument("--size", type=int, help="crop size (default: the checkpoint's, else 224)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        help="frames per clip (default: the checkpoint's, else the DataModule's default)",
+    )
+    p.add_argument(
+        "--size", type=int, help="crop size (default: the checkpoint's, else the DataModule's default)"
+    )
     p.add_argument("--num-classes", type=int, help="classes of --model (default 400)")
     p.add_argument("--kv-stride", type=int, help="key/value stride S of --model (default: the variant's)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the D = 0 comparison")
@@ -755,13 +749,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     loaded = load_model(
         args.ckpt, args.model, weights=args.weights, num_classes=args.num_classes, kv_stride=args.kv_stride
     )
-    frames, video = load_clip(
-        args.video,
-        args.frames or loaded.num_frames or 16,
-        args.size or loaded.crop_size or 224,
-        loaded.mean,
-        loaded.std,
+    protocol = replace(
+        loaded.protocol,
+        num_frames=args.frames or loaded.protocol.num_frames,
+        crop_size=args.size or loaded.protocol.crop_size,
     )
+    frames, video = load_clip(args.video, protocol)
     twin = None if args.no_vanilla else vanilla_twin(loaded.model)
     maps = compute_structure_maps(
         loaded.model,

@@ -10,6 +10,7 @@ same clip), or a video file given by `clip_path`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,7 +19,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from src.visualize import MEAN, STD, compute_structure_maps, load_clip, make_figures, vanilla_twin
+from src.callbacks import run_protocol
+from src.data.transforms import denormalize
+from src.visualize import compute_structure_maps, load_clip, make_figures, vanilla_twin
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,8 @@ class StructureVisualizer(pl.Callback):
         stage, block, head: the attention layer and head to show (stage 3 or 4; negative blocks count
             from the end).
         query: "t,y,x" on the layer's token grid; None is the centre of the middle token frame.
-        clip_path: a video to show instead of the first validation clip, read with `num_frames` frames
-            at `crop_size` (both required with it).
+        clip_path: a video to show instead of the first validation clip, made by the run's evaluation
+            protocol (sampling, mean / std) with `num_frames` frames at `crop_size` (both required with it).
         compare_vanilla: also draw the attention of a D = 0 twin with the same weights.
         tag: TensorBoard tag prefix; figures appear as `<tag>/<figure name>`.
         backbone_attr: attribute of the LightningModule that holds the backbone.
@@ -94,7 +97,8 @@ class StructureVisualizer(pl.Callback):
                 "(B, 3, T, H, W) or (B, V, 3, T, H, W)"
             )
         self._video = clip.detach().float().cpu().unsqueeze(0)
-        self._frames = (self._video[0].permute(1, 2, 3, 0) * STD + MEAN).clamp(0, 1)
+        protocol = run_protocol(trainer, pl_module)  # the batch was normalised with the run's mean / std
+        self._frames = denormalize(self._video[0], protocol.mean, protocol.std).permute(1, 2, 3, 0)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw and log the figures every `every_n_epochs` epochs, on the global-zero process only."""
@@ -107,7 +111,10 @@ class StructureVisualizer(pl.Callback):
             log.warning("StructureVisualizer: no TensorBoardLogger on the Trainer; nothing is logged")
             return
         if self.clip_path is not None and self._video is None:
-            self._frames, self._video = load_clip(Path(self.clip_path), self.num_frames, self.crop_size)
+            protocol = replace(
+                run_protocol(trainer, pl_module), num_frames=self.num_frames, crop_size=self.crop_size
+            )
+            self._frames, self._video = load_clip(Path(self.clip_path), protocol)
         if self._video is None:
             log.warning("StructureVisualizer: no validation clip was seen; nothing is logged")
             return

@@ -12,7 +12,7 @@ from benchmarks.attention import AttentionCase, measure_attention
 from benchmarks.limits import Budget, QuadraticPredictor, check
 from benchmarks.memory import cpu_peak_bytes, peak_of_running_sum
 from benchmarks.run import main
-from benchmarks.tables import update_document
+from benchmarks.tables import update_document, write_section
 from benchmarks.timing import time_call
 
 MB = 1_000_000
@@ -193,39 +193,25 @@ def test_sdpa_kernels_lists_each_kernel_once():
     assert sdpa_kernels(names) == ["flash-cpu", "math"]
 
 
-def test_stem_benchmark_trains_each_stem_on_rendered_clips_and_writes_its_section(tmp_path):
-    from benchmarks import stem_synthetic
-
-    videos, labels = stem_synthetic.render_split("val", 15, frames=4, size=32)
-    assert videos.shape == (15, 3, 4, 32, 32) and labels.tolist()[:3] == [0, 1, 2] and labels[14] == 0
-    assert torch.isfinite(videos).all() and videos.std() > 0.1  # normalised pixels, not a blank clip
+def test_write_section_replaces_only_the_ablation_section(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
-    doc.write_text("# Benchmarks\n\n## Ablation\n\nkeep me\n")
-    results = tmp_path / "stem.json"
-    code = stem_synthetic.main(
-        [
-            "--stems",
-            "patch",
-            "conv",
-            "--epochs",
-            "1",
-            "--train",
-            "16",
-            "--val",
-            "14",
-            "--frames",
-            "4",
-            "--batch",
-            "8",
-            "--doc",
-            str(doc),
-            "--results",
-            str(results),
-        ]
-    )
-    assert code == 0
-    stored = json.loads(results.read_text())["results"]
-    assert [r["stem"] for r in stored] == ["patch", "conv"]
-    assert all(len(r["val_top1"]) == 1 and 0.0 <= r["val_top1"][0] <= 1.0 for r in stored)
+    doc.write_text("# Benchmarks\n\n## Results\n\nkeep me\n")
+    write_section(doc, "first table")
+    write_section(doc, "second table")
     text = doc.read_text()
-    assert "keep me" in text and "## Stem" in text and "| patch |" in text and "| conv |" in text
+    assert text.count("## Ablation") == 1 and "second table" in text and "first table" not in text
+    assert text.startswith("# Benchmarks\n\n## Results\n\nkeep me\n")
+    doc.write_text(text + "\n## Later\n\nalso keep\n")
+    write_section(doc, "third table")
+    assert "also keep" in doc.read_text() and "third table" in doc.read_text()
+
+
+def test_the_attention_command_line_prints_both_paths_and_their_ratio(capsys):
+    from benchmarks.attention import main as attention_main
+
+    attention_main(
+        ["--dim", "16", "--heads", "2", "--grid", "2", "3", "3", "--structure-dim", "2", "--repeats", "2"]
+    )
+    out = capsys.readouterr().out
+    assert "fast" in out and "reference" in out and "reference / fast = " in out
+    assert "(2 runs" in out  # every path timed `--repeats` times

@@ -5,20 +5,24 @@ Everything runs on structvit_xs and on small real H.264 clips written with PyAV.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.data import DataLoader, Dataset
 
+from src.data.protocol import EvalProtocol
+from src.data.transforms import denormalize
 from src.models import build_model
+from src.trained import default_protocol, read_views
 from src.visualize import (
     FIGURE_NAMES,
     capture_attention_input,
@@ -33,9 +37,13 @@ from src.visualize import (
     vanilla_twin,
 )
 from src.viz_callback import StructureVisualizer
+from tests.helpers.cli_runs import ROOT, ok, run_args, run_cli
 from tests.helpers.videos import write_test_video
 
 FRAMES, SIZE, CLASSES = 8, 64, 3
+PROTOCOL = EvalProtocol(FRAMES, "segment", 1, SIZE, (1, 1))  # the DataModule's mean / std
+# a run normalised otherwise: the frames shown must still be the pixels of the clip
+OTHER_NORM = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,7 @@ def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(clip_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    return load_clip(clip_path, FRAMES, SIZE)
+    return load_clip(clip_path, PROTOCOL)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +84,33 @@ def _plotted(fig, prefix: str) -> list[torch.Tensor]:
     ]
 
 
-def test_load_clip_reads_evenly_spaced_frames_resized_and_normalised(clip) -> None:
+def test_load_clip_makes_the_view_prediction_makes_with_the_protocols_normalisation(clip, clip_path) -> None:
     frames, video = clip
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and 0.0 <= frames.min() and frames.max() <= 1.0
     assert video.shape == (1, 3, FRAMES, SIZE, SIZE)
+    torch.testing.assert_close(video[0], read_views(clip_path, PROTOCOL)[0])  # the clip predict scores
     torch.testing.assert_close(video[0].permute(1, 2, 3, 0) * 0.225 + 0.45, frames)
+    # Another normalisation: another video tensor, the same pixels on screen.
+    other = EvalProtocol(FRAMES, "segment", 1, SIZE, (1, 1), **OTHER_NORM)
+    other_frames, other_video = load_clip(clip_path, other)
+    assert (other_video - video).abs().max() > 0.1
+    torch.testing.assert_close(other_frames, frames, rtol=0, atol=1e-5)
+    mean, std = torch.tensor(other.mean), torch.tensor(other.std)
+    torch.testing.assert_close(other_video[0].permute(1, 2, 3, 0) * std + mean, frames, rtol=0, atol=1e-5)
+
+
+def test_load_clip_takes_the_middle_view_of_the_protocol(clip_path) -> None:
+    """Three temporal clips and three crops: the figure shows the middle clip's centre crop."""
+    protocol = EvalProtocol(4, "dense", 2, 48, (3, 3))
+    _, video = load_clip(clip_path, protocol)
+    torch.testing.assert_close(video[0], read_views(clip_path, protocol)[4])
+
+
+def test_a_model_without_checkpoint_follows_the_datamodules_default_protocol() -> None:
+    from src.data.datamodule import VideoDataModule
+
+    assert load_model(None, "structvit_xs", num_classes=CLASSES).protocol == default_protocol()
+    assert default_protocol() == VideoDataModule(dataset="custom", root="unused").eval_protocol
 
 
 def test_command_line_writes_every_figure_for_structvit_xs_on_a_real_clip(
@@ -215,7 +245,7 @@ def test_bad_layer_head_or_query_is_refused_with_a_clear_error(
 
 def test_missing_video_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.mp4"):
-        load_clip(tmp_path / "nope.mp4", FRAMES, SIZE)
+        load_clip(tmp_path / "nope.mp4", PROTOCOL)
 
 
 def test_a_checkpoint_is_rebuilt_by_load_trained_with_its_options_classes_and_protocol(
@@ -242,12 +272,7 @@ def test_a_checkpoint_is_rebuilt_by_load_trained_with_its_options_classes_and_pr
     )
     loaded = load_model(ckpt)
     assert loaded.variant == "structvit_xs" and loaded.class_names == names
-    assert (loaded.num_frames, loaded.crop_size, loaded.mean, loaded.std) == (
-        FRAMES,
-        SIZE,
-        protocol.mean,
-        protocol.std,
-    )
+    assert loaded.protocol == protocol
     assert loaded.model.blocks3[0].attn.kv_stride == 2
     for key, value in module.backbone.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
@@ -294,66 +319,62 @@ def test_raw_backbone_weights_need_their_variant_and_must_fit_it(tmp_path: Path)
 # ------------------------------------------------------------------------------------------------ callback
 
 
-class _Clips(Dataset):
-    """Two real decoded clips; validation items carry V = 1 view, as the DataModule's eval batches do."""
+def test_callbacks_show_the_pixels_of_a_run_normalised_with_its_own_mean_and_std(clip) -> None:
+    """The structure callback and the first-batch grid undo the run's normalisation (the DataModule's
+    mean / std), not the default one."""
+    from src.callbacks import frame_grid, run_protocol
 
-    def __init__(self, videos: list[torch.Tensor], eval_views: bool) -> None:
-        self.videos, self.eval_views = videos, eval_views
+    frames, _ = clip
+    pixels = frames.permute(3, 0, 1, 2)  # (3, T, H, W) in [0, 1]
+    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in OTHER_NORM.values())
+    batch = {"video": ((pixels - mean) / std).unsqueeze(0).unsqueeze(0)}  # (B, V, 3, T, H, W)
+    protocol = EvalProtocol(FRAMES, "segment", 1, SIZE, (1, 1), **OTHER_NORM)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(eval_protocol=protocol))
+    assert run_protocol(trainer, pl.LightningModule()) == protocol
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, i: int) -> dict:
-        video = self.videos[i][0]
-        return {"video": video.unsqueeze(0) if self.eval_views else video, "label": torch.tensor(i % CLASSES)}
-
-
-class _Classifier(pl.LightningModule):
-    """The smallest real LightningModule with the project's layout: the network at `self.backbone`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = _model(seed=5).train()
-        self.class_names = ["a", "b", "c"]
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return F.cross_entropy(self.backbone(batch["video"]), batch["label"])
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.backbone(batch["video"].flatten(0, 1))
-        self.log("val_loss", F.cross_entropy(logits, batch["label"]))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+    callback = StructureVisualizer()
+    callback.on_validation_batch_start(trainer, pl.LightningModule(), batch, 0)
+    torch.testing.assert_close(callback._frames, frames, rtol=0, atol=1e-5)
+    grid = frame_grid(batch["video"][:, 0], protocol.mean, protocol.std, max_clips=1, max_frames=2)
+    torch.testing.assert_close(grid[:, 1 : 1 + SIZE, 1 : 1 + SIZE], pixels[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(denormalize(batch["video"][0, 0], **OTHER_NORM), pixels, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_callback_writes_the_figures_into_the_tensorboard_event_file(clip_path: Path, tmp_path: Path) -> None:
-    other = write_test_video(tmp_path / "other.mp4", 10, size=SIZE, pattern="frame_index")
-    videos = [load_clip(p, FRAMES, SIZE)[1] for p in (clip_path, other)]
-    callback = StructureVisualizer(every_n_epochs=1, stage=3, block=-1, head=1, dpi=40)
-    logger = TensorBoardLogger(tmp_path, name="viz", version=0)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=1,
+def test_callback_added_on_the_command_line_as_the_docs_show_logs_the_figures(tiny_index, tmp_path) -> None:
+    """The callback as a user adds it (README / docs: `--trainer.callbacks+=...` on the `src.cli fit` command
+    line) to a real run with its own mean / std: every figure in the TensorBoard event file, once per
+    epoch, none during the sanity check."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    added = "--trainer.callbacks+=src.viz_callback.StructureVisualizer"
+    assert any(added in p.read_text(encoding="utf-8") for p in docs), f"no doc shows {added}"
+    runs = tmp_path / "runs"
+    ok(
+        run_cli(
+            "fit",
+            *run_args(tiny_index, runs, "viz", "fit"),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--data.mean",
+            str(list(OTHER_NORM["mean"])),
+            "--data.std",
+            str(list(OTHER_NORM["std"])),
+            added,
+            "--trainer.callbacks.every_n_epochs=1",
+            "--trainer.callbacks.dpi=40",
+        )
     )
-    trainer.fit(
-        _Classifier(),
-        DataLoader(_Clips(videos, eval_views=False), batch_size=2),
-        DataLoader(_Clips(videos, eval_views=True), batch_size=2),
-    )
-    assert callback.logged_steps == [1, 2]  # not during the sanity check; once per epoch
-    events = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0})
+    events = EventAccumulator(str(runs / "viz" / "fit"), size_guidance={"images": 0})
     events.Reload()
-    tags = events.Tags()["images"]
-    assert sorted(tags) == sorted(f"structure/{n}" for n in FIGURE_NAMES)
+    tags = sorted(t for t in events.Tags()["images"] if t.startswith("structure/"))
+    assert tags == sorted(f"structure/{n}" for n in FIGURE_NAMES)
     for tag in tags:
         images = events.Images(tag)
-        assert [im.step for im in images] == [1, 2]
+        assert [im.step for im in images] == [1, 2]  # after each epoch's single step; not in the sanity check
         assert all(im.width > 50 and im.height > 50 for im in images)
+        picture = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("L"), float)
+        assert picture.std() > 5, f"{tag} is blank"

@@ -3,7 +3,7 @@
 The model is built and run on the meta device, so even StructViT-B at 32x224² costs no memory and no
 arithmetic; `torch.utils.flop_counter.FlopCounterMode` records every convolution, matmul and attention
 (it sees scaled_dot_product_attention only on meta). Norms and elementwise ops are not counted (fvcore
-counts norms too; they are <0.5% here).
+counts norms too; they are a negligible share here).
 
     python -m src.models.flops --model structvit_s --frames 16 --size 224 --num-classes 400
 """

@@ -10,27 +10,25 @@ StructViT family (docs/method.md, 'Network layout'; head_dim 64 unless noted):
 | structvit_l   | 4 | 1 | [5, 10, 24, 7]  | [128, 192, 448, 640]  | 7, 10            | 0.4       |
 | uniformer_s/b | 0 | - | as structvit_s/b |                      |                  | 0.1 / 0.3 |
 
-structvit_xs is this project's CPU variant (not in the paper): 1.18M parameters, 0.61 GFLOPs
-(multiply-adds) per 16x96x96 clip, 0.10 per 8x64x64 and 0.02 per 8x32x32 with 10 classes (`python -m
-src.models.flops --model structvit_xs --frames 16 --size 96 --num-classes 10`). Its head_dim is 32 so
-stages 3-4 still have several heads (4 and 6), and its stem is convolutional (`stem="conv"`, two 3x3x3
-convolutions instead of the 4x4 patchify): trained from scratch at 32x32 on the synthetic benchmark, the
-patchify stem reached 6, 22, 42, 50 % validation top-1 after epochs 1-4 and the conv stem 31, 79, 90, 90 %
-(same clips, recipe and seed; `python -m benchmarks.stem_synthetic`, BENCHMARKS.md "Stem").
+structvit_xs is this project's CPU variant (not in the paper; its size: `python -m src.models.flops --model
+structvit_xs --frames 16 --size 96 --num-classes 10`). Its head_dim is 32 so stages 3-4 still have
+several heads (4 and 6), and its stem is convolutional (`stem="conv"`, two 3x3x3 convolutions
+instead of the 4x4 patchify), because trained from scratch on small clips it starts learning epochs earlier
+than the patchify stem (BENCHMARKS.md "Stem").
 
 pure_attention_tiny (src.models.pure_attention) is the motion ablation's network: no convolution across
-frames outside StructSA, so what it learns about motion comes from the attention (overrides: structure_dim,
-kv_stride, struct_init, attn_fp32, pos_embed "none"/"learned", num_frames, crop_size).
+frames outside StructSA, so what it learns about motion comes from the attention.
 
-Overrides accepted by the UniFormer-family names: structure_dim (D), kv_stride (S), drop_path_rate,
-checkpoint_stages, attn_fp32, image (build the 2-D image network), stem ("patch" or "conv"), struct_init
-(how StructSA's structure filters start: "shifted", "random", "noisy_identity" or "identity"). The
-pytorchvideo baselines x3d_m and mvit_b_16x4 accept num_frames and crop_size (their heads / position
-embeddings depend on the input size).
+The overrides a name accepts (`model_options`) are its network's constructor arguments minus the layout
+the name fixes (`network_options`): StructViT's for the UniFormer-family names (D, S, drop path,
+activation checkpointing, float32 attention, the 2-D image network, stem, StructSA's filter start; see
+its docstring), PureAttentionNet's for pure_attention_tiny. The pytorchvideo baselines x3d_m and
+mvit_b_16x4 accept num_frames and crop_size (their heads / position embeddings depend on the input size).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -39,30 +37,45 @@ from .pure_attention import PureAttentionNet
 from .structvit import StructViT
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_UNIFORMER_OVERRIDES = frozenset(
-    {
-        "structure_dim",
-        "kv_stride",
-        "drop_path_rate",
-        "checkpoint_stages",
-        "attn_fp32",
-        "image",
-        "stem",
-        "struct_init",
-    }
-)
-_BASELINE_OVERRIDES = frozenset({"num_frames", "crop_size"})
-_PURE_OVERRIDES = frozenset(
-    {"structure_dim", "kv_stride", "struct_init", "attn_fp32", "pos_embed", "num_frames", "crop_size"}
-)
+_OPTIONS: dict[str, frozenset[str]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model function under its own name (decorator)."""
+def network_options(network: Callable[..., nn.Module], layout: tuple[str, ...]) -> frozenset[str]:
+    """The keyword arguments of `network` a config may set: all of them but `num_classes` and the `layout`
+    a registered name fixes (its depths, widths, ...)."""
+    return frozenset(inspect.signature(network).parameters) - {"num_classes", *layout}
+
+
+_UNIFORMER_OVERRIDES = network_options(
+    StructViT, ("depths", "dims", "head_dim", "mlp_ratio", "qkv_bias", "in_chans")
+)
+_PURE_OVERRIDES = network_options(
+    PureAttentionNet, ("dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans")
+)
+_BASELINE_OVERRIDES = frozenset(
+    {"num_frames", "crop_size"}
+)  # arguments of the builders below, not of a class
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, options: frozenset[str] = frozenset()
+) -> Callable[..., nn.Module]:
+    """Register a model function under its own name (decorator: `@register_model` or
+    `@register_model(options=...)`, the overrides it accepts, see `model_options`)."""
+    if fn is None:
+        return lambda f: register_model(f, options=options)
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"register_model: a model named {fn.__name__!r} is already registered")
     _REGISTRY[fn.__name__] = fn
+    _OPTIONS[fn.__name__] = frozenset(options)
     return fn
+
+
+def model_options(name: str) -> frozenset[str]:
+    """The overrides `build_model(name, ...)` accepts (empty for a function registered without them)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model_options: unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return _OPTIONS[name]
 
 
 def list_models() -> list[str]:
@@ -77,7 +90,8 @@ def build_model(name: str, num_classes: int = 400, **overrides) -> nn.Module:
     return _REGISTRY[name](num_classes=num_classes, **overrides)
 
 
-def _check_overrides(name: str, overrides: dict, allowed: frozenset[str]) -> None:
+def _check_overrides(name: str, overrides: dict) -> None:
+    allowed = _OPTIONS[name]
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(
@@ -87,7 +101,7 @@ def _check_overrides(name: str, overrides: dict, allowed: frozenset[str]) -> Non
 
 
 def _uniformer_family(name: str, num_classes: int, overrides: dict, **layout) -> StructViT:
-    _check_overrides(name, overrides, _UNIFORMER_OVERRIDES)
+    _check_overrides(name, overrides)
     kwargs = {**layout, **overrides}
     if "checkpoint_stages" in kwargs and kwargs["checkpoint_stages"] is None:
         kwargs["checkpoint_stages"] = ()
@@ -99,7 +113,7 @@ _B = dict(depths=(5, 8, 20, 7), dims=(64, 128, 320, 512))
 _L = dict(depths=(5, 10, 24, 7), dims=(128, 192, 448, 640))
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def structvit_xs(num_classes: int = 400, **overrides) -> StructViT:
     """CPU-sized StructViT (this project's): depths [1,1,2,1], channels [32,64,128,192], head_dim 32, D=4, conv stem."""
     layout = dict(
@@ -114,47 +128,47 @@ def structvit_xs(num_classes: int = 400, **overrides) -> StructViT:
     return _uniformer_family("structvit_xs", num_classes, overrides, **layout)
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def structvit_s(num_classes: int = 400, **overrides) -> StructViT:
     """StructViT-S-4-1 (kv_stride=2 gives the paper's S-4-2)."""
     return _uniformer_family("structvit_s", num_classes, overrides, **_S, structure_dim=4, drop_path_rate=0.1)
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def structvit_b(num_classes: int = 400, **overrides) -> StructViT:
     """StructViT-B-4-1."""
     return _uniformer_family("structvit_b", num_classes, overrides, **_B, structure_dim=4, drop_path_rate=0.3)
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def structvit_l(num_classes: int = 400, **overrides) -> StructViT:
     """StructViT-L-4-1."""
     return _uniformer_family("structvit_l", num_classes, overrides, **_L, structure_dim=4, drop_path_rate=0.4)
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def uniformer_s(num_classes: int = 400, **overrides) -> StructViT:
     """UniFormer-S: StructViT-S with D = 0 (plain multi-head self-attention)."""
     return _uniformer_family("uniformer_s", num_classes, overrides, **_S, structure_dim=0, drop_path_rate=0.1)
 
 
-@register_model
+@register_model(options=_UNIFORMER_OVERRIDES)
 def uniformer_b(num_classes: int = 400, **overrides) -> StructViT:
     """UniFormer-B: StructViT-B with D = 0."""
     return _uniformer_family("uniformer_b", num_classes, overrides, **_B, structure_dim=0, drop_path_rate=0.3)
 
 
-@register_model
+@register_model(options=_PURE_OVERRIDES)
 def pure_attention_tiny(num_classes: int = 8, **overrides) -> PureAttentionNet:
     """Motion-ablation network: per-frame 4x4 patches, 2 pre-norm StructSA + MLP blocks, dim 64, 2 heads, D=4."""
-    _check_overrides("pure_attention_tiny", overrides, _PURE_OVERRIDES)
+    _check_overrides("pure_attention_tiny", overrides)
     return PureAttentionNet(num_classes=num_classes, dim=64, depth=2, num_heads=2, patch_size=4, **overrides)
 
 
-@register_model
+@register_model(options=_BASELINE_OVERRIDES)
 def x3d_m(num_classes: int = 400, **overrides) -> nn.Module:
     """pytorchvideo's X3D-M (16 frames, 224 crop by default); returns logits (no softmax in the head)."""
-    _check_overrides("x3d_m", overrides, _BASELINE_OVERRIDES)
+    _check_overrides("x3d_m", overrides)
     from pytorchvideo.models.x3d import create_x3d
 
     return create_x3d(
@@ -166,10 +180,10 @@ def x3d_m(num_classes: int = 400, **overrides) -> nn.Module:
     )
 
 
-@register_model
+@register_model(options=_BASELINE_OVERRIDES)
 def mvit_b_16x4(num_classes: int = 400, **overrides) -> nn.Module:
     """pytorchvideo's MViT-B 16x4 (Fan et al. 2021): its Kinetics-400 layout, logits out."""
-    _check_overrides("mvit_b_16x4", overrides, _BASELINE_OVERRIDES)
+    _check_overrides("mvit_b_16x4", overrides)
     from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
 
     return create_multiscale_vision_transformers(

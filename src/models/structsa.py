@@ -122,8 +122,7 @@ class StructSA(nn.Module):
 
     struct_init chooses how the D key/value filters start (`STRUCT_INITS`; `reset_struct_parameters`):
         "random" (default): truncated normal, std 1/sqrt(kT·kH·kW) (fan-in of one filter), cut at ±2 std.
-            D distinct random structures; trained from scratch on a motion-only task it learned fastest and
-            as well as any other start (BENCHMARKS.md "Motion").
+            D distinct random structures from the first step (BENCHMARKS.md "Motion" compares the starts).
         "shifted": filter d is a delta at tap d of `shifted_taps` (centre, previous frame, next frame, the
             four spatial neighbours, ...), the same tap for its key and value filter; filter 0 is the
             identity, so D = 1 starts as vanilla attention and D > 1 starts with D distinct structures.
@@ -280,8 +279,12 @@ class StructSA(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, self.dim))
 
     # ---------------------------------------------------- reference path (docs/method.md, 'Explicit form')
-    def _head_filters(self, conv: nn.Conv3d | None) -> Tensor:
-        """Filters as (h, D, c, kT, kH, kW); for D = 0 a single identity tap (vanilla attention)."""
+    def head_filters(self, which: Literal["key", "value"]) -> Tensor:
+        """The key filters H_K (`which="key"`, `k_struct`) or value filters H_V (`"value"`, `v_struct`) per
+        head, as (h, D, c, kT, kH, kW); for D = 0 a single identity tap (vanilla attention)."""
+        if which not in ("key", "value"):
+            raise ValueError(f"head_filters: which={which!r}; use 'key' or 'value'")
+        conv = self.k_struct if which == "key" else self.v_struct
         heads, c = self.num_heads, self.head_dim
         if conv is None:
             return self.qkv.weight.new_ones(heads, 1, c, 1, 1, 1)
@@ -295,8 +298,8 @@ class StructSA(nn.Module):
         heads, c = self.num_heads, self.head_dim
         t, h, w = grid
         q, k, v = self._split_qkv(x)
-        hk = self._head_filters(self.k_struct)  # (h, D, c, kT, kH, kW)
-        hv = self._head_filters(self.v_struct)
+        hk = self.head_filters("key")  # (h, D, c, kT, kH, kW)
+        hv = self.head_filters("value")
         d = hk.shape[1]
         kernel = tuple(hk.shape[-3:])
         pad = tuple(m // 2 for m in kernel)

@@ -153,6 +153,19 @@ def test_reference_maps_expose_the_per_head_tensors():
     assert maps.dynamic_kernels(query=7).shape == (3, 2, 12, 6, 3, 3, 3)
 
 
+def test_head_filters_are_the_structure_convolutions_per_head():
+    # 2 heads of 6 channels, D = 4: output channel c * D + d is filter d of channel c
+    m = _module(12, 2, 4, 1)
+    key, value = m.head_filters("key"), m.head_filters("value")
+    assert key.shape == value.shape == (2, 4, 6, 3, 3, 3)
+    torch.testing.assert_close(key[1, 3, 2], m.k_struct.weight[(6 + 2) * 4 + 3, 0])
+    torch.testing.assert_close(value[0, 1, 5], m.v_struct.weight[5 * 4 + 1, 0])
+    plain = _module(12, 2, 0, 1).head_filters("key")  # D = 0: one identity tap per channel
+    assert plain.shape == (2, 1, 6, 1, 1, 1) and bool((plain == 1).all())
+    with pytest.raises(ValueError, match="'key' or 'value'"):
+        m.head_filters("query")
+
+
 def test_attn_fp32_runs_attention_in_float32_under_bf16_autocast(monkeypatch):
     seen: list[torch.dtype] = []
     sdpa = F.scaled_dot_product_attention

@@ -32,6 +32,38 @@ def test_unknown_model_or_override_names_itself():
         build_model("x3d_m", structure_dim=2)
 
 
+def test_each_option_is_declared_by_the_network_and_offered_by_the_config():
+    """The overrides a name accepts are its network's constructor arguments minus the layout it fixes, and the
+    config's BackboneConfig offers exactly the options of the registered networks (`image` is code-only)."""
+    from dataclasses import fields
+
+    from src.models import model_options
+    from src.task import BackboneConfig
+
+    assert model_options("structvit_s") == {
+        "structure_dim",
+        "kv_stride",
+        "drop_path_rate",
+        "checkpoint_stages",
+        "attn_fp32",
+        "image",
+        "stem",
+        "struct_init",
+    }
+    assert model_options("pure_attention_tiny") == {
+        "structure_dim",
+        "kv_stride",
+        "struct_init",
+        "attn_fp32",
+        "pos_embed",
+        "num_frames",
+        "crop_size",
+    }
+    offered = {f.name for f in fields(BackboneConfig)} - {"variant"}
+    declared = set().union(*(model_options(name) for name in list_models())) - {"image"}
+    assert offered == declared
+
+
 def test_variants_follow_the_paper_layout():
     with torch.device("meta"):
         s = build_model("structvit_s", kv_stride=2)

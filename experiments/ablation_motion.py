@@ -11,7 +11,7 @@ time per step, the mean pairwise cosine similarity of each channel's D key filte
 after training, and the test accuracy with each channel's D filters replaced by their mean (a model that
 uses D distinct structures loses much; one that uses a single structure loses little).
 
-    python -m benchmarks.ablation_motion --data-root data --out benchmarks/results/ablation_motion.json \
+    python -m experiments.ablation_motion --data-root data --out experiments/results/ablation_motion.json \
         [--arms D0 D1-identity D4-shifted ...] [--seeds 0 1 2] [--steps 1000] [--jobs 2] [--doc BENCHMARKS.md]
 """
 
@@ -416,12 +416,12 @@ def finetune_table(results: list[dict], arms: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ablation_motion", description=__doc__.split("\n\n")[0]
+        prog="python -m experiments.ablation_motion", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--data-root", type=Path, default=Path("data"), help="the dots index goes to <root>/dots"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation_motion.json"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/ablation_motion.json"))
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=sorted(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     order = {(arm, seed): i for i, (arm, seed) in enumerate((x, y) for x in a.arms for y in a.seeds)}
     results.sort(key=lambda r: order[(r["arm"], r["seed"])])
     seconds = time.perf_counter() - start
-    command = "python -m benchmarks.ablation_motion " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.ablation_motion " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {
         "command": command,
         "seconds": round(seconds),

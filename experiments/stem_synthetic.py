@@ -10,7 +10,7 @@ to `size`; training is AdamW with a half-epoch linear warmup and cosine decay, l
 augmentation, one torch thread per arm, arms in parallel processes. Prints and stores validation top-1 per
 epoch; `--doc` writes the table into the "## Stem" section of BENCHMARKS.md.
 
-    python -m benchmarks.stem_synthetic [--stems patch conv] [--epochs 4] [--train 3000 --val 600]
+    python -m experiments.stem_synthetic [--stems patch conv] [--epochs 4] [--train 3000 --val 600]
                                         [--size 32 --frames 8] [--doc BENCHMARKS.md]
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablation_synthetic import write_section
+from benchmarks.tables import write_section
 from data_prep import synthetic
 from src.models import build_model
 
@@ -109,7 +109,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.stem_synthetic", description=__doc__.split("\n\n")[0]
+        prog="python -m experiments.stem_synthetic", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--stems", nargs="+", default=["patch", "conv"], choices=["patch", "conv"])
     parser.add_argument("--epochs", type=int, default=4)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--doc", type=Path, default=None, help="write the table into this file's '## Stem' section"
     )
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/stem_synthetic.json"))
+    parser.add_argument("--results", type=Path, default=Path("experiments/results/stem_synthetic.json"))
     args = parser.parse_args(argv)
     if args.train < args.batch or args.val < 1 or args.epochs < 1:
         parser.error(f"need --train >= --batch ({args.batch}), --val >= 1 and --epochs >= 1")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [_train_star(job) for job in jobs]
 
-    command = "python -m benchmarks.stem_synthetic " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.stem_synthetic " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + table(results), flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(

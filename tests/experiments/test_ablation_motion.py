@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.ablation_motion import ARMS, main
+from experiments.ablation_motion import ARMS, main
 from src.visualize import main as visualize
 
 
@@ -139,7 +139,7 @@ def test_motion_ablation_trains_each_arm_on_decoded_dots_and_writes_json_and_its
 
 
 def test_step_timing_gives_a_positive_median_per_arm():
-    from benchmarks.ablation_motion import step_times
+    from experiments.ablation_motion import step_times
 
     times = step_times(["D0", "D4-shifted"], batch=2, reps=1)
     assert set(times) == {"D0", "D4-shifted"} and all(t > 0 for t in times.values())

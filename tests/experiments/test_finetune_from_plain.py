@@ -1,4 +1,4 @@
-"""`benchmarks.finetune_from_plain`: the step-0 gap of each StructSA filter start against the plain-attention
+"""`experiments.finetune_from_plain`: the step-0 gap of each StructSA filter start against the plain-attention
 source it is built from, and the section it writes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.finetune_from_plain import FineTune, Gap, function_gap, section_text
+from experiments.finetune_from_plain import FineTune, Gap, function_gap, section_text
 from src.data.protocol import CHECKPOINT_KEY, EvalProtocol
 from src.task import BackboneConfig, VideoClassifier
 
@@ -39,9 +39,9 @@ def test_section_lists_the_gap_and_the_curve_per_start() -> None:
     runs = [FineTune("identity", s, f"r{s}", [0.90 + s / 100, 0.92], 0.93, 100.0) for s in (0, 1)]
     runs += [FineTune("shifted", 0, "r", [0.94, 0.95], 0.96, 120.0)]
     text = section_text(
-        Path("src.ckpt"), gaps, runs, "python -m benchmarks.finetune_from_plain ...", ["--x", "1"]
+        Path("src.ckpt"), gaps, runs, "python -m experiments.finetune_from_plain ...", ["--x", "1"]
     )
-    assert text.startswith("Command: `python -m benchmarks.finetune_from_plain ...`")
+    assert text.startswith("Command: `python -m experiments.finetune_from_plain ...`")
     assert "| identity | 1.00e-06 | 100.0 % | 93.0 % | 93.0 % |" in text
     assert "| identity | 2 | 90.5 ± 0.7 | 92.0 ± 0.0 | 93.0 ± 0.0 | 100 |" in text
     assert "| shifted | 1 | 94.0 | 95.0 | 96.0 | 120 |" in text

@@ -7,7 +7,7 @@ start this reports the function gap at step 0 (largest |logit difference| and to
 source on validation clips, and the top-1 of both), then fine-tunes through `python -m src.cli fit` with
 `--model.init_from` (several seeds) and reads the validation top-1 after every epoch and the test top-1.
 
-    python -m benchmarks.finetune_from_plain --source runs/ablation/D0/version_0/checkpoints/best-....ckpt \
+    python -m experiments.finetune_from_plain --source runs/ablation/D0/version_0/checkpoints/best-....ckpt \
         --data-root data --inits identity shifted random --seeds 0 1 --epochs 2 --doc BENCHMARKS.md
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.ablation_synthetic import fit_and_test
 from benchmarks.tables import write_section
-from src.demo import next_version, test_results
+from experiments.ablation_synthetic import fit_and_test
 from src.models.structsa import STRUCT_INITS
+from src.runs import next_version, test_results
 
 SECTION = "## Fine-tuning from plain attention"
 
@@ -56,7 +56,7 @@ class FineTune:
 
 def val_clips(root: Path, trained, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `limit` validation videos as the source's protocol makes them: (N*V, 3, T, H, W), labels (N,)."""
-    from src.data.datasets import read_split
+    from src.data.index import read_split
 
     entries, _ = read_split(root, "val", len(trained.class_names), limit=limit)
     views = [trained.read_views(e.path) for e in entries]
@@ -169,7 +169,7 @@ def section_text(source: Path, gaps: list[Gap], runs: list[FineTune], command: s
 def main(argv: list[str] | None = None) -> None:
     """Measure the gaps, fine-tune every start and seed, print and write the results."""
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.finetune_from_plain", description=__doc__.split("\n\n")[0]
+        prog="python -m experiments.finetune_from_plain", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--source", type=Path, required=True, help="checkpoint of a D = 0 run (src.cli fit)")
     p.add_argument(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--doc", type=Path, help="write the section into this file")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results/finetune_from_plain.json"))
+    p.add_argument("--results", type=Path, default=Path("experiments/results/finetune_from_plain.json"))
     args = p.parse_args(argv)
     from src.trained import load_trained
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds
         for init in args.inits
     ]
-    command = "python -m benchmarks.finetune_from_plain " + " ".join(
+    command = "python -m experiments.finetune_from_plain " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
     text = section_text(args.source, gaps, runs, command, budget)

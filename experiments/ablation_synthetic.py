@@ -7,7 +7,7 @@ time at the input, in training and in testing), each through `python -m src.cli 
 pairs, parameters, GFLOPs (src.models.flops) and train time to a results JSON and, with `--doc`, to the
 "## Ablation" section of BENCHMARKS.md.
 
-    python -m benchmarks.ablation_synthetic --data-root data --runs runs/ablation \
+    python -m experiments.ablation_synthetic --data-root data --runs runs/ablation \
         [--dims 0 1 4] [--seeds 0 1 2] [--epochs N] [--limit N] [--no-control] [--doc BENCHMARKS.md]
 
 The budget options (`--epochs`, `--limit`, `--frames`, `--size`) change every run alike; left unset,
@@ -32,10 +32,17 @@ import torch
 import yaml
 
 from benchmarks.tables import write_section
-from src.demo import CONFIG, REPO, best_checkpoint, next_version, prepare_data, run_cli, test_results
+from data_prep.synthetic import generate_dataset
 from src.models.structsa import STRUCT_INITS
+from src.paths import REPO_ROOT, configs_dir
+from src.runs import best_checkpoint, next_version, run_cli, test_results
 
 SECTION = "## Ablation"
+
+
+def synthetic_config() -> Path:
+    """configs/synthetic.yaml: the demo's recipe, which every run of the ablation starts from."""
+    return configs_dir() / "synthetic.yaml"
 
 
 class ShuffleFrames(pl.Callback):
@@ -172,7 +179,7 @@ def fit_and_test(
     `src.cli test` of its best checkpoint with the run's own config; returns (run folder, fit s, test s)."""
     run_dir = runs / name / f"version_{version}"
     common = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name]
-    fit = ["fit", "--config", str(CONFIG.relative_to(REPO)), "--data.root", str(index), *common]  # fmt: skip
+    fit = ["fit", "--config", str(synthetic_config().relative_to(REPO_ROOT)), "--data.root", str(index), *common]  # fmt: skip
     fit += ["--trainer.logger.init_args.version", str(version), "--seed_everything", str(seed)]  # fmt: skip
     fit += ["--data.seed", str(seed), "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
     train_s = run_cli(fit, threads=threads, log=run_dir.parent / f"version_{version}.fit.log")
@@ -197,7 +204,7 @@ def run_one(
     if arm.struct_init:
         extra += ["--model.backbone.struct_init", arm.struct_init]
     if arm.shuffle:
-        spec = {"class_path": "benchmarks.ablation_synthetic.ShuffleFrames", "init_args": {"seed": seed}}
+        spec = {"class_path": "experiments.ablation_synthetic.ShuffleFrames", "init_args": {"seed": seed}}
         extra += [f"--trainer.callbacks+={json.dumps(spec)}"]
     print(f"--- {arm.label}, seed {seed}: {runs / run_name(arm) / f'version_{version}'}", flush=True)
     run_dir, train_s, test_s = fit_and_test(run_name(arm), version, seed, index, runs, extra, threads)
@@ -258,7 +265,7 @@ def model_costs(dims: list[int], frames: int, size: int, num_classes: int) -> di
 
 def effective_budget(budget: list[str]) -> dict[str, Any]:
     """Epochs, frames, crop size, batch and train limit of the runs: configs/synthetic.yaml + the overrides."""
-    config = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(synthetic_config().read_text())
     values = {
         "epochs": config["trainer"]["max_epochs"],
         "frames": config["data"]["num_frames"],
@@ -296,7 +303,7 @@ def section_text(results: list[RunResult], costs: dict, budget: dict, command: s
             "is the share of those clips predicted as the time-reversal of their class (a model blind to frame order "
             "splits a pair about evenly, so about as many as it gets right). "
             "The control shuffles the frames of every clip in time at the input, in training and in testing "
-            "(`benchmarks.ablation_synthetic.ShuffleFrames`).",
+            "(`experiments.ablation_synthetic.ShuffleFrames`).",
             "",
             f"Command: `{command}` ({len(results)} trainings, {seconds / 60:.0f} min in all; {os.cpu_count()} CPU cores, "
             f"torch {torch.__version__}, load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}). Budget per run: "
@@ -315,7 +322,7 @@ def section_text(results: list[RunResult], costs: dict, budget: dict, command: s
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation grid; print the table; write results JSON and (with --doc) the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ablation_synthetic", description=__doc__.split("\n\n")[0]
+        prog="python -m experiments.ablation_synthetic", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DATA_ROOT") or "data"))
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--doc", type=Path, default=None, help="write the table into this file's '## Ablation' section"
     )
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablation_synthetic.json"))
+    parser.add_argument("--results", type=Path, default=Path("experiments/results/ablation_synthetic.json"))
     args = parser.parse_args(argv)
     if any(d < 0 for d in args.dims):
         parser.error(f"--dims must be >= 0, got {args.dims}")
@@ -372,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     start = time.perf_counter()
-    index, manifest, _ = prepare_data(args.data_root, fast=False, workers=os.cpu_count() or 1)
+    index = args.data_root / "synthetic"
+    manifest = generate_dataset(index, workers=os.cpu_count() or 1, progress=True)
     runs = args.runs.resolve()
     budget = budget_args(args.epochs, args.limit, args.frames, args.size, args.num_workers)
     plan = [
@@ -404,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = model_costs(
         sorted({r.structure_dim for r in results}), eff["frames"], eff["size"], manifest["num_classes"]
     )
-    command = "python -m benchmarks.ablation_synthetic " + " ".join(
+    command = "python -m experiments.ablation_synthetic " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     text = section_text(results, costs, eff, command, seconds)

@@ -1,0 +1,1 @@
+"""Training studies (ablations, fine-tuning, stem comparison) that write sections of BENCHMARKS.md."""
