@@ -187,22 +187,8 @@ def measure_kv(shape: KVShape, device: str, dtype: torch.dtype, *, reps: int, wa
     for name, fn in variants.items():
         params = [convs[2].weight] if name.startswith("fused") else [convs[0].weight, convs[1].weight]
         step = _train_step(fn, x, params)
-        rows.append(
-            {
-                "item": "kv_structure",
-                "shape": shape.label,
-                "D": shape.structure_dim,
-                "S": shape.kv_stride,
-                "variant": name,
-                "dtype": str(dtype),
-                "device": device,
-                "status": "ok",
-                "ms": round(_time(step, device, reps, warmup, False), 3),
-                "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
-                "rel_err_vs_current": errors[name],
-                "exact": errors[name] <= EXACT_REL,
-            }
-        )
+        where = {"item": "kv_structure", "shape": shape.label, "D": shape.structure_dim, "S": shape.kv_stride}
+        rows.append(_timed_row(where, name, dtype, device, step, reps, warmup, errors[name]))
     return _with_ratios(rows)
 
 
@@ -233,22 +219,26 @@ def measure_depthwise(
         conv = copy.deepcopy(conv32).to(dtype=dtype, memory_format=fmt)
         x = x32.detach().to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
         step = _train_step(variant(conv, fmt), x, [conv.weight, conv.bias])
-        rows.append(
-            {
-                "item": "depthwise",
-                "shape": shape.label,
-                "kernel": k,
-                "variant": name,
-                "dtype": str(dtype),
-                "device": device,
-                "status": "ok",
-                "ms": round(_time(step, device, reps, warmup, False), 3),
-                "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
-                "rel_err_vs_current": errors[name],
-                "exact": errors[name] <= EXACT_REL,
-            }
-        )
+        where = {"item": "depthwise", "shape": shape.label, "kernel": k}
+        rows.append(_timed_row(where, name, dtype, device, step, reps, warmup, errors[name]))
     return _with_ratios(rows)
+
+
+def _timed_row(
+    where: dict, name: str, dtype: torch.dtype, device: str, step, reps: int, warmup: int, error: float
+) -> dict:
+    """One variant's row: where it was measured, its time with cuDNN autotuning off and on, its agreement."""
+    return {
+        **where,
+        "variant": name,
+        "dtype": str(dtype),
+        "device": device,
+        "status": "ok",
+        "ms": round(_time(step, device, reps, warmup, False), 3),
+        "ms_cudnn_benchmark": round(_time(step, device, reps, warmup, True), 3),
+        "rel_err_vs_current": error,
+        "exact": error <= EXACT_REL,
+    }
 
 
 def _with_ratios(rows: list[dict]) -> list[dict]:
