@@ -1,4 +1,4 @@
-"""Tiny in-memory video batches in the DataModule's batch format, for tests of the task and callbacks."""
+"""Tiny in-memory video clips batched by the DataModule's own collate functions, for tests of the task and callbacks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from src.data.datasets import EvalCollate, collate_train
 
 NUM_CLASSES = 4
 
@@ -25,7 +27,13 @@ CLIP = (3, 8, 32, 32)
 
 
 class TinyClips(Dataset):
-    """`n` clips whose class is the sign pattern of their mean (learnable in a few steps); optional delay."""
+    """`n` clips whose class is the sign pattern of their mean (learnable in a few steps); optional delay.
+
+    Items are those of the project's dataset (src/data/datasets.py `VideoClipDataset`), so the loader below
+    batches them with its collate functions, the one definition of the batch format: a training item is
+    `video` (1, 3, T, H, W), `label` (1,), `index`, `decode_failures`; with `views` an evaluation item is
+    `video` (views, 3, T, H, W), `label`, `index`, `path` (`clip<i>.mp4`) and `failed`.
+    """
 
     def __init__(
         self, n: int = 8, views: int | None = None, nan_rows: tuple[int, ...] = (), delay: float = 0.0
@@ -42,6 +50,9 @@ class TinyClips(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def path(self, i: int) -> str:
+        return f"clip{i}.mp4"
+
     def __getitem__(self, i: int) -> dict:
         if self.delay:
             time.sleep(self.delay)
@@ -49,25 +60,23 @@ class TinyClips(Dataset):
         if i in self.nan_rows:
             video.fill_(float("nan"))
         if self.views:
-            video = torch.stack([video + 0.01 * v for v in range(self.views)])
-        return {"video": video, "label": self.labels[i], "index": torch.tensor(i)}
+            views = torch.stack([video + 0.01 * v for v in range(self.views)])
+            return {
+                "failed": False,
+                "video": views,
+                "label": int(self.labels[i]),
+                "index": i,
+                "path": self.path(i),
+            }
+        return {"video": video[None], "label": self.labels[i : i + 1], "index": i, "decode_failures": 0}
 
 
-def collate_train(items: list[dict]) -> dict:
-    """Stack clips; `decode_failures` is a scalar per batch as in the DataModule contract."""
-    batch = {key: torch.stack([item[key] for item in items]) for key in ("video", "label", "index")}
-    batch["decode_failures"] = torch.tensor(0)
-    return batch
-
-
-def collate_eval(items: list[dict]) -> dict:
-    """Stack (V, 3, T, H, W) views; no failures."""
-    batch = {key: torch.stack([item[key] for item in items]) for key in ("video", "label", "index")}
-    batch["failed_index"] = torch.zeros(0, dtype=torch.long)
-    return batch
-
-
-def loader(dataset: TinyClips, batch_size: int = 4, shuffle: bool = False) -> DataLoader:
-    """A DataLoader with the collate function that matches the dataset (train or eval)."""
-    collate = collate_eval if dataset.views else collate_train
+def loader(
+    dataset: TinyClips, batch_size: int = 4, shuffle: bool = False, predict: bool = False
+) -> DataLoader:
+    """A DataLoader with the project's collate for the dataset's items: train, eval, or predict (`predict`)."""
+    if dataset.views:
+        collate = EvalCollate((dataset.views, *CLIP), predict=predict)
+    else:
+        collate = collate_train
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)

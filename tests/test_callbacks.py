@@ -69,7 +69,7 @@ def test_throughput_window_must_be_positive():
 
 def test_frame_grid_undoes_normalisation_and_lays_out_one_row_per_clip():
     video = torch.full((3, 3, 8, 16, 16), (0.5 - 0.45) / 0.225)  # grey 0.5 after normalisation
-    grid = frame_grid(video, max_clips=2, max_frames=4)
+    grid = frame_grid(video, (0.45,) * 3, (0.225,) * 3, max_clips=2, max_frames=4)
     assert grid.shape == (3, 2 * 17 + 1, 4 * 17 + 1)  # 2 rows x 4 frames, 1 px padding
     assert torch.allclose(grid[:, 1:17, 1:17], torch.full((3, 16, 16), 0.5), atol=1e-6)
 
@@ -109,13 +109,7 @@ PREDICT_PATHS = [f"clip{i}.mp4" for i in range(3)]
 def predict_three_clips(trainer: pl.Trainer, task: VideoClassifier) -> TinyClips:
     """Predict 3 tiny clips of 2 views each, named PREDICT_PATHS; returns the dataset."""
     data = TinyClips(3, views=2)
-
-    def collate(items):
-        videos = torch.stack([it["video"] for it in items])
-        return {"video": videos, "path": [PREDICT_PATHS[int(it["index"])] for it in items]}
-
-    loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate)
-    trainer.predict(task, loader, return_predictions=False)
+    trainer.predict(task, loader(data, batch_size=2, predict=True), return_predictions=False)
     return data
 
 
@@ -142,10 +136,11 @@ def test_prediction_writer_puts_predictions_and_features_beside_the_checkpoints_
     assert [r["path"] for r in records] == PREDICT_PATHS and all("embedding" not in r for r in records)
     features = np.load(run / "predictions.features.npy")
     assert (run / "predictions.features.txt").read_text().splitlines() == PREDICT_PATHS
-    with torch.no_grad():
-        embedding, _ = task.embed_and_classify(data[1]["video"])
-    assert features.shape == (3, embedding.shape[1])
-    np.testing.assert_allclose(features[1], embedding.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the backbone's features pooled over time and space (the head's input), per view
+        pooled = task.backbone.forward_features(data[1]["video"]).mean(dim=(2, 3, 4))
+        torch.testing.assert_close(task.backbone.head(pooled), task(data[1]["video"]), rtol=1e-5, atol=1e-6)
+    assert features.shape == (3, pooled.shape[1])
+    np.testing.assert_allclose(features[1], pooled.mean(0).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_first_batch_grid_goes_to_tensorboard_once(tmp_path):

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,93 +21,16 @@ import torch
 import yaml
 from task_fixtures import OneThread
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.cli_runs import CPU, ROOT, TINY, env, ok, run_args, run_cli, run_cli_together
+from tests.helpers.signal_sync import wait_for_markers
+
 DATASET_CONFIGS = ["k400", "ssv1", "ssv2", "diving48", "gym99", "gym288", "synthetic"]
-TINY = [
-    "--data.dataset",
-    "synthetic",
-    "--data.num_frames",
-    "8",
-    "--data.crop_size",
-    "32",
-    "--data.batch_size",
-    "2",
-    "--data.num_workers",
-    "0",
-    "--data.test_views",
-    "[2, 1]",
-    "--model.init_from",
-    "null",
-]
-CPU = [
-    "--trainer.accelerator",
-    "cpu",
-    "--trainer.devices",
-    "1",
-    "--trainer.strategy",
-    "auto",
-]  # bar and summary on
-
-
-def env() -> dict[str, str]:
-    """One torch thread per process: on a shared 2-core machine more threads only thrash."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def run_cli(
-    *args: str, timeout: int = 300, cwd: Path = ROOT, **extra_env: str
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "src.cli", *args],
-        cwd=cwd,
-        env={**env(), **extra_env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    )
-    return result
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> Path:
-    """14 classes, 8 train / 4 val / 4 test H.264 clips of 8 frames at 32x32 (the synthetic generator)."""
-    from data_prep.synthetic import generate_dataset
-
-    out = tmp_path_factory.mktemp("index") / "synthetic"
-    generate_dataset(out, train=8, val=4, test=4, frames=8, size=32)
-    return out
-
-
-def run_args(index: Path, runs: Path, name: str, version: str | None = None) -> list[str]:
-    args = [
-        "--config",
-        "configs/synthetic.yaml",
-        *TINY,
-        *CPU,
-        "--data.root",
-        str(index),
-        "--trainer.logger.init_args.save_dir",
-        str(runs),
-        "--trainer.logger.init_args.name",
-        name,
-        "--trainer.default_root_dir",
-        str(runs / name),
-        "--trainer.log_every_n_steps",
-        "1",
-        "--throughput.window",
-        "2",
-        "--model.warmup_epochs",
-        "1",
-    ]
-    if version:
-        args += ["--trainer.logger.init_args.version", version]
-    return args
+def index(tiny_index) -> Path:
+    """The session's tiny synthetic index (tests/conftest.py): 14 classes, 8 / 4 / 4 clips."""
+    return tiny_index
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -351,35 +273,16 @@ def test_missing_init_checkpoint_is_a_clear_error(index, tmp_path):
 
 # ------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def fitted(index, tmp_path_factory) -> Path:
-    """One fit of 2 epochs (4 steps each) through the CLI, in bf16 mixed precision; returns the run folder."""
-    runs = tmp_path_factory.mktemp("runs")
-    ok(
-        run_cli(
-            "fit",
-            *run_args(index, runs, "e2e", "fit"),
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.precision",
-            "bf16-mixed",
-        )
-    )
-    return runs / "e2e" / "fit"
+def fitted(tiny_run) -> Path:
+    """The session's run (tests/conftest.py): one fit of 2 epochs (4 steps each) through the CLI in bf16 mixed
+    precision. Read-only: tests that write beside its checkpoint copy it first."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def tested(fitted, index) -> Path:
-    """`test` of the fitted checkpoint in one process; returns its run folder (confusion matrix etc.)."""
-    runs = fitted.parent.parent
-    ok(
-        run_cli(
-            "test",
-            *run_args(index, runs, "e2e", "test"),
-            "--ckpt_path",
-            str(fitted / "checkpoints" / "last.ckpt"),
-        )
-    )
-    return runs / "e2e" / "test"
+def tested(tiny_tested) -> Path:
+    """`test` of the fitted checkpoint in one process; its run folder (confusion matrix etc.)."""
+    return tiny_tested
 
 
 @pytest.mark.slow
@@ -435,9 +338,14 @@ def test_fit_saves_config_checkpoints_and_tensorboard_scalars(fitted):
 
 
 @pytest.mark.slow
-def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
-    runs = fitted.parent.parent
-    ckpt = str(fitted / "checkpoints" / "last.ckpt")
+def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    run = shutil.copytree(
+        fitted, runs / "e2e" / "fit"
+    )  # the prediction is written beside the checkpoint's run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
     out = tested
     rows = list(csv.reader(open(out / "confusion_matrix.csv")))
     assert len(rows) == 15 and sum(int(v) for r in rows[1:] for v in r[1:]) == 4  # 4 test videos, once each
@@ -450,24 +358,24 @@ def test_test_validate_and_predict_from_the_checkpoint(fitted, tested, index):
     assert {"test/top1", "test/single_view/top1", "test/mean_class"} <= set(events.Tags()["scalars"])
     assert "test/confusion_matrix" in events.Tags()["images"]
 
-    result = ok(run_cli("validate", *run_args(index, runs, "e2e", "validate"), "--ckpt_path", ckpt))
-    assert "val/top1" in result.stdout
-
     video = next(index.glob("val/**/*.mp4")) if (index / "val").is_dir() else next(index.rglob("*.mp4"))
-    ok(
-        run_cli(
+    validated, predicted = run_cli_together(
+        ["validate", *run_args(index, runs, "e2e", "validate"), "--ckpt_path", ckpt],
+        [
             "predict",
             *run_args(index, runs, "e2e", "predict"),
             "--ckpt_path",
             ckpt,
             "--data.predict_path",
             str(video),
-        )
+        ],
     )
+    assert "val/top1" in ok(validated).stdout
+    ok(predicted)
     assert not (
         runs / "e2e" / "predict"
     ).exists()  # a prediction makes no run folder: it goes beside the checkpoint's
-    records = [json.loads(line) for line in (fitted / "predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     classes = (index / "classes.txt").read_text().split()
     assert len(records) == 1 and records[0]["path"].endswith(video.name)
     top5 = records[0]["top5"]
@@ -491,39 +399,21 @@ def test_predict_records_every_file_of_a_folder_even_when_some_fail(fitted, inde
     shutil.copy(videos[1], folder / "c.mp4")
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
     out = tmp_path / "predictions.jsonl"
-    result = ok(
-        run_cli(
-            "predict",
-            *run_args(index, tmp_path, "pred"),
-            "--ckpt_path",
-            ckpt,
-            "--data.batch_size",
-            "1",
-            "--data.predict_path",
-            str(folder),
-            "--predict_writer.output",
-            str(out),
-        )
-    )
+    single = tmp_path / "single.jsonl"
+    result, single_result = run_cli_together(
+        ["predict", *run_args(index, tmp_path, "pred"), "--ckpt_path", ckpt, "--data.batch_size", "1",
+         "--data.predict_path", str(folder), "--predict_writer.output", str(out)],
+        ["predict", *run_args(index, tmp_path, "pred1"), "--ckpt_path", ckpt,
+         "--data.predict_path", str(folder / "b broken.mp4"), "--predict_writer.output", str(single)],
+    )  # fmt: skip
+    ok(result)
     records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
     assert sorted(records) == ["a clip ü 1.mp4", "b broken.mp4", "c.mp4"]
     assert len(records["a clip ü 1.mp4"]["top5"]) == 5 and len(records["c.mp4"]["top5"]) == 5
     assert "top5" not in records["b broken.mp4"] and records["b broken.mp4"]["error"]
     assert "predicted 2 of 3 videos; 1 failed" in result.stdout + result.stderr
 
-    single = tmp_path / "single.jsonl"
-    result = ok(
-        run_cli(
-            "predict",
-            *run_args(index, tmp_path, "pred1"),
-            "--ckpt_path",
-            ckpt,
-            "--data.predict_path",
-            str(folder / "b broken.mp4"),
-            "--predict_writer.output",
-            str(single),
-        )
-    )
+    result = ok(single_result)
     (record,) = map(json.loads, single.read_text(encoding="utf-8").splitlines())
     assert record["path"].endswith("b broken.mp4") and record["error"]
     assert "predicted 0 of 1 videos; 1 failed" in result.stdout + result.stderr
@@ -585,12 +475,16 @@ def test_predict_needs_only_the_checkpoint_and_writes_features_beside_it(fitted,
     assert (
         features.shape == (3, 192) and features.dtype == np.float32 and paths == [r["path"] for r in records]
     )
-    trained = load_trained(
-        ckpt
-    )  # the row of a video is its pre-logit embedding, averaged over the test views
+    # the row of a video is its pre-logit embedding (the backbone's features pooled over time and space, what
+    # the classifier head reads), averaged over the test views; computed here without the predict code path
+    trained = load_trained(ckpt)
+    backbone = trained.module.backbone
+    views = trained.read_views(clips / "1.mp4")  # the predict loader's views (tests/test_trained.py)
     with torch.no_grad():
-        embedding, logits = trained.module.embed_and_classify(trained.read_views(clips / "1.mp4"))
-    np.testing.assert_allclose(features[1], embedding.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+        pooled = backbone.forward_features(views).mean(dim=(2, 3, 4))  # (V, C)
+        logits = backbone(views)
+        torch.testing.assert_close(backbone.head(pooled), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(features[1], pooled.mean(0).numpy(), rtol=1e-4, atol=1e-5)
     top = logits.softmax(-1).mean(0).argmax().item()
     assert records[1]["top5"][0]["index"] == top
 
@@ -627,64 +521,72 @@ def test_a_checkpoint_tested_on_an_index_with_other_class_order_is_refused(fitte
     names[:2] = names[1::-1]  # the same names, the first two swapped
     (other / "classes.txt").write_text("\n".join(names))
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
-    result = run_cli("test", *run_args(other, tmp_path, "swap"), "--ckpt_path", ckpt)
-    assert result.returncode != 0
-    assert "first difference at label 0: checkpoint 'move_right', index 'move_left'" in result.stderr, (
-        result.stderr[-3000:]
-    )
-    ok(
-        run_cli(
+    result, ignored = run_cli_together(
+        ["test", *run_args(other, tmp_path, "swap"), "--ckpt_path", ckpt],
+        [
             "test",
             *run_args(other, tmp_path, "swap2"),
             "--ckpt_path",
             ckpt,
             "--model.ignore_class_mismatch",
             "true",
-        )
+        ],
     )
+    assert result.returncode != 0
+    assert "first difference at label 0: checkpoint 'move_right', index 'move_left'" in result.stderr, (
+        result.stderr[-3000:]
+    )
+    ok(ignored)
 
 
 # ------------------------------------------------------------------------------------- resume
+def hold_at_step(step: int, markers: Path) -> str:
+    """The `--trainer.callbacks+=` value that holds the run after `step` until it has received SIGTERM."""
+    return json.dumps(
+        {
+            "class_path": "tests.helpers.signal_sync.WaitForSigtermAt",
+            "init_args": {"step": step, "marker_dir": str(markers)},
+        }
+    )
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sigterm_mid_epoch_then_ckpt_path_last_ends_at_the_uninterrupted_step(index, tmp_path):
+    """SIGTERM after step 6, in the middle of epoch 1 (4 steps per epoch): last.ckpt holds step 6 and
+    `--ckpt_path last` ends at step 12, as without the interruption. The run waits at step 6 for the signal
+    (tests/helpers/signal_sync.py), so the step is exact."""
+    markers = tmp_path / "markers"
     args = [
         "fit",
         *run_args(index, tmp_path, "resume"),
         "--trainer.max_epochs",
         "3",
-        "--trainer.enable_progress_bar",
-        "true",
         "--trainer.num_sanity_val_steps",
         "0",
-        "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
-    ]  # its lines are parsed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "src.cli", *args],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-    seen = []
-
-    def watch():  # progress bar lines end in \r: read characters, kill on "Epoch 1: ... 2/4"
-        buffer = ""
-        while ch := proc.stdout.read(1):
-            buffer += ch
-            if re.search(r"Epoch 1: +\d+%\S* *\| *[12]/4", buffer) and not seen:
-                seen.append(buffer)
+        f"--trainer.callbacks+={hold_at_step(6, markers)}",
+    ]
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "src.cli", *args],
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            reached = wait_for_markers(markers, 1, proc)
+            if reached:
                 proc.send_signal(signal.SIGTERM)
-
-    reader = threading.Thread(target=watch, daemon=True)
-    reader.start()
-    proc.wait(timeout=300)
-    reader.join(timeout=10)
-    assert seen, "the run never reached the middle of epoch 1"
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    output = log.read_text()
+    assert reached, f"the run never reached step 6\n{output[-3000:]}"
+    assert "SIGTERM: saved" in output and "at global step 6" in output, output[-3000:]
     last = tmp_path / "resume" / "version_0" / "checkpoints" / "last.ckpt"
-    interrupted_step = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
-    assert 4 < interrupted_step < 8  # mid-epoch 1 (4 steps per epoch)
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 6
 
     ok(
         run_cli(
@@ -710,13 +612,16 @@ def test_a_refused_or_truncated_ckpt_path_is_named_with_the_fix(fitted, index, t
     good = fitted / "checkpoints" / "last.ckpt"
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    result = run_cli("test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(truncated))
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "hook": Path("/")}, hostile)  # a pickled object: loading it would run code
+    result, hostile_result = run_cli_together(
+        ["test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(truncated)],
+        ["test", *run_args(index, tmp_path, "bad2"), "--ckpt_path", str(hostile)],
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"{truncated}: truncated or corrupt" in result.stderr
 
-    hostile = tmp_path / "hostile.ckpt"
-    torch.save({"state_dict": {}, "hook": Path("/")}, hostile)  # a pickled object: loading it would run code
-    result = run_cli("test", *run_args(index, tmp_path, "bad"), "--ckpt_path", str(hostile))
+    result = hostile_result
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert (
         f"{hostile}: refused by the safe checkpoint loader" in result.stderr and "PosixPath" in result.stderr
@@ -733,10 +638,11 @@ def test_ckpt_path_last_skips_a_corrupt_newest_last_ckpt(fitted, index, tmp_path
     older.mkdir(parents=True)
     newer.mkdir(parents=True)
     shutil.copy(fitted / "checkpoints" / "last.ckpt", older / "last.ckpt")
-    time.sleep(0.05)
     (newer / "last.ckpt").write_bytes(
         (older / "last.ckpt").read_bytes()[:4096]
     )  # a save cut short by a full disk
+    written = (older / "last.ckpt").stat().st_mtime
+    os.utime(newer / "last.ckpt", (written + 60, written + 60))  # written a minute after the intact one
     result = ok(
         run_cli(
             "fit",
@@ -772,11 +678,11 @@ def confusion(path: Path) -> list[list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ddp_processes_and_torchrun_nodes_test_like_a_single_process(fitted, tested, index):
+def test_ddp_processes_and_torchrun_nodes_test_like_a_single_process(fitted, tested, index, tmp_path):
     """`test` with two processes of one node and with two torchrun "nodes", launched together (both are
     small; together they take little more wall time than one): each gives the single process's confusion
     matrix. `fit` under DDP (progress bars, workers, faults) is tested in tests/test_ddp.py."""
-    runs = fitted.parent.parent
+    runs = tmp_path
     ckpt = str(fitted / "checkpoints" / "last.ckpt")
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--ckpt_path", ckpt]
     launch = dict(cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from task_fixtures import OneThread
-from test_cli import env, ok, run_args
+
+from tests.helpers.cli_runs import env, ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,38 +37,14 @@ def printed_max_diff(stdout: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """structvit_xs (D = 4) fitted one epoch on a tiny synthetic index by `python -m src.cli fit` (~20 s)."""
-    from data_prep.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("export")
-    index = root / "synthetic"
-    generate_dataset(index, train=8, val=4, test=4, frames=8, size=32)
-    ok(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "src.cli",
-                "fit",
-                *run_args(index, root / "runs", "xs"),
-                "--trainer.max_epochs",
-                "1",
-            ],
-            cwd=ROOT,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    )
-    path = root / "runs" / "xs" / "version_0" / "checkpoints" / "last.ckpt"
-    assert path.is_file()
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    """structvit_xs (D = 4) fitted 2 epochs on the tiny synthetic index by `python -m src.cli fit`: the
+    session's run (tests/conftest.py), read-only."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def uniformer_checkpoint(checkpoint: Path) -> Path:
+def uniformer_checkpoint(checkpoint: Path, tmp_path_factory) -> Path:
     """The same run as a UniFormer (structure_dim 0): the checkpoint file with the StructSA filters taken out
     and the backbone config saying D = 0, as a D = 0 fit would have written it (saves a second training)."""
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -75,7 +52,7 @@ def uniformer_checkpoint(checkpoint: Path) -> Path:
     payload["state_dict"] = {
         k: v for k, v in payload["state_dict"].items() if ".k_struct." not in k and ".v_struct." not in k
     }
-    path = checkpoint.with_name("uniformer.ckpt")
+    path = tmp_path_factory.mktemp("uniformer") / "uniformer.ckpt"
     torch.save(payload, path)
     return path
 
@@ -208,7 +185,8 @@ def test_corrupt_foreign_and_missing_files_fail_with_the_file_and_the_fix(
         truncated: "truncated or corrupt",
         foreign: "not a checkpoint written by this project",
         tmp_path / "missing.ckpt": "does not exist",
-        text: "checkpoint",
+        # the safe unpickler stops at the text's first byte, an opcode it does not allow
+        text: "refused by the safe checkpoint loader",
     }
     for path, reason in cases.items():
         assert main(["--ckpt", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 1

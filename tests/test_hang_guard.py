@@ -18,13 +18,9 @@ BASE = ["--config", "configs/synthetic.yaml", "--trainer.accelerator", "cpu", "-
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> Path:
-    """The DataModule reads the class list at instantiation: a tiny synthetic index."""
-    from data_prep.synthetic import generate_dataset
-
-    out = tmp_path_factory.mktemp("index") / "synthetic"
-    generate_dataset(out, train=2, val=1, test=1, frames=8, size=32)
-    return out
+def index(tiny_index) -> Path:
+    """The DataModule reads the class list at instantiation: the session's tiny synthetic index."""
+    return tiny_index
 
 
 @pytest.fixture

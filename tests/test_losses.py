@@ -87,10 +87,18 @@ def test_cutmix_pastes_one_box_through_all_frames_and_labels_follow_the_area():
     assert targets[0, 0].item() == pytest.approx(1 - area, abs=1e-6)
 
 
-def test_cutmix_box_covers_about_one_minus_lambda():
-    y0, y1, x0, x1 = cutmix_box(100, 100, lam=0.75, generator=torch.Generator().manual_seed(0))
-    assert (y1 - y0) * (x1 - x0) <= 100 * 100 * 0.25 + 1
-    assert 0 <= y0 <= y1 <= 100 and 0 <= x0 <= x1 <= 100
+def test_cutmix_box_covers_one_minus_lambda_unless_the_frame_edge_clips_it():
+    """lam = 0.75: a 50 x 50 box (a quarter of the 100 x 100 frame) around a uniform centre; a side is shorter
+    only where the frame's edge cuts it, and never below half (the centre lies in the frame)."""
+    generator = torch.Generator().manual_seed(0)
+    boxes = [cutmix_box(100, 100, lam=0.75, generator=generator) for _ in range(200)]
+    for y0, y1, x0, x1 in boxes:
+        assert 0 <= y0 < y1 <= 100 and 0 <= x0 < x1 <= 100
+        for low, high in ((y0, y1), (x0, x1)):
+            assert 25 <= high - low <= 50
+            assert high - low == 50 or low == 0 or high == 100
+    whole = sum((y1 - y0) * (x1 - x0) == 100 * 100 * 0.25 for y0, y1, x0, x1 in boxes)
+    assert 25 <= whole <= 90  # the centre falls in the middle half of both axes about a quarter of the time
 
 
 def test_disabled_mixing_returns_the_clips_and_smoothed_labels():

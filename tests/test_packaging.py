@@ -61,9 +61,25 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     assert any(r.startswith("-e .") for r in pip_section), "environment.yml must install the project itself"
 
 
-def test_torch_pins_match_the_wheels_on_disk():
-    deps = {_normalise(r) for r in _pyproject()["project"]["dependencies"]}
-    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+def test_the_installed_packages_are_the_pinned_versions():
+    """Every `name==version` pin of pyproject (dependencies and the dev extra) is what this environment runs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    project = _pyproject()["project"]
+    pins = [_normalise(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    exact = dict(
+        re.fullmatch(r"([a-z0-9-]+)(?:\[[^\]]*\])?==([^;]+)", pin).groups() for pin in pins if "==" in pin
+    )
+    assert {"torch", "torchvision", "lightning"} <= set(exact)
+    wrong = {}
+    for name, pinned in exact.items():
+        try:
+            installed = version(name).split("+")[0]  # a local build tag (+cpu, +cu128) is the same release
+        except PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            wrong[name] = (pinned, installed)
+    assert not wrong, f"pinned vs installed: {wrong}"
 
 
 def test_ci_runs_the_readme_test_command():
