@@ -50,11 +50,13 @@ install: ## Create .venv and install the project with its dev, export and torchc
 		echo "install: $(VENV) ready"; \
 	fi
 
-test: install ## Run the whole test suite (installs first); non-zero exit on any failure
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+PYTEST_WORKERS ?= 2# pytest-xdist workers; each test file stays on one worker (--dist loadfile)
+
+test: install ## Run the whole test suite on PYTEST_WORKERS workers (installs first); non-zero exit on any failure
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: install ## Run the test suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## Check the code with ruff (lint rules and formatting) and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check src data_prep benchmarks experiments tests
