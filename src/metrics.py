@@ -188,9 +188,9 @@ def confusion_figure(matrix: Tensor, class_names: Sequence[str]):
     image = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if k <= 60:
-        ax.set_xticks(range(k), labels=class_names, rotation=90, fontsize=6)
-        ax.set_yticks(range(k), labels=class_names, fontsize=6)
+    if k <= 60:  # names are data: parse_math=False keeps "$", "_", "^" literal (a "$" pair is mathtext otherwise)
+        ax.set_xticks(range(k), labels=class_names, rotation=90, fontsize=6, parse_math=False)
+        ax.set_yticks(range(k), labels=class_names, fontsize=6, parse_math=False)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig

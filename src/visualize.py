@@ -386,7 +386,7 @@ def plot_correlation(maps: StructureMaps) -> Figure:
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"t={t}", fontsize=7)
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
-    fig.suptitle("query-key correlation  " + maps.title, fontsize=8)
+    fig.suptitle("query-key correlation  " + maps.title, fontsize=8, parse_math=False)
     return fig
 
 
@@ -414,7 +414,9 @@ def plot_structural_attention(maps: StructureMaps) -> Figure:
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
     total = float(maps.attention.sum())
     fig.suptitle(
-        f"structural attention (joint softmax, sum over j,d = {total:.3f})  " + maps.title, fontsize=8
+        f"structural attention (joint softmax, sum over j,d = {total:.3f})  " + maps.title,
+        fontsize=8,
+        parse_math=False,
     )
     return fig
 
@@ -446,7 +448,7 @@ def _plot_filters(maps: StructureMaps, filters: Tensor, symbol: str, what: str) 
     layer = (
         maps.title.split(" head ")[0] if " head " in maps.title else f"stage {maps.stage} block {maps.block}"
     )
-    fig.suptitle(f"{what}, {layer} head {maps.head}", fontsize=8)
+    fig.suptitle(f"{what}, {layer} head {maps.head}", fontsize=8, parse_math=False)
     return fig
 
 
@@ -473,7 +475,11 @@ def plot_dynamic_kernel(maps: StructureMaps) -> Figure:
     for t, ax in enumerate(axes[0]):
         ax.set_title(f"dt={t - kt // 2}", fontsize=7)
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.04, pad=0.02)
-    fig.suptitle("dynamic kernel sum_d A_iid H_V[:,d,c] (mean over head channels)\n" + maps.title, fontsize=7)
+    fig.suptitle(
+        "dynamic kernel sum_d A_iid H_V[:,d,c] (mean over head channels)\n" + maps.title,
+        fontsize=7,
+        parse_math=False,
+    )
     return fig
 
 
@@ -494,7 +500,7 @@ def plot_vanilla(maps: StructureMaps) -> Figure:
         query_grid=maps.query_grid,
     )
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
-    fig.suptitle("vanilla attention (D=0 twin, same weights)  " + maps.title, fontsize=8)
+    fig.suptitle("vanilla attention (D=0 twin, same weights)  " + maps.title, fontsize=8, parse_math=False)
     return fig
 
 
@@ -565,7 +571,7 @@ def plot_overview(maps: StructureMaps) -> Figure:
     kernel_axes[0].set_ylabel("")
     for t, ax in enumerate(kernel_axes):
         ax.set_title(f"kappa_ii dt={t - kt // 2}", fontsize=7)
-    fig.suptitle(maps.title, fontsize=9)
+    fig.suptitle(maps.title, fontsize=9, parse_math=False)
     return fig
 
 

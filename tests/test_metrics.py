@@ -61,3 +61,28 @@ def test_report_files(tmp_path):
     figure = confusion_figure(matrix, ["push", "pull"])
     figure.savefig(tmp_path / "cm.png")
     assert (tmp_path / "cm.png").stat().st_size > 1000
+
+
+# Names a hand-made index may hold; a "$" pair is mathtext to matplotlib unless the text is marked as plain.
+AWKWARD_NAMES = [
+    "$_$ price",
+    "50% off",
+    'say "hi"',
+    "it's",
+    "x^2_y",
+    "back\\slash",
+    "non\u00a0breaking",
+    "two\nlines",
+]
+
+
+def test_class_names_are_drawn_as_written_never_as_markup(tmp_path):
+    k = len(AWKWARD_NAMES)
+    figure = confusion_figure(torch.eye(k, dtype=torch.long), AWKWARD_NAMES)
+    figure.savefig(tmp_path / "cm.png")  # mathtext parsing raised ParseSyntaxException here for "$_$ price"
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == AWKWARD_NAMES
+    assert [t.get_text() for t in axes.get_yticklabels()] == AWKWARD_NAMES
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    write_confusion_csv(tmp_path / "cm.csv", torch.eye(k, dtype=torch.long), AWKWARD_NAMES)
+    assert list(csv.reader(open(tmp_path / "cm.csv", newline="")))[0][1:] == AWKWARD_NAMES

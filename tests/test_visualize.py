@@ -32,8 +32,10 @@ from src.visualize import (
     load_clip,
     load_model,
     main,
+    make_figures,
     plot_dynamic_kernel,
     plot_structural_attention,
+    save_figures,
     vanilla_twin,
 )
 from src.viz_callback import StructureVisualizer
@@ -378,3 +380,18 @@ def test_callback_added_on_the_command_line_as_the_docs_show_logs_the_figures(ti
         assert all(im.width > 50 and im.height > 50 for im in images)
         picture = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("L"), float)
         assert picture.std() > 5, f"{tag} is blank"
+
+
+def test_a_predicted_class_name_with_markup_characters_is_shown_as_written(
+    clip, xs_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    """Class names are data: "$...$" in a name is no mathtext (it raised a parse error at savefig before)."""
+    frames, video = clip
+    names = ["$_$ price", "50% off_x^2", "non\u00a0breaking"]
+    maps = compute_structure_maps(
+        xs_model, video, stage=3, block=-1, head=0, frames=frames, class_names=names
+    )
+    assert any(name in maps.title for name in names)
+    figures = make_figures(maps)
+    paths = save_figures(figures, tmp_path, dpi=30)
+    assert len(paths) == len(figures) and all(p.stat().st_size > 1000 for p in paths)
