@@ -5,12 +5,21 @@ Layouts of SRC (found automatically; `--layout` forces one):
   splits   SRC/{train,val,test}/<class>/<video>  the folders give the split; a missing (or empty) val/ or
                                                  test/ is drawn from train/ like the classes layout draws it
 A video is a file whose suffix is one of `src.data.datasets.VIDEO_SUFFIXES`, at any depth inside its class folder,
-or a folder of JPEG frames (`00001.jpg, 00002.jpg, ...`: a folder holding .jpg files is one video).
+or a folder of JPEG frames (`00001.jpg, 00002.jpg, ...`): a folder is one frame video only when it holds frames
+and nothing that is a video (no video file, no sub-folder); a folder holding videos and images is a folder of
+videos, its images skipped and reported.
+
+Links. Each real file is indexed once, in one split. A link whose target lies inside SRC is not followed: the
+target is indexed at its own place, with the label (and split folder) of its own class folder. A link out of
+SRC is followed, and what it reaches is labelled by the class folder holding the link; a second path to a file
+or folder already found (a loop, a second link), a broken link and a link to a folder holding SRC are not
+followed. Every link not followed is printed with its target and reason, and listed in `skipped`.
 
 Classes are the sorted names of the class folders that hold at least one video; in the splits layout the
 classes are those of train/, a class folder in val/ or test/ that train/ lacks is an error, and a train class
 that val/ or test/ lacks is reported (`classes_missing` in manifest.json). Hidden entries, non-video files,
-empty class folders and files outside a class folder are skipped and reported (`skipped` in manifest.json).
+empty class folders, files outside a class folder and links not followed are skipped and reported (`skipped` in
+manifest.json). A class folder name is written to classes.txt exactly; one holding a line break is refused.
 
 Every video is probed (frame count and fps, cached in the CSVs) before the split; one that fails is left out,
 listed with its reason under `failed` in manifest.json (key `unsplit` in the classes layout, the split folder's
@@ -41,14 +50,14 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.common import parse_with_common_args, probe_summary
 from data_prep.media import probe_many
 from src.data.datasets import VIDEO_SUFFIXES
 from src.data.decoding import JPEG_SUFFIXES, VideoInfo
-from src.data.index import SPLITS, IndexRow, write_index
+from src.data.index import SPLITS, IndexRow, class_name_problem, write_index
 
 log = logging.getLogger("data_prep.folder")
 LINK = "videos"  # OUT/videos -> SRC
@@ -82,91 +91,210 @@ class Scan:
     skipped: list[dict]
     classes: list[str]
     split_folders: list[str]
+    links_followed: list[dict] = field(default_factory=list)  # links out of SRC: {"id", "target"}
 
 
 # ------------------------------------------------------------------------------------------------ scan
-def _has_jpegs(folder: Path) -> bool:
+@dataclass
+class _Walk:
+    """One walk of SRC: what it skipped, the links it followed and the real path of everything it found."""
+
+    src: Path
+    real: Path  # SRC with every link resolved
+    skipped: list[dict] = field(default_factory=list)
+    followed: list[dict] = field(default_factory=list)  # links out of SRC: {"id", "target"}
+    seen: dict[Path, str] = field(default_factory=dict)  # real path -> the id it was found under
+    into: list[dict] = field(default_factory=list)  # links into SRC (skipped; reason given once all is found)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.src).as_posix()
+
+    def skip(self, path: Path, reason: str, folder: bool = False) -> None:
+        self.skipped.append({"id": self.rel(path) + ("/" if folder else ""), "reason": reason})
+
+
+def _real(entry: Path, real_parent: Path, walk: _Walk) -> Path | None:
+    """The real path of `entry` (in the folder whose real path is `real_parent`), or None when the walk does not
+    go there: a link into SRC (its target is found at its own place), a broken link, a loop of links, a link to
+    a folder holding SRC, or a second path to something already found. Each of these is put in `skipped`."""
+    if not entry.is_symlink():
+        real = real_parent / entry.name
+    else:
+        rel, target = walk.rel(entry), os.readlink(entry)
+        try:
+            real = entry.resolve(strict=True)
+        except FileNotFoundError:
+            walk.skipped.append(
+                {
+                    "id": rel,
+                    "target": target,
+                    "reason": "link not followed: broken, its target does not exist",
+                }
+            )
+            return None
+        except (OSError, RuntimeError) as err:  # RuntimeError: a loop of links (Python < 3.13)
+            walk.skipped.append(
+                {"id": rel, "target": target, "reason": f"link not followed: it cannot be resolved ({err})"}
+            )
+            return None
+        if _is_within(real, walk.real):
+            record = {"id": rel, "target": target, "real": real.relative_to(walk.real).as_posix()}
+            walk.into.append(record)
+            walk.skipped.append(record)
+            return None
+        if _is_within(walk.real, real):
+            walk.skipped.append(
+                {
+                    "id": rel,
+                    "target": target,
+                    "reason": f"link not followed: it points at {real}, a folder holding SRC (it would walk "
+                    "SRC again)",
+                }
+            )
+            return None
+    if real in walk.seen:  # a loop, or a second link to the same file or folder
+        walk.skipped.append(
+            {
+                "id": walk.rel(entry),
+                **({"target": os.readlink(entry)} if entry.is_symlink() else {}),
+                "reason": f"found twice: it is {real}, already found as {walk.seen[real]} (each file is "
+                "indexed once, links included)",
+            }
+        )
+        return None
+    if entry.is_symlink():
+        walk.followed.append({"id": walk.rel(entry), "target": str(real)})
+    return real
+
+
+def _settle_links_into_src(walk: _Walk, videos: Sequence[Video]) -> None:
+    """Give each link into SRC its reason, now that it is known whether its target was found in its own place."""
+    ids = {v.id for v in videos}
+    for record in walk.into:
+        target = record.pop("real")
+        if target == ".":
+            record["reason"] = (
+                "link into SRC not followed: it points at SRC itself, whose videos are each found once in "
+                "their own class folder"
+            )
+        elif target in ids or any(i.startswith(target + "/") for i in ids):
+            record["reason"] = (
+                f"link into SRC not followed: its target {target} is indexed at its own place, with the "
+                "label of its own class folder"
+            )
+        else:
+            record["reason"] = (
+                f"link into SRC not followed: its target {target} holds no indexed video (hidden, outside "
+                "a class folder or not a video); move the videos into their class folder"
+            )
+
+
+def _is_frame_folder(folder: Path) -> bool:
+    """A folder is one JPEG-frame video when it holds frames and nothing that is a video: no video file and no
+    sub-folder (a folder holding videos and images is a folder of videos; its images are skipped, reported)."""
+    frames = False
     try:
-        return any(p.suffix.lower() in JPEG_SUFFIXES and not p.name.startswith(".") for p in folder.iterdir())
+        with os.scandir(folder) as listing:  # d_type: no stat per frame (a frame folder holds hundreds)
+            for child in listing:
+                name = child.name.lower()
+                if name.startswith("."):
+                    continue
+                if child.is_dir() or name.endswith(VIDEO_SUFFIXES):
+                    return False
+                frames = frames or name.endswith(JPEG_SUFFIXES)
     except OSError:
         return False
+    return frames
 
 
 def _scan_class(
     folder: Path,
-    src: Path,
+    real_folder: Path,
     cls: str,
     split: str | None,
+    class_root: Path,
+    walk: _Walk,
     videos: list[Video],
-    skipped: list[dict],
-    seen: set[Path],
 ) -> None:
-    """Every video under one class folder (any depth); everything else goes to `skipped` with its reason."""
-    real = folder.resolve()
-    if real in seen:
-        skipped.append(
-            {"id": folder.relative_to(src).as_posix() + "/", "reason": "folder link loop: already visited"}
-        )
-        return
-    seen.add(real)
-    class_root = src / split / cls if split else src / cls
+    """Every video under one class folder (any depth); everything else goes to `walk.skipped` with its reason."""
+    walk.seen[real_folder] = walk.rel(folder) + "/"
     try:
         entries = sorted(folder.iterdir())
     except OSError as err:
-        skipped.append(
-            {"id": folder.relative_to(src).as_posix() + "/", "reason": f"cannot list: {err.strerror}"}
-        )
+        walk.skip(folder, f"cannot list: {err.strerror}", folder=True)
         return
+    holds_video = any(e.suffix.lower() in VIDEO_SUFFIXES and e.is_file() for e in entries)
     for entry in entries:
-        rel = entry.relative_to(src).as_posix()
         if entry.name.startswith("."):
-            skipped.append({"id": rel, "reason": "hidden"})
-        elif entry.is_dir():
-            if _has_jpegs(entry):
+            walk.skip(entry, "hidden")
+            continue
+        if not (entry.is_dir() or entry.is_file()) and not entry.is_symlink():
+            walk.skip(entry, "not a regular file or folder")
+            continue
+        if "\r" in entry.name:
+            walk.skip(
+                entry, "a carriage return (\\r) in its name, which the index CSV cannot hold: rename it"
+            )
+            continue
+        real = _real(entry, real_folder, walk)
+        if real is None:
+            continue
+        rel = walk.rel(entry)
+        if entry.is_dir():
+            if _is_frame_folder(entry):
+                walk.seen[real] = rel
                 videos.append(Video(rel, entry, cls, entry.relative_to(class_root).as_posix(), split))
             else:
-                _scan_class(entry, src, cls, split, videos, skipped, seen)
+                _scan_class(entry, real, cls, split, class_root, walk, videos)
         elif entry.is_file():
             suffix = entry.suffix.lower()
             if suffix in VIDEO_SUFFIXES:
+                walk.seen[real] = rel
                 videos.append(Video(rel, entry, cls, entry.relative_to(class_root).as_posix(), split))
+            elif suffix in JPEG_SUFFIXES and holds_video and folder != class_root:
+                walk.skip(
+                    entry,
+                    "an image in a folder of videos (a folder holding a video is never a frame video): "
+                    "move it out, or put each video's frames in a folder of their own",
+                )
             elif suffix in JPEG_SUFFIXES:
-                skipped.append(
-                    {
-                        "id": rel,
-                        "reason": "a JPEG frame outside a frame folder: put each video's frames "
-                        "in a folder of their own (<class>/<video>/00001.jpg ...)",
-                    }
+                walk.skip(
+                    entry,
+                    "a JPEG frame outside a frame folder (a frame folder holds frames only, no video or "
+                    "sub-folder): put each video's frames in a folder of their own (<class>/<video>/00001.jpg ...)",
                 )
             else:
-                skipped.append(
-                    {
-                        "id": rel,
-                        "reason": f"not a video (suffix {suffix or 'none'!r}; videos are "
-                        f"{' '.join(VIDEO_SUFFIXES)} or JPEG-frame folders)",
-                    }
+                walk.skip(
+                    entry,
+                    f"not a video (suffix {suffix or 'none'!r}; videos are "
+                    f"{' '.join(VIDEO_SUFFIXES)} or JPEG-frame folders)",
                 )
         else:
-            skipped.append({"id": rel, "reason": "not a regular file (a broken link?)"})
+            walk.skip(entry, "not a regular file or folder")
 
 
-def _class_folders(parent: Path, src: Path, skipped: list[dict], index_here: bool = False) -> list[Path]:
-    """The non-hidden sub-folders of `parent`; files there are outside any class folder and skipped
-    (`index_here`: SRC is also the index folder, whose own files are not reported)."""
+def _class_folders(
+    parent: Path, real_parent: Path, walk: _Walk, index_here: bool = False
+) -> list[tuple[Path, Path]]:
+    """(path, real path) of the non-hidden sub-folders of `parent`; files there are outside any class folder
+    and skipped (`index_here`: SRC is also the index folder, whose own files are not reported)."""
     folders = []
     for entry in sorted(parent.iterdir()):
-        rel = entry.relative_to(src).as_posix()
         if entry.name.startswith("."):
-            skipped.append({"id": rel, "reason": "hidden"})
-        elif entry.is_dir():
-            folders.append(entry)
-        elif index_here and entry.name in INDEX_FILES:
+            walk.skip(entry, "hidden")
+        elif index_here and entry.name in INDEX_FILES and not entry.is_dir():
             continue
+        elif entry.is_dir():
+            real = _real(entry, real_parent, walk)
+            if real is not None:
+                folders.append((entry, real))
+        elif entry.is_symlink() and not entry.exists():
+            _real(entry, real_parent, walk)  # reports the broken link or the loop
         else:
             reason = (
                 "not in a class folder" if entry.suffix.lower() in VIDEO_SUFFIXES else "not a class folder"
             )
-            skipped.append({"id": rel, "reason": f"{reason} (layout: {LAYOUT_HELP})"})
+            walk.skip(entry, f"{reason} (layout: {LAYOUT_HELP})")
     return folders
 
 
@@ -183,9 +311,9 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
         raise FolderError(
             f"SRC {src} is a file, not a folder: give the folder of your videos ({LAYOUT_HELP})"
         )
-    skipped: list[dict] = []
-    index_here = out is not None and out.resolve() == src.resolve()
-    top = _class_folders(src, src, skipped, index_here)
+    walk = _Walk(src, src.resolve())
+    index_here = out is not None and out.resolve() == walk.real
+    top = dict(_class_folders(src, walk.real, walk, index_here))
     names = {p.name for p in top}
     if layout == "auto":
         split_names = names & set(SPLITS)
@@ -214,21 +342,18 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
         found: dict[str, set[str]] = {}
         for split in split_folders:
             found[split] = set()
-            for folder in _class_folders(src / split, src, skipped):
+            walk.seen[top[src / split]] = f"{split}/"
+            for folder, real in _class_folders(src / split, top[src / split], walk):
                 count = len(videos)
-                _scan_class(folder, src, folder.name, split, videos, skipped, set())
+                _scan_class(folder, real, folder.name, split, folder, walk, videos)
                 if len(videos) > count:
                     found[split].add(folder.name)
                 else:
-                    skipped.append(
-                        {"id": f"{split}/{folder.name}/", "reason": "empty class folder (no videos)"}
-                    )
+                    walk.skip(folder, "empty class folder (no videos)", folder=True)
         classes = sorted(found["train"])
         for split in split_folders[1:]:
             if not found[split]:  # an empty val/ or test/ counts as absent: that split is drawn from train/
-                skipped.append(
-                    {"id": f"{split}/", "reason": "empty split folder (drawn from train/ instead)"}
-                )
+                walk.skip(src / split, "empty split folder (drawn from train/ instead)", folder=True)
         split_folders = [s for s in split_folders if s == "train" or found[s]]
         for split in split_folders[1:]:
             extra = sorted(found[split] - found["train"])
@@ -239,25 +364,28 @@ def scan(src: Path, layout: str = "auto", *, out: Path | None = None) -> Scan:
                 )
     else:
         found_classes = set()
-        for folder in top:
+        for folder, real in top.items():
             count = len(videos)
-            _scan_class(folder, src, folder.name, None, videos, skipped, set())
+            _scan_class(folder, real, folder.name, None, folder, walk, videos)
             if len(videos) > count:
                 found_classes.add(folder.name)
             else:
-                skipped.append({"id": f"{folder.name}/", "reason": "empty class folder (no videos)"})
+                walk.skip(folder, "empty class folder (no videos)", folder=True)
         classes = sorted(found_classes)
+    _settle_links_into_src(walk, videos)
     if not classes:
         where = src / "train" if layout == "splits" else src
-        loose = [s["id"] for s in skipped if s["reason"].startswith("not in a class folder")]
+        loose = [s["id"] for s in walk.skipped if s["reason"].startswith("not in a class folder")]
         hint = f" ({len(loose)} videos lie directly in it: move them into class folders)" if loose else ""
         raise FolderError(f"no class folder with videos in {where}{hint}; the layout is {LAYOUT_HELP}")
-    bad = [c for c in classes if "\n" in c or "\r" in c]
-    if bad:
-        raise FolderError(
-            f"class folder name(s) {bad!r} hold a line break; rename them (classes.txt is one per line)"
-        )
-    return Scan(layout, videos, skipped, classes, split_folders)
+    for name in classes:
+        problem = class_name_problem(name)
+        if problem:
+            raise FolderError(
+                f"class folder {str(src / name)!r}: its name {problem}; rename the folder (classes.txt holds one "
+                "class name per line)"
+            )
+    return Scan(layout, videos, walk.skipped, classes, split_folders, walk.followed)
 
 
 # ----------------------------------------------------------------------------------------------- split
@@ -449,6 +577,7 @@ def prepare(
         "class_counts": per_class,
         "classes_missing": {s: cs for s, cs in missing_in.items() if cs and (s != "test" or write_test)},
         "skipped": found.skipped,
+        "links_followed": found.links_followed,
         "probe": probe_summary(infos),
     }
     manifest = write_index(
@@ -488,6 +617,28 @@ def _report(manifest: dict, found: Scan, src: Path, out: Path, base: Path, write
     if found.skipped:
         print(
             f"{name}: skipped {len(found.skipped)} entries: {_summary(found.skipped)} (all listed in manifest.json)"
+        )
+    links = [s for s in found.skipped if "target" in s]
+    if links:
+        print(f"{name}: {len(links)} link(s) not followed (each real file is indexed once, in one split):")
+        for item in links[:20]:
+            print(f"  {item['id']} -> {item['target']}: {item['reason']}")
+        if len(links) > 20:
+            print(f"  ... and {len(links) - 20} more (manifest.json `skipped`)")
+    if found.links_followed:
+        print(
+            f"{name}: followed {len(found.links_followed)} link(s) out of SRC; what they reach is labelled by "
+            "the class folder holding the link (manifest.json `links_followed`)"
+        )
+    mixed = sorted(
+        {s["id"].rpartition("/")[0] for s in found.skipped if s["reason"].startswith("an image in")}
+    )
+    if mixed:
+        log.warning(
+            "%s: %d folder(s) hold videos and images: indexed as folders of videos, their images skipped: %s",
+            name,
+            len(mixed),
+            ", ".join(f"{m}/" for m in mixed[:10]) + (" ..." if len(mixed) > 10 else ""),
         )
     failures = [f for items in manifest["failed"].values() for f in items]
     if failures:

@@ -24,12 +24,14 @@ from torch.utils.data import Dataset
 from src.data.decoding import (
     ALL_BACKENDS,
     FALLBACK,
+    JPEG_SUFFIXES,
     DecodeError,
     DecodeTimeoutError,
     probe,
     read_frames,
     segment_range,
 )
+from src.data.decoding.frames_reader import VIDEO_SUFFIXES
 from src.data.index import Entry, IndexContractError
 from src.data.sampling import ClipSampler
 from src.data.transforms import EvalTransform, TrainTransform, seeded
@@ -37,33 +39,69 @@ from src.data.transforms import EvalTransform, TrainTransform, seeded
 EMPTY_SHARD = -1  # the index an empty evaluation shard yields (src.data.distributed): read as a placeholder
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
 def predict_entries(path: Path) -> list[Entry]:
-    """Entries for prediction: one video file, a JPEG-frame folder, a folder of video files, or a text file
-    (.txt/.lst/.list) with one path per line (relative paths from the list's folder; `#` lines skipped).
-    A listed path that does not exist is kept: it is reported as failed, with the others predicted."""
+    """Entries for prediction: one video file, a JPEG-frame folder, a folder of videos (and of frame folders), or
+    a text file (.txt/.lst/.list) with one path per line (relative paths from the list's folder).
+
+    A folder is one frame video only when it holds frames and nothing that is a video (no video file, no
+    sub-folder); a folder holding videos is predicted video by video, and its other files are skipped with a
+    warning naming them. A listed path that does not exist is kept: it is reported as failed, with the others
+    predicted."""
     path = Path(path)
     if not path.exists():
         raise IndexContractError(f"predict_path {path} does not exist")
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        listed = [path.parent / line for line in lines if line and not line.startswith("#")]
-        if not listed:
-            raise IndexContractError(f"predict_path {path} lists no videos (one path per line)")
-        return [Entry(p, -1) for p in listed]
-    if path.is_file() or any(p.suffix.lower() in (".jpg", ".jpeg") for p in path.iterdir()):
+        return _listed_entries(path)
+    if path.is_file():
         return [Entry(path, -1)]
-    videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES or p.is_dir())
+    visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))  # .DS_Store, ._x.mp4, ...
+    videos = [p for p in visible if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES]
+    others = [p for p in visible if p not in videos]
+    if not videos and any(p.suffix.lower() in JPEG_SUFFIXES for p in others):
+        return [Entry(path, -1)]  # frames and nothing that is a video: one JPEG-frame video
     if not videos:
         raise IndexContractError(
             f"predict_path {path} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders"
         )
+    if others:
+        names = ", ".join(repr(p.name) for p in others[:10]) + (" ..." if len(others) > 10 else "")
+        log.warning(
+            "predict_path %s: skipped %d file(s) that are not videos: %s (a folder holding videos is predicted "
+            "video by video; a JPEG-frame video is a folder holding only its frames)",
+            path,
+            len(others),
+            names,
+        )
     return [Entry(p, -1) for p in videos]
+
+
+def _listed_entries(path: Path) -> list[Entry]:
+    """The paths a list file names, each line exactly as written (spaces are part of a file name) less its line
+    end; blank lines and lines starting with `#` are skipped (list a file named `#x.mp4` as `./#x.mp4`)."""
+    text = path.read_bytes().decode("utf-8-sig")
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    listed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        entry = path.parent / line
+        if not entry.exists() and line.strip() != line and (path.parent / line.strip()).exists():
+            log.warning(
+                "%s:%d: %r does not exist but %r does: list lines are read exactly, spaces included",
+                path,
+                number,
+                line,
+                line.strip(),
+            )
+        listed.append(Entry(entry, -1))
+    if not listed:
+        raise IndexContractError(f"predict_path {path} lists no videos (one path per line)")
+    return listed
 
 
 def call_with_timeout(fn: Callable[[], torch.Tensor], timeout: float | None, path: Path) -> torch.Tensor:

@@ -49,6 +49,16 @@ class IndexRow:
     fps: float | None = None
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one line of classes.txt (None when it can): `read_classes` gives back every other
+    name exactly, spaces, non-breaking spaces, quotes, `$`, `%` and the rest included."""
+    if not isinstance(name, str) or name == "":
+        return "is empty"
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -111,11 +121,22 @@ def write_index(
         raise ValueError(f"unknown split(s) {sorted(unknown)} for {out_dir}; use {SPLITS}")
     for name, rows in splits.items():
         for row in rows:
+            if "\r" in row.path:  # csv quotes a field only for the line end it writes, "\n"
+                raise ValueError(
+                    f"{dataset}/{name}: path {row.path!r} holds a carriage return (\\r), which {name}.csv "
+                    "cannot hold; rename the file"
+                )
             if not (row.label == -1 or 0 <= row.label < len(classes)):
                 raise ValueError(
                     f"{dataset}/{name}: label {row.label} of {row.path} is outside 0..{len(classes) - 1}"
                 )
 
+    for label, name in enumerate(classes):
+        problem = class_name_problem(name)
+        if problem:
+            raise ValueError(
+                f"{dataset}: class {label} {name!r} {problem}: classes.txt holds one name per line; rename it"
+            )
     classes_text = "".join(f"{c}\n" for c in classes)
     csv_texts = {name: rows_to_csv(rows) for name, rows in splits.items()}
     atomic_write_text(out_dir / "classes.txt", classes_text)
@@ -166,8 +187,11 @@ def read_classes(root: Path) -> list[str]:
     path = Path(root) / "classes.txt"
     if not path.is_file():
         raise IndexContractError(f"{path} not found: {root} is not a prepared dataset index")
-    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
-    while names and not names[-1].strip():
+    # split at "\n" only (str.splitlines also splits at \x85, \u2028, form feeds ...), keep spaces: a name is
+    # exactly what `write_index` wrote; a hand-made file may end its lines with \r\n and start with a BOM
+    text = path.read_bytes().decode("utf-8-sig")
+    names = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    while names and names[-1] == "":
         names.pop()
     if not names:
         raise IndexContractError(f"{path} lists no classes")
@@ -205,7 +229,8 @@ def read_split(
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise IndexContractError(f"{path}: header must start with 'path,label', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # a quoted path may span lines: the row's last line
             try:
                 label = int(row["label"])
                 entry = Entry(

@@ -99,3 +99,67 @@ def test_the_reader_names_the_file_of_a_broken_index(tmp_path):
     (tmp_path / "quarantine.txt").write_text("# doctor\na.mp4\tempty file\n")
     (tmp_path / "train.csv").write_text("path,label\na.mp4,0\n")
     assert read_split(tmp_path, "train", 1) == ([], 1)
+
+
+# Names a class folder may carry: each must come back from classes.txt exactly, at its own line (= label).
+AWKWARD_NAMES = [
+    "$_$ price",
+    "snake_case_name",
+    "100% sure",
+    'it\'s "quoted"',
+    "non\u00a0breaking",
+    "\u00a0",  # a non-breaking space alone: it used to be dropped as a blank trailing line
+    " leading and trailing ",
+    "line\u2028separator\x85next\x0cform",  # str.splitlines splits at these; classes.txt does not
+    "comma, inside",
+]
+
+
+def test_every_class_name_the_writer_accepts_is_read_back_at_its_label(tmp_path):
+    classes = sorted(AWKWARD_NAMES)
+    rows = {"train": [IndexRow(f"v/{i}.mp4", i) for i in range(len(classes))]}
+    write_index(tmp_path, dataset="toy", classes=classes, splits=rows)
+    assert read_classes(tmp_path) == classes
+    # the last label is in range: with a dropped name the reader said "label 8 outside -1..7"
+    entries, _ = read_split(tmp_path, "train", num_classes=len(read_classes(tmp_path)))
+    assert [e.label for e in entries] == list(range(len(classes)))
+
+
+def test_a_class_named_by_a_non_breaking_space_keeps_its_label(tmp_path):
+    rows = {"train": [IndexRow("v/a.mp4", 0), IndexRow("v/b.mp4", 2)]}
+    write_index(tmp_path, dataset="toy", classes=["cat", "dog", "\u00a0"], splits=rows)
+    # before: classes.txt read back as 2 names, then "train.csv:3: label 2 outside -1..1 (classes.txt)"
+    entries, _ = read_split(tmp_path, "train", num_classes=len(read_classes(tmp_path)))
+    assert [e.label for e in entries] == [0, 2]
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "windows\r\n", ""])
+def test_the_writer_refuses_a_class_name_that_is_not_one_line(tmp_path, name):
+    with pytest.raises(ValueError, match=r"toy: class 1 .* classes\.txt holds one name per line; rename it"):
+        write_index(tmp_path, dataset="toy", classes=["ok", name], splits={"train": [IndexRow("a.mp4", 0)]})
+    assert not (tmp_path / "classes.txt").exists()
+
+
+def test_a_hand_made_classes_file_with_windows_line_ends_and_a_bom_reads_clean(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("\ufeffcat\r\ndog \r\n\r\n".encode())
+    assert read_classes(tmp_path) == ["cat", "dog "]
+
+
+def test_a_video_file_name_with_a_line_break_or_quotes_round_trips_through_the_csv(tmp_path):
+    paths = ["v/two\nlines.mp4", 'v/"quoted", comma.mp4', " v/leading space.mp4 ", "v/nbsp\u00a0.mp4"]
+    rows = {"train": [IndexRow(p, 0, num_frames=8) for p in paths] + [IndexRow("v/last.mp4", 5)]}
+    write_index(tmp_path, dataset="toy", classes=[str(i) for i in range(6)], splits=rows)
+    entries, _ = read_split(tmp_path, "train", num_classes=6)
+    assert [e.path for e in entries] == [tmp_path / p for p in paths] + [tmp_path / "v/last.mp4"]
+    # an error names the physical line a quoted, multi-line row ends on
+    (tmp_path / "train.csv").write_text('path,label\n"a\nb.mp4",0\nc.mp4,9\n')
+    with pytest.raises(IndexContractError, match=r"train\.csv:4: label 9 outside -1\.\.5"):
+        read_split(tmp_path, "train", num_classes=6)
+
+
+def test_the_writer_refuses_a_file_name_with_a_carriage_return(tmp_path):
+    # csv.writer quotes only for "\n" (its line end): a bare "\r" would split the row when read back
+    with pytest.raises(ValueError, match=r"toy/train: path 'v/cr\\rinside.mp4' holds a carriage return"):
+        write_index(
+            tmp_path, dataset="toy", classes=["x"], splits={"train": [IndexRow("v/cr\rinside.mp4", 0)]}
+        )

@@ -265,6 +265,148 @@ def test_one_class_is_indexed_with_a_warning(tmp_path, caplog):
     assert "single class folder (walking)" in caplog.text and "did you mean" in caplog.text
 
 
+# ------------------------------------------------------------------------------ links, mixed folders, names
+def indexed(index: Path) -> list[tuple[Path, str, str]]:
+    """(real path, class, split) of every row of every split CSV of `index`."""
+    classes = (index / "classes.txt").read_text(encoding="utf-8").split("\n")
+    return [
+        ((index / r["path"]).resolve(), classes[int(r["label"])], split)
+        for split in ("train", "val", "test")
+        if (index / f"{split}.csv").is_file()
+        for r in rows(index, split)
+    ]
+
+
+def test_a_link_into_src_never_indexes_a_video_twice_or_under_another_class(tmp_path, capsys):
+    src = write_classes(tmp_path / "S", {"cat": 3, "dog": 3})
+    (src / "dog" / "up").symlink_to("..")  # the issue's case: dog/up/cat/clip 1.mp4 was labelled dog
+    (src / "cat" / "again.mp4").symlink_to("clip 0.mp4")
+    (src / "dog" / "kitten").symlink_to("../cat")
+    (src / "cat" / "gone.mp4").symlink_to("nowhere.mp4")
+    prepare(src, tmp_path / "out", workers=1, progress=False)
+    found = indexed(tmp_path / "out")
+    real_class = {p: p.parent.name for p, _, _ in found}
+    assert sorted(p.name for p, _, _ in found) == sorted(f"clip {i}.mp4" for i in range(3) for _ in "cd")
+    assert len({p for p, _, _ in found}) == 6  # each real file once, so in one split
+    assert all(cls == real_class[p] for p, cls, _ in found)  # with the label of its own class folder
+    out = capsys.readouterr().out
+    assert "4 link(s) not followed (each real file is indexed once, in one split):" in out
+    assert (
+        "  dog/up -> ..: link into SRC not followed: it points at SRC itself, whose videos are each found once "
+        "in their own class folder" in out
+    )
+    assert (
+        "  cat/again.mp4 -> clip 0.mp4: link into SRC not followed: its target cat/clip 0.mp4 is indexed at "
+        "its own place, with the label of its own class folder" in out
+    )
+    assert (
+        "  dog/kitten -> ../cat: link into SRC not followed: its target cat is indexed at its own place"
+        in out
+    )
+    assert "  cat/gone.mp4 -> nowhere.mp4: link not followed: broken, its target does not exist" in out
+
+
+def test_a_link_out_of_src_is_followed_once_under_the_class_folder_holding_it(tmp_path, capsys):
+    src = write_classes(tmp_path / "S", {"cat": 2, "dog": 2})
+    elsewhere = write_classes(tmp_path / "elsewhere", {"pool": 1}) / "pool"
+    (elsewhere / "self").symlink_to(".")  # a loop outside SRC
+    (elsewhere / "src").symlink_to(src)  # and a way back into SRC
+    (src / "dog" / "more").symlink_to(elsewhere)
+    (src / "dog" / "zz.mp4").symlink_to(elsewhere / "clip 0.mp4")  # a second path to the same file
+    (src / "cat" / "everything").symlink_to(tmp_path)  # a folder holding SRC
+    manifest = prepare(src, tmp_path / "out", test_fraction=0.0, workers=1, progress=False)
+    found = indexed(tmp_path / "out")
+    assert len(found) == 5 and len({p for p, _, _ in found}) == 5
+    assert [(cls, split) for p, cls, split in found if p == (elsewhere / "clip 0.mp4").resolve()] == [
+        ("dog", "train")
+    ]
+    assert any(r["path"] == "videos/dog/more/clip 0.mp4" for r in rows(tmp_path / "out", "train"))
+    assert manifest["links_followed"] == [{"id": "dog/more", "target": str(elsewhere.resolve())}]
+    out = capsys.readouterr().out
+    assert "4 link(s) not followed" in out and "followed 1 link(s) out of SRC" in out
+    assert (
+        f"  cat/everything -> {tmp_path}: link not followed: it points at {tmp_path.resolve()}, a folder"
+        in out
+    )
+    assert (
+        f"  dog/more/self -> .: found twice: it is {elsewhere.resolve()}, already found as dog/more/" in out
+    )
+    assert f"  dog/more/src -> {src}: link into SRC not followed: it points at SRC itself" in out
+    assert (
+        "  dog/zz.mp4 -> " in out and "already found as dog/more/clip 0.mp4 (each file is indexed once" in out
+    )
+
+
+def test_a_link_between_split_folders_leaves_the_video_in_its_own_split(tmp_path):
+    src = tmp_path / "S"
+    write_classes(src / "train", {"a": 3, "b": 3})
+    write_classes(src / "test", {"a": 1, "b": 1})
+    (src / "train" / "a" / "peek.mp4").symlink_to("../../test/b/clip 0.mp4")
+    prepare(src, tmp_path / "out", workers=1, progress=False)
+    found = indexed(tmp_path / "out")
+    test_clip = (src / "test" / "b" / "clip 0.mp4").resolve()
+    assert [(cls, split) for p, cls, split in found if p == test_clip] == [("b", "test")]
+    assert len({p for p, _, _ in found}) == len(found) == 8
+
+
+def test_a_folder_holding_videos_and_an_image_is_a_folder_of_videos(tmp_path, capsys, caplog):
+    src = write_classes(tmp_path / "S", {"cat": 1, "dog": 2})
+    write_test_video(src / "cat" / "session2" / "s1.mp4", 8, 32)
+    write_test_video(src / "cat" / "session2" / "s2.mp4", 8, 32)
+    write_test_frames(src / "cat" / "session2" / "cover", 1, 32)
+    (src / "cat" / "session2" / "cover" / "00001.jpg").rename(src / "cat" / "session2" / "cover.jpg")
+    (src / "cat" / "session2" / "cover").rmdir()
+    write_test_frames(src / "dog" / "frames", 8, 32)  # frames only: one video
+    manifest = prepare(src, tmp_path / "out", test_fraction=0.0, val_fraction=0.0, workers=1, progress=False)
+    paths = sorted(r["path"] for r in rows(tmp_path / "out", "train"))
+    # before: videos/cat/session2 was indexed as a 1-frame video, s1 and s2 never, and nothing was reported
+    assert paths == [
+        "videos/cat/clip 0.mp4",
+        "videos/cat/session2/s1.mp4",
+        "videos/cat/session2/s2.mp4",
+        "videos/dog/clip 0.mp4",
+        "videos/dog/clip 1.mp4",
+        "videos/dog/frames",
+    ]
+    assert manifest["skipped"] == [
+        {
+            "id": "cat/session2/cover.jpg",
+            "reason": "an image in a folder of videos (a folder holding a video is never a frame video): move "
+            "it out, or put each video's frames in a folder of their own",
+        }
+    ]
+    assert (
+        "skipped 1 entries: 1 an image in a folder of videos - e.g. cat/session2/cover.jpg"
+        in capsys.readouterr().out
+    )
+    assert (
+        "1 folder(s) hold videos and images: indexed as folders of videos, their images skipped: cat/session2/"
+        in (caplog.text)
+    )
+
+
+def test_class_folder_and_file_names_come_back_from_the_index_exactly(tmp_path):
+    from src.data.index import read_classes, read_split
+
+    names = ["$_$ price", "100% sure", 'it\'s "quoted"', "non\u00a0breaking", " padded ", "\u00a0"]
+    src = write_classes(tmp_path / "S", dict.fromkeys(names, 1))
+    write_test_video(src / "$_$ price" / "two\nlines.mp4", 8, 32)
+    prepare(src, tmp_path / "out", val_fraction=0.0, test_fraction=0.0, workers=1, progress=False)
+    classes = read_classes(tmp_path / "out")  # before: "\u00a0" was dropped, then "label 5 outside -1..4"
+    assert classes == sorted(names)
+    entries, _ = read_split(tmp_path / "out", "train", len(classes))
+    assert sorted((e.path.parent.name, e.path.name) for e in entries) == sorted(
+        [(n, "clip 0.mp4") for n in names] + [("$_$ price", "two\nlines.mp4")]
+    )
+    assert all(e.path.is_file() and classes[e.label] == e.path.parent.name for e in entries)
+
+    write_classes(src, {"two\nlines": 1})
+    with pytest.raises(
+        FolderError, match=r"class folder '.*/S/two\\nlines': its name holds a line break; rename the folder"
+    ):
+        prepare(src, tmp_path / "out", workers=1, progress=False)
+
+
 # ------------------------------------------------------------------------------------- recipe, config
 def test_custom_recipe():
     from src.data.catalog import prepare_hint
@@ -440,14 +582,17 @@ def test_fine_tune_custom_yaml_from_a_checkpoint_then_predict_a_folder(prepared,
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["dataset"] == "custom" and config["model"]["lr"] == 5e-5
 
-    # 3. predict a class folder from the fine-tuned checkpoint alone (no config, no data.root)
+    # 3. predict a folder of videos from the fine-tuned checkpoint alone (no config, no data.root); a cover
+    # picture beside the videos used to turn the folder into one 1-frame "video" (one record, exit 0)
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
-    result = cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(videos / "dog"))
+    inbox = Path(shutil.copytree(videos / "dog", tmp_path / "p2"))
+    write_test_frames(tmp_path / "cover", 1, 32)
+    (tmp_path / "cover" / "00001.jpg").rename(inbox / "cover.jpg")
+    result = cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(inbox))
     records = [
         json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    assert sorted(Path(r["path"]).name for r in records) == [
-        f"clip {i}.mp4" for i in range(4)
-    ]  # notes.txt skipped
+    assert sorted(Path(r["path"]).name for r in records) == [f"clip {i}.mp4" for i in range(4)]
     assert all({t["class"] for t in r["top5"]} == set(CLASSES) for r in records)
     assert "predicted 4 of 4 videos" in result.stdout + result.stderr
+    assert "skipped 2 file(s) that are not videos: 'cover.jpg', 'notes.txt'" in result.stderr

@@ -4,6 +4,7 @@ name order. A folder has no frame rate, so it cannot be cut by a segment in seco
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,11 +14,29 @@ import torch
 from src.data.decoding.base import DecodeError, Segment, VideoInfo, validate_indices
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class NotFramesError(DecodeError):
+    """The folder holds a video or a sub-folder, so it is not one frame video: no retry can change that."""
+
+    retryable = False
 
 
 def jpeg_files(folder: Path) -> list[Path]:
-    """The JPEG frames of `folder` in name order; DecodeError when it holds none."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES)
+    """The JPEG frames of `folder` in name order; DecodeError when it holds none, or holds anything that is a
+    video (a video file or a sub-folder): then it is a folder of videos, never collapsed into one frame video."""
+    with os.scandir(folder) as listing:  # d_type: no stat per frame
+        entries = [(e.name, e.is_dir()) for e in listing if not e.name.startswith(".")]
+    videos = sorted(n + "/" * d for n, d in entries if d or n.lower().endswith(VIDEO_SUFFIXES))
+    if videos:
+        shown = ", ".join(videos[:3]) + (" ..." if len(videos) > 3 else "")
+        raise NotFramesError(
+            folder,
+            f"a folder holding videos or sub-folders ({shown}) is not a frame folder (it holds frames only): "
+            "give each video its own row or path",
+        )
+    files = sorted(folder / n for n, _ in entries if Path(n).suffix.lower() in JPEG_SUFFIXES)
     if not files:
         raise DecodeError(folder, "folder holds no .jpg frames (expected 00001.jpg, 00002.jpg, ...)")
     return files
