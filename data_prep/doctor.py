@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.doctor_worker import Check, worker_loop
-from src.data.index import SPLITS, atomic_write_text
+from src.data.index import SPLITS, atomic_write_text, quarantine_line
 
 
 class _Slot:
@@ -165,8 +165,7 @@ def doctor(
     for failure in summary["failures"]:
         if failure["path"] not in seen:
             seen.add(failure["path"])
-            reason = " ".join(failure["reason"].split())  # one line, no tabs
-            lines.append(f"{failure['path']}\t{reason}\n")
+            lines.append(quarantine_line(failure["path"], failure["reason"]))
     atomic_write_text(index_dir / "quarantine.txt", "".join(lines))
     atomic_write_text(index_dir / "doctor.json", json.dumps({**summary, "backend": backend}, indent=2) + "\n")
     return summary

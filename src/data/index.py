@@ -198,16 +198,30 @@ def read_classes(root: Path) -> list[str]:
     return names
 
 
+def quarantine_line(path: str, reason: str) -> str:
+    """One line of quarantine.txt: `path<TAB>reason`, the path JSON-quoted when it holds a tab, a line break or
+    starts with a quote (so that every name `write_index` accepts comes back exactly from `read_quarantine`)."""
+    needs_quotes = any(c in path for c in "\t\n\r") or path.startswith('"')
+    return f"{json.dumps(path) if needs_quotes else path}\t{' '.join(reason.split())}\n"
+
+
 def read_quarantine(root: Path) -> dict[str, str]:
-    """`path -> reason` from the dataset doctor's quarantine.txt (empty when there is none)."""
+    """`path -> reason` from the dataset doctor's quarantine.txt (empty when there is none); paths are kept
+    exactly (spaces included), as `quarantine_line` wrote them."""
     path = Path(root) / "quarantine.txt"
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
+    for line in path.read_bytes().decode("utf-8-sig").split("\n"):
+        line = line[:-1] if line.endswith("\r") else line
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith('"'):
+            name, end = json.JSONDecoder().raw_decode(line)
+            reason = line[end:]
+        else:
             name, _, reason = line.partition("\t")
-            out[name.strip()] = reason.strip()
+        out[name] = reason.strip()
     return out
 
 

@@ -9,8 +9,10 @@ from src.data.index import (
     Entry,
     IndexContractError,
     IndexRow,
+    quarantine_line,
     read_classes,
     read_fingerprint,
+    read_quarantine,
     read_split,
     write_index,
 )
@@ -163,3 +165,22 @@ def test_the_writer_refuses_a_file_name_with_a_carriage_return(tmp_path):
         write_index(
             tmp_path, dataset="toy", classes=["x"], splits={"train": [IndexRow("v/cr\rinside.mp4", 0)]}
         )
+
+
+def test_quarantined_names_come_back_exactly_whatever_they_hold(tmp_path):
+    """The doctor's quarantine.txt must name the same rows the index holds: spaces, tabs, line breaks, quotes."""
+    names = [
+        "v/plain.mp4",
+        " v/lead.mp4",
+        "v/trail.mp4 ",
+        "v/tab\tin.mp4",
+        "v/new\nline.mp4",
+        '"v/quoted".mp4',
+    ]
+    lines = ["# written by a test\n"] + [
+        quarantine_line(n, f"reason\tof {i}\n  wrapped") for i, n in enumerate(names)
+    ]
+    (tmp_path / "quarantine.txt").write_text("".join(lines), encoding="utf-8")
+    quarantined = read_quarantine(tmp_path)
+    assert list(quarantined) == names
+    assert quarantined[" v/lead.mp4"] == "reason of 1 wrapped"  # the reason on one line
