@@ -14,7 +14,9 @@ After export the file is run on random clips at two batch sizes (1 and --check-c
 dimension is dynamic): ONNX through onnxruntime's CPUExecutionProvider, TorchScript through `torch.jit.load`.
 The largest absolute difference from eager PyTorch is printed; above --atol the command exits with status 3
 (the file and sidecar stay, marked `"passed": false`, for inspection). Any other error exits with status 1 and
-one message naming the file and the fix. ONNX needs the `export` extra: pip install '.[export]'.
+one message naming the file and the fix; a bad argument exits with status 2 and one line. An existing --out (or
+its sidecar) is replaced only with --overwrite, and never when it is the checkpoint itself. ONNX needs the
+`export` extra: pip install '.[export]'.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import time
 import warnings
@@ -47,6 +50,8 @@ INSTALL_HINT = (
     "install the export extra: pip install '.[export]' (in a checkout: pip install -e '.[export]'; `make install` "
     "includes it), or pip install onnx onnxruntime"
 )
+# onnxscript (and onnx-ir, its dependency) is not in the export extra: only the optional --dynamo exporter uses it
+DYNAMO_INSTALL_HINT = "pip install onnxscript (not part of the export extra: only --dynamo uses it)"
 PREPROCESSING = (
     "frames sampled and cropped as eval_protocol says (num_frames, sampling, crop_size; test_views views per "
     "video), RGB scaled to [0, 1], then (x - mean) / std per channel with eval_protocol.mean / eval_protocol.std; "
@@ -62,14 +67,12 @@ class ExportMismatchError(ExportError):
     """The exported file disagrees with eager PyTorch by more than the tolerance."""
 
 
-def require(module: str, purpose: str) -> ModuleType:
-    """Import an optional package, or raise ExportError saying how to install it."""
+def require(module: str, purpose: str, hint: str = INSTALL_HINT) -> ModuleType:
+    """Import an optional package, or raise ExportError saying how to install it (`hint`)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ExportError(
-            f"{purpose} needs the `{module}` package, which is not installed: {INSTALL_HINT}"
-        ) from None
+        raise ExportError(f"{purpose} needs the `{module}` package, which is not installed: {hint}") from None
 
 
 @contextmanager
@@ -126,7 +129,7 @@ def export_onnx(
     # under tracing) and SDPA, which opset >= 14 expresses with MatMul / Softmax. `dynamo=True` stays available
     # (`--dynamo`) for a torch where the TorchScript-based exporter is gone.
     if dynamo:
-        require("onnxscript", "ONNX export with --dynamo")
+        require("onnxscript", "ONNX export with --dynamo", DYNAMO_INSTALL_HINT)
         opset = max(
             opset, DYNAMO_MIN_OPSET
         )  # below it, the dynamo exporter converts down and often fails noisily
@@ -362,8 +365,11 @@ def export_checkpoint(
     check_clips: int = 3,
     atol: float = DEFAULT_ATOL,
     dynamo: bool = False,
+    overwrite: bool = False,
 ) -> ExportReport:
-    """Export a checkpoint's backbone, check it, write the sidecar. Raises ExportMismatchError past `atol`."""
+    """Export a checkpoint's backbone, check it, write the sidecar. Raises ExportMismatchError past `atol`;
+    ExportError, before loading anything, for an `out` (or sidecar) that is the checkpoint or, unless
+    `overwrite`, exists."""
     from src.models.checkpoints import CheckpointFileError
     from src.trained import load_trained
 
@@ -375,11 +381,19 @@ def export_checkpoint(
         raise ExportError(
             f"--check-clips {check_clips}: give N >= 2 (batches of 1 and N clips are run) or 0 to skip"
         )
-    if fmt == "onnx":  # before the minutes of loading and exporting: fail now if the runtime is missing
+    if not math.isfinite(atol) or atol < 0:
+        raise ExportError(f"--atol {atol}: give a finite tolerance >= 0 (default {DEFAULT_ATOL:g})")
+    if dynamo and fmt != "onnx":
+        raise ExportError("--dynamo chooses the ONNX exporter: drop it, or use --format onnx")
+    # before the minutes of loading and exporting: fail now if a package is missing or the output is taken
+    if fmt == "onnx":
         require("onnx", "ONNX export")
         if check_clips:
             require("onnxruntime", "Checking the ONNX file")
+        if dynamo:
+            require("onnxscript", "ONNX export with --dynamo", DYNAMO_INSTALL_HINT)
     out = Path(out)
+    check_output(Path(ckpt), out, fmt, overwrite=overwrite)
     try:
         trained = load_trained(ckpt)
     except (CheckpointFileError, FileNotFoundError):
@@ -420,9 +434,43 @@ def export_checkpoint(
         raise ExportMismatchError(
             f"{out}: the exported {fmt} model differs from eager PyTorch by {check.max_abs_diff:.3g} > --atol "
             f"{atol:g} (batch sizes {check.batch_sizes}; {check.runtime}). The file and {sidecar.name} are kept "
-            "for inspection, marked passed=false: do not use it as is. Try another --opset, or --format torchscript"
+            "for inspection, marked passed=false: do not use it as is. Try another --opset, or --format torchscript "
+            "(with --overwrite to replace this file)"
         )
     return report
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` leads to (links followed); None if there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_output(ckpt: Path, out: Path, fmt: str, *, overwrite: bool = False) -> None:
+    """Raise ExportError for an `out` that is a directory, an `out` or sidecar that is the checkpoint (hard and
+    symbolic links count), or one that exists when not `overwrite`."""
+    if out.is_dir():
+        raise ExportError(
+            f"--out {out} is a directory; give the exported file's name in it, e.g. "
+            f"--out {out / default_out(ckpt, fmt).name}"
+        )
+    source = _identity(ckpt)
+    for path in (out, sidecar_path(out)):
+        if not path.exists():
+            continue
+        name = f"--out {out}" if path == out else f"the sidecar {path} of --out {out}"
+        if source is not None and _identity(path) == source:
+            raise ExportError(
+                f"{name} is the checkpoint --ckpt {ckpt}: writing it would destroy the checkpoint; give another "
+                f"file, e.g. --out {default_out(ckpt, fmt)}"
+            )
+        if path.is_dir():
+            raise ExportError(f"{name} is a directory; give another --out")
+        if not overwrite:
+            raise ExportError(f"{name} already exists; pass --overwrite to replace it, or give another --out")
 
 
 def default_out(ckpt: Path, fmt: str) -> Path:
@@ -430,9 +478,29 @@ def default_out(ckpt: Path, fmt: str) -> Path:
     return ckpt.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
 
 
+def tolerance(text: str) -> float:
+    """An --atol value: a finite float >= 0 (argparse type: a bad value is a one-line usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a tolerance: give a finite number >= 0, e.g. {DEFAULT_ATOL:g}"
+        )
+    return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (exit 2), not the usage block followed by the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m src.export` arguments."""
-    p = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
+    p = OneLineErrorParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by `python -m src.cli fit`")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
     p.add_argument(
@@ -440,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="exported file (default: beside the checkpoint, .onnx / .torchscript.pt); "
         "the sidecar <out>.json is written beside it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out and its sidecar (never the checkpoint itself)",
     )
     p.add_argument(
         "--batch",
@@ -452,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dynamo",
         action="store_true",
-        help="ONNX through torch.export (needs onnxscript) instead of the TorchScript-based exporter",
+        help="ONNX through torch.export instead of the TorchScript-based exporter (needs "
+        "pip install onnxscript, which the export extra leaves out)",
     )
     p.add_argument(
         "--check-clips",
@@ -462,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--atol",
-        type=float,
+        type=tolerance,
         default=DEFAULT_ATOL,
         help=f"largest absolute logit difference accepted (default {DEFAULT_ATOL:g})",
     )
@@ -513,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_clips=args.check_clips,
             atol=args.atol,
             dynamo=args.dynamo,
+            overwrite=args.overwrite,
         )
     except ExportMismatchError as err:
         print(f"src.export: check failed: {err}", file=sys.stderr)
@@ -536,6 +611,7 @@ __all__ = [
     "ExportMismatchError",
     "ExportReport",
     "check_export",
+    "check_output",
     "example_clips",
     "export_checkpoint",
     "export_onnx",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +263,107 @@ def test_the_dynamo_exporter_also_works_where_onnxscript_is_installed(tmp_path):
         path = export_onnx(model, shape, tmp_path / "m.onnx", dynamo=True)
         assert onnx_opset(path) >= 18 and not list(tmp_path.glob("*.data"))  # one self-contained file
         assert check_export(model, path, "onnx", shape, batch_sizes=(1, 3)).passed
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e-4x"])
+def test_an_atol_that_is_not_a_finite_tolerance_is_refused_by_the_parser_in_one_line(value, capsys):
+    """`--atol nan` and `--atol -1` were accepted (nan passes no check, -1 fails every one)."""
+    from src.export import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ckpt", "any.ckpt", "--atol", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert f"argument --atol: '{value}' is not a tolerance: give a finite number >= 0" in err
+
+
+def file_state(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("link", ["same path", "hard link", "symbolic link", "sidecar"])
+def test_an_out_that_is_the_checkpoint_is_refused_before_loading_even_with_overwrite(
+    checkpoint, tmp_path, capsys, link
+):
+    """`--ckpt v2.ckpt --out v2.ckpt` replaced the checkpoint with TorchScript."""
+    from src.export import main
+
+    ckpt = tmp_path / "v2.ckpt"  # a copy: the session's checkpoint is read-only
+    shutil.copy(checkpoint, ckpt)
+    out = {"same path": ckpt, "hard link": tmp_path / "hard.pt", "symbolic link": tmp_path / "sym.pt"}.get(
+        link, tmp_path / "v2"
+    )
+    if link == "hard link":
+        os.link(ckpt, out)
+    elif link == "symbolic link":
+        out.symlink_to(ckpt)
+    elif link == "sidecar":
+        os.link(ckpt, tmp_path / "v2.json")  # the sidecar of --out v2
+    before = file_state(ckpt)
+    code = main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"is the checkpoint --ckpt {ckpt}: writing it would destroy the checkpoint" in err
+    assert "--out " + str(tmp_path / "v2.torchscript.pt") in err  # the default name, offered instead
+    assert file_state(ckpt) == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_an_existing_export_is_replaced_only_with_overwrite(checkpoint, tmp_path, capsys):
+    from src.export import main
+
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"an earlier export")
+    args = ["--ckpt", str(checkpoint), "--format", "torchscript", "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out} already exists; pass --overwrite to replace it" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"an earlier export" and not Path(f"{out}.json").exists()
+
+    out.unlink()
+    Path(f"{out}.json").write_text("{}")  # a sidecar left alone is an earlier result too
+    assert (
+        main(args) == 1 and f"the sidecar {out}.json of --out {out} already exists" in capsys.readouterr().err
+    )
+    with OneThread():
+        assert main([*args, "--overwrite"]) == 0
+    assert "max abs diff" in capsys.readouterr().out and out.stat().st_size > 1e5
+    assert json.loads(Path(f"{out}.json").read_text())["file"] == "model.pt"
+
+
+def test_an_out_that_is_a_directory_is_named_as_such_with_a_file_to_give(
+    zip_checkpoint_bytes, tmp_path, capsys
+):
+    """A directory as --out used to fail inside the exporter with advice to try another opset."""
+    from src.export import main
+
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(zip_checkpoint_bytes)
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    assert main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"--out {folder} is a directory; give the exported file's name in it, e.g. --out {folder / 'best.torchscript.pt'}"
+        in err
+    )
+    assert "opset" not in err and err.count("\n") == 1
+
+
+def test_dynamo_without_onnxscript_names_the_package_to_install_before_loading(monkeypatch, tmp_path, capsys):
+    """The hint named the export extra, which does not contain onnxscript."""
+    from src.export import main
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed
+    code = main(["--ckpt", str(tmp_path / "missing.ckpt"), "--dynamo", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert (
+        "needs the `onnxscript` package" in err and "pip install onnxscript" in err and ".[export]" not in err
+    )
+    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), "--dynamo", "--format", "torchscript"]) == 1
+    assert "--dynamo chooses the ONNX exporter" in capsys.readouterr().err
