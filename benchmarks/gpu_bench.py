@@ -397,16 +397,26 @@ def pipeline_item(cfg: BenchConfig, work: Path) -> list[dict]:
     )
     # the loader first: once this process has decoded, the data module starts workers from a forkserver
     # (decord's threads would deadlock forked children), which a training process does not pay
-    # the configs' recipe: PyAV, augmentation on the device (the workers decode and crop)
+    # the configs' recipe: decord, augmentation on the device (the workers decode and crop)
     common = dict(reps=cfg.pipeline_reps, batch_size=cfg.pipeline_batch)
     rows = [
         measure_loader(
-            cfg.pipeline_kind, repeated, "pyav", cfg.pipeline_workers, warmup=1, augment_on="device", **common
+            cfg.pipeline_kind,
+            repeated,
+            "decord",
+            cfg.pipeline_workers,
+            warmup=1,
+            augment_on="device",
+            **common,
         )
     ]
-    rows.append(measure_loader(cfg.pipeline_kind, index, "pyav", 0, warmup=0, augment_on="device", **common))
+    rows.append(
+        measure_loader(cfg.pipeline_kind, index, "decord", 0, warmup=0, augment_on="device", **common)
+    )
     # the half that moved: RandAugment, flip, normalise, erase on the batch, on this device
-    rows.append(measure_device_part(cfg.pipeline_kind, index, "pyav", warmup=1, device=cfg.device, **common))
+    rows.append(
+        measure_device_part(cfg.pipeline_kind, index, "decord", warmup=1, device=cfg.device, **common)
+    )
     # torchcodec's decoding on this device (NVDEC on CUDA): speed, and distance to PyAV's frames
     rows.append(
         measure_torchcodec_device(cfg.pipeline_kind, index, cfg.device, reps=cfg.pipeline_reps, warmup=1)

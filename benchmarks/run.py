@@ -27,7 +27,7 @@ from benchmarks.suites import SUITES, Suite
 from benchmarks.tables import gpu_training_rates, render, update_document
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo")
+SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders")
 DEFAULT_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
 )
@@ -161,6 +161,24 @@ def run_pytorchvideo(suite: Suite, log: Callable[[str], None], cache_dir: Path) 
     )
 
 
+def run_decoders(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
+    """The decoders compared fairly (benchmarks/decoders.py): clips per CPU-second of each reader on
+    `decoder_files` distinct files per codec, cold caches, rows interleaved, decode only and whole worker."""
+    from benchmarks.decoders import measure
+
+    if not suite.decoder_kinds:
+        return []
+    return measure(
+        suite.decoder_kinds,
+        cache_dir,
+        files=suite.decoder_files,
+        passes=suite.decoder_passes,
+        warmup_files=suite.decoder_warmup_files,
+        clip=suite.decoder_clip,
+        log=log,
+    )
+
+
 def _guarded(fn: Callable[[], dict], **context) -> dict:
     """Run one measurement; an exception becomes an error row (the run goes on and exits non-zero)."""
     try:
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": lambda: run_models(suite, print),
         "pipeline": lambda: run_pipeline(suite, print, args.cache_dir),
         "pytorchvideo": lambda: run_pytorchvideo(suite, print, args.cache_dir),
+        "decoders": lambda: run_decoders(suite, print, args.cache_dir),
     }
     previous = out_dir / f"{suite.name}.json"
     if set(sections) != set(SECTIONS) and previous.is_file():
@@ -236,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
         section_start = time.perf_counter()
-        guarded = section in ("pipeline", "pytorchvideo")
+        guarded = section in ("pipeline", "pytorchvideo", "decoders")
         rows = _section_rows(runners[section], section) if guarded else runners[section]()
         results["sections"][section] = rows
         results.setdefault("section_runs", {})[section] = {

@@ -1,7 +1,8 @@
 """The benchmark suites: which shapes, models and videos each measures, and its time and memory budgets.
 
-cpu   (make bench, < 15 min on 2 cores): every measurement at StructViT-S shapes; the reference path runs
-      where its predicted cost fits the budgets, and every skipped case is listed with its prediction.
+cpu   (make bench, < 15 min on 2 cores, plus ~6 min for the decoder comparison): every measurement at
+      StructViT-S shapes; the reference path runs where its predicted cost fits the budgets, and every skipped
+      case is listed with its prediction.
 quick (make bench-quick, about 3 min on 2 cores): one small shape per section, to check the harness end to end.
 gpu   (make bench-gpu): full-size shapes on CUDA in bf16 (flash attention), 16x224^2 batch-8 training steps.
 target: only the headline case (16 frames, S = 1, D = 4, forward + backward, fast vs reference);
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from benchmarks.attention import STAGE3_8F, STAGE3_16F, STAGE4_8F, STAGE4_16F, LayerShape
+from benchmarks.decoders import KINDS as DECODER_KINDS
+from benchmarks.decoders import QUICK, QUICK_KINDS
 from benchmarks.videos import KINETICS, SSV2, VideoKind
 
 # Small, short versions of the two video kinds for the smoke test (same codecs and sampling).
@@ -61,13 +64,20 @@ class Suite:
     # data pipeline
     video_kinds: tuple[VideoKind, ...] = ()
     videos_per_kind: int = 6
-    backends: tuple[str, ...] = ("pyav", "decord")  # the first: the default, used for the worker rows
+    backends: tuple[str, ...] = ("decord", "pyav")  # the first: the default, used for the worker rows
     loader_workers: tuple[int, ...] = (1, 2)
     pipeline_reps: int = 5
     # the PyTorchVideo comparison (benchmarks/pytorchvideo_compare.py): clips per pass and kind; a smaller
     # clip (crop side, frames) for the tiny suite only, None keeps the dataset config's recipe
     pytorchvideo_clips: int = 6
     pytorchvideo_clip: tuple[int, int] | None = None
+    # the fair decoder comparison (benchmarks/decoders.py): file sets, files per set, timed passes, warm-up
+    # files and a smaller clip (crop side, frames; None keeps the dataset config's recipe)
+    decoder_kinds: tuple[VideoKind, ...] = ()
+    decoder_files: int = 64
+    decoder_passes: int = 5
+    decoder_warmup_files: int = 4
+    decoder_clip: tuple[int, int] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -84,6 +94,7 @@ SUITES: dict[str, Suite] = {
         model_warmup=1,
         video_kinds=(KINETICS, SSV2),
         videos_per_kind=4,
+        decoder_kinds=DECODER_KINDS,
     ),
     "quick": Suite(
         name="quick",
@@ -98,8 +109,12 @@ SUITES: dict[str, Suite] = {
         model_warmup=1,
         video_kinds=(KINETICS, SSV2),
         videos_per_kind=2,
-        backends=("pyav", "decord"),
         loader_workers=(1,),
+        decoder_kinds=QUICK_KINDS,
+        decoder_files=QUICK["files"],
+        decoder_passes=QUICK["passes"],
+        decoder_warmup_files=QUICK["warmup_files"],
+        decoder_clip=QUICK["clip"],
     ),
     "gpu": Suite(
         name="gpu",
@@ -148,10 +163,14 @@ SUITES: dict[str, Suite] = {
         model_warmup=1,
         video_kinds=(TINY_KINETICS, TINY_SSV2),
         videos_per_kind=1,
-        backends=("pyav", "decord"),
         loader_workers=(1,),
         pipeline_reps=1,
         pytorchvideo_clips=1,
         pytorchvideo_clip=(32, 4),
+        decoder_kinds=QUICK_KINDS,
+        decoder_files=2,
+        decoder_passes=1,
+        decoder_warmup_files=1,
+        decoder_clip=(32, 4),
     ),
 }

@@ -306,6 +306,43 @@ def _before_after(rows: list[dict]) -> list[str]:
     return lines
 
 
+def decoder_tables(rows: list[dict]) -> str:
+    """The decoder benchmark (benchmarks/decoders.py): clips per CPU-second per set, stage and reader, then
+    the factors, each a ratio of two rows of the same passes with its per-pass range."""
+    out = [
+        "### 7. Decoders, fairly: clips per CPU-second on distinct files, cold caches, rows interleaved\n",
+        "| set | codec, size, sampling | files | stage | reader | clips / CPU-s | clips/s (wall) | CPU / wall | "
+        "frames vs PyAV |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("type") != "clips":
+            continue
+        where = f"{r['codec']} {r['resolution']}, {r['sampling']}"
+        if r.get("status") != "ok":
+            out.append(
+                f"| {r['dataset']} | {where} | | {r['stage']} | {r['reader']} | {r.get('reason', '')[:80]} | | | |"
+            )
+            continue
+        if "mismatched_clips_vs_pyav" in r:
+            bad = r["mismatched_clips_vs_pyav"]
+            frames = "identical" if not bad else f"{bad} clips differ (max {r['max_abs_diff_vs_pyav']})"
+        else:
+            frames = "—"
+        out.append(
+            f"| {r['dataset']} | {where} | {r['files']} | {r['stage']} | {r['reader']} | {r['clips_per_cpu_s']:.2f} | "
+            f"{r['clips_per_s']:.2f} | {r['cpu_over_wall']:.2f} | {frames} |"
+        )
+    out += ["", "| set | factor | ratio | range over passes | from |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("type") == "ratio":
+            out.append(
+                f"| {r['dataset']} | {r['factor']} | **{r['ratio']:.2f}×** | {r['pass_min']:.2f}-{r['pass_max']:.2f}× | "
+                f"{r['numerator']} over {r['denominator']} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
     """All tables of one results file, with its header, as markdown."""
     sections = results.get("sections", {})
@@ -320,6 +357,8 @@ def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
         parts.append(pipeline_table(sections["pipeline"], gpu_rates))
     if sections.get("pytorchvideo"):
         parts.append(pytorchvideo_table(sections["pytorchvideo"]))
+    if sections.get("decoders"):
+        parts.append(decoder_tables(sections["decoders"]))
     return "\n".join(parts)
 
 

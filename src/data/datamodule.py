@@ -94,9 +94,9 @@ class VideoDataModule(LightningDataModule):
             classes whose names mirror each other, "left" <-> "right").
         batch_size: training clips per step and device.
         num_workers: DataLoader worker processes per device.
-        backend: video decoder tried first: "pyav" (default: the same frames as decord, faster in `make bench`),
-            "decord", or "torchcodec" (the [torchcodec] extra and FFmpeg's libraries); after two failures
-            the other of pyav / decord is tried (pyav after torchcodec).
+        backend: video decoder tried first: "decord" (default), "pyav" (the same frames; faster on H.264,
+            see BENCHMARKS.md "Decoders"), or "torchcodec" (the [torchcodec] extra and FFmpeg's libraries);
+            after two failures the other of decord / pyav is tried (pyav after torchcodec).
         num_repeats: augmented copies of each decoded training video in a batch (repeated augmentation).
         max_failure_rate: training stops when more than this fraction of an epoch's videos fail to decode.
         decode_timeout: seconds after which a probe or decode is abandoned as failed; null waits for ever.
@@ -134,7 +134,7 @@ class VideoDataModule(LightningDataModule):
         flip: Literal["on", "off", "swap"] = "on",
         batch_size: PositiveInt = 8,
         num_workers: NonNegativeInt = 2,
-        backend: Literal["pyav", "decord", "torchcodec"] = "pyav",
+        backend: Literal["pyav", "decord", "torchcodec"] = "decord",
         num_repeats: PositiveInt = 1,
         max_failure_rate: ClosedUnitInterval = 0.01,
         decode_timeout: PositiveFloat | None = 30.0,

@@ -138,3 +138,63 @@ def test_decord_reads_when_another_library_switched_its_bridge_to_torch(media_di
     finally:
         decord.bridge.set_bridge("native")
     assert decoded_indices(frames) == [3, 1] and frames.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_decord_gives_pyavs_frames_on_textured_footage_with_long_gops(tmp_path: Path, codec: str) -> None:
+    """decord, the default, and PyAV, its fallback, return the same pixels for dense training clips that start
+    anywhere in a keyframe interval and cross into the next one (B-frames on for H.264)."""
+    suffix = "mp4" if codec == "h264" else "webm"
+    path = write_test_video(
+        tmp_path / f"long_gop.{suffix}", 150, (90, 160), codec=codec, pattern="textured", gop=60
+    )
+    for start in (0, 7, 31, 50, 59, 60, 88):
+        indices = [min(start + 4 * i, 149) for i in range(16)]
+        decord_frames = read_frames(path, indices, backend="decord")
+        assert decoded_indices(decord_frames) == indices
+        assert torch.equal(decord_frames, read_frames(path, indices, backend="pyav"))
+
+
+def _write_av1(path: Path, num_frames: int) -> Path:
+    """An AV1 mp4 (SVT-AV1) whose frames carry their index: PyAV decodes AV1, decord's FFmpeg does not."""
+    import av
+
+    from tests.helpers.videos import frame_pattern
+
+    if "libsvtav1" not in av.codecs_available:
+        pytest.skip("this PyAV build has no AV1 encoder (libsvtav1)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libsvtav1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        # every frame a keyframe: PyAV's skipping of unwanted non-reference frames loses wanted frames of
+        # inter-coded AV1, a separate matter from the fallback tested here
+        stream.codec_context.gop_size = 1
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i, 64, 64), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_decord_is_the_default_and_a_file_it_cannot_read_falls_back_to_pyav(tmp_path: Path) -> None:
+    """AV1 (what YouTube serves more and more of) is a real file decord cannot open: read_frames, left to
+    its default, tries decord; the DataModule, left to its default, then reads the video with PyAV."""
+    from src.data.datamodule import VideoDataModule
+    from src.data.index import IndexRow, write_index
+
+    av1 = _write_av1(tmp_path / "videos" / "av1.mp4", 20)
+    with pytest.raises(DecodeError, match="decord cannot open it"):
+        read_frames(av1, [0, 5])
+    assert decoded_indices(read_frames(av1, [0, 5, 19], backend="pyav")) == [0, 5, 19]
+    rows = [IndexRow("videos/av1.mp4", 0, num_frames=20, fps=25.0)]
+    write_index(tmp_path, dataset="av1", classes=["a"], splits={"train": rows, "val": rows})
+    options = dict(num_frames=4, sampling="segment", crop_size=32, test_views=(1, 1), flip="off")
+    dm = VideoDataModule(root=str(tmp_path), num_workers=0, batch_size=1, eval_batch_size=1, **options)
+    assert dm.backend == "decord"
+    batch = next(iter(dm.val_dataloader()))  # evaluation never substitutes another video
+    assert batch["video"].shape[:2] == (1, 1) and batch["failed_index"].numel() == 0
+    train = next(iter(dm.train_dataloader()))
+    assert int(train["decode_failures"].sum()) == 0 and int(train["index"][0]) == 0

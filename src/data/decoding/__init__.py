@@ -6,8 +6,8 @@ construction. `segment=(start, end)` in seconds restricts a long file to one tri
 relative to the segment's first frame. Every failure raises `DecodeError(path, reason)`.
 
 One module per backend over the shared `base` (errors, VideoInfo, validation, segment arithmetic):
-`pyav_reader` (the default), `decord_reader`, `torchcodec_reader` (optional) and `frames_reader` (JPEG
-folders, whatever the backend).
+`decord_reader` (the default), `pyav_reader` (its fallback), `torchcodec_reader` (optional) and
+`frames_reader` (JPEG folders, whatever the backend).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def probe(source: str | Path) -> VideoInfo:
 def read_frames(
     source: str | Path,
     indices: Sequence[int],
-    backend: str = "pyav",
+    backend: str = "decord",
     *,
     segment: Segment | None = None,
     threads: int = 1,

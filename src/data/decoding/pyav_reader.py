@@ -71,6 +71,13 @@ def timestamp_table(path: Path) -> tuple[VideoInfo, list[int], list[int]]:
     return result
 
 
+def clear_timestamp_cache() -> None:
+    """Forget every cached timestamp table, so the next read of each file demuxes it again: what a worker
+    meets in an epoch of a large dataset, where it sees each of thousands of files about once
+    (`benchmarks.decoders` clears it before each clip)."""
+    _PROBE_CACHE.clear()
+
+
 def probe_video(path: Path) -> VideoInfo:
     """Frame count, fps, size and codec of a video file (from the cached timestamp table)."""
     return timestamp_table(path)[0]

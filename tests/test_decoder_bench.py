@@ -1,0 +1,101 @@
+"""The fair decoder benchmark (benchmarks/decoders.py): a row for every reader and codec, sane factors, a cold
+PyAV cache, the same frames from every reader, and file sets generated once.
+
+Timings are never asserted (they depend on the machine); the protocol and the table's structure are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.decoders import (
+    BEFORE,
+    DECODE,
+    FACTORS,
+    JPEG,
+    ON_CPU,
+    ON_DEVICE,
+    QUICK_KINDS,
+    TRANSFORM_CPU,
+    TRANSFORM_DEVICE,
+    file_sets,
+    main,
+    readers,
+)
+from benchmarks.tables import decoder_tables
+
+VIDEO_SETS = ("k400-340p", "ssv2")
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_measures_every_reader_and_codec_with_finite_factors(tmp_path: Path) -> None:
+    out = tmp_path / "decoders.json"
+    assert main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    clips = [r for r in rows if r["type"] == "clips" and r["status"] == "ok"]
+    for dataset in VIDEO_SETS:
+        mine = {(r["stage"], r["reader"]) for r in clips if r["dataset"] == dataset}
+        for reader in ("pyav", "decord", BEFORE):
+            assert {(DECODE, reader), (ON_CPU, reader), (ON_DEVICE, reader)} <= mine
+        assert {(TRANSFORM_CPU, "—"), (TRANSFORM_DEVICE, "—")} <= mine
+        # torchcodec: measured where it works, else a skipped row that says why
+        assert any(r["dataset"] == dataset and r["reader"] == "torchcodec" for r in rows)
+    jpeg = {(r["stage"], r["reader"]) for r in clips if r["dataset"] == "ssv1"}
+    assert {(DECODE, JPEG), (ON_CPU, JPEG), (ON_DEVICE, JPEG)} <= jpeg
+    for r in clips:
+        assert r["files"] == 4 and r["passes"] == 3 and len(r["cpu_s_per_pass"]) == 3
+        assert math.isfinite(r["clips_per_cpu_s"]) and r["clips_per_cpu_s"] > 0
+        assert r.get("mismatched_clips_vs_pyav", 0) == 0  # every reader returned PyAV's very frames
+    # the whole worker costs more than either of its parts
+    by = {(r["dataset"], r["stage"], r["reader"]): r["clips_per_cpu_s"] for r in clips}
+    assert by[("k400-340p", ON_CPU, "decord")] < by[("k400-340p", DECODE, "decord")]
+    assert by[("k400-340p", ON_CPU, "decord")] < by[("k400-340p", TRANSFORM_CPU, "—")]
+    factors = [r for r in rows if r["type"] == "ratio"]
+    expected = {name for name, top, bottom in FACTORS if "torchcodec" not in (top[1], bottom[1])}
+    for dataset in VIDEO_SETS:
+        assert expected - {f for f in expected if "JPEG" in f} <= {
+            r["factor"] for r in factors if r["dataset"] == dataset
+        }
+    for r in factors:
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0
+        assert (
+            r["pass_min"] - 0.002 <= r["ratio"] <= r["pass_max"] + 0.002
+        )  # a median ratio lies in the range
+    table = decoder_tables(rows)
+    for dataset in (*VIDEO_SETS, "ssv1"):
+        assert f"| {dataset} |" in table
+    assert "loader per core" in table and "identical" in table
+
+
+def test_the_pyav_row_reads_every_clip_with_an_empty_timestamp_cache(tmp_path: Path) -> None:
+    """A worker of a real epoch sees each file about once: the PyAV row may not reuse a cached table."""
+    from src.data.decoding import pyav_reader
+
+    kind = QUICK_KINDS[0]
+    (index,) = file_sets([kind], 2, tmp_path, log=lambda _: None)
+    read = readers(kind)[0]["pyav"]
+    for path in sorted((index / "videos").iterdir()):
+        read(path, [0, 4, 8])
+    assert len(pyav_reader._PROBE_CACHE) == 1  # the last file's table only: each read began empty
+
+
+def test_file_sets_are_generated_once_and_hold_the_gops_and_b_frames_they_claim(tmp_path: Path) -> None:
+    from src.data.decoding.pyav_reader import demux_timestamps
+
+    kind = QUICK_KINDS[0]
+    (first,) = file_sets([kind], 2, tmp_path, log=lambda _: None)
+    stamps = {p: p.stat().st_mtime_ns for p in (first / "videos").iterdir()}
+    (again,) = file_sets([kind], 2, tmp_path, log=lambda _: None)
+    assert again == first and {p: p.stat().st_mtime_ns for p in (again / "videos").iterdir()} == stamps
+    import av
+
+    for i, path in enumerate(sorted(stamps)):
+        info, table, keyframes = demux_timestamps(path)
+        assert len(keyframes) == math.ceil(info.num_frames / kind.gops[i])  # one keyframe per GOP
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.has_b_frames  # B-frames, as x264 writes them
