@@ -5,7 +5,7 @@ training backend, inside a worker subprocess with a timeout: a decoder that hang
 (which is replaced), never the run. Results: `quarantine.txt` (`path<TAB>reason`, read by the data pipeline,
 which skips those rows) and `doctor.json` (counts by codec, resolution, fps, and the failures), both atomic.
 
-python -m data_prep.doctor INDEX_DIR [--workers N --timeout 60 --backend pyav]
+python -m data_prep.doctor INDEX_DIR [--workers N --timeout 60 --backend decord]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run_checks(
     *,
     workers: int = 2,
     timeout: float = 60.0,
-    backend: str = "pyav",
+    backend: str = "decord",
     progress: bool = True,
 ) -> dict[Check, dict]:
     """Check every video in `workers` subprocesses, each answer within `timeout` seconds."""
@@ -150,7 +150,7 @@ def doctor(
     *,
     workers: int = 2,
     timeout: float = 60.0,
-    backend: str = "pyav",
+    backend: str = "decord",
     progress: bool = True,
 ) -> dict:
     """Check an index folder; write quarantine.txt and doctor.json there; return the summary."""
@@ -199,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backend",
         choices=("pyav", "decord", "torchcodec"),
-        default="pyav",
-        help="the training decoder (data.backend of the config; pyav in all shipped configs)",
+        default="decord",
+        help="the training decoder (data.backend of the config; decord in all shipped configs)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when anything is quarantined"

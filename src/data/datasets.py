@@ -153,7 +153,7 @@ class VideoClipDataset(Dataset):
         train_transform: TrainTransform | None = None,
         eval_transform: EvalTransform | None = None,
         num_clips: int = 1,
-        backend: str = "pyav",
+        backend: str = "decord",
         num_repeats: int = 1,
         decode_timeout: float | None = 30.0,
         seed: int = 0,
@@ -224,7 +224,12 @@ class VideoClipDataset(Dataset):
 
         for backend in attempts:
             try:
-                return call_with_timeout(lambda b=backend: attempt(b), self.decode_timeout, entry.path)
+                frames = call_with_timeout(lambda b=backend: attempt(b), self.decode_timeout, entry.path)
+                if backend != self.backend:  # reported, so a dataset the chosen decoder cannot read is seen
+                    log.warning(
+                        "decoded %s with %s after %s failed: %s", entry.path, backend, self.backend, error
+                    )
+                return frames
             except DecodeError as err:
                 error = err
                 if not err.retryable:

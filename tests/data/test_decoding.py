@@ -155,8 +155,9 @@ def test_decord_gives_pyavs_frames_on_textured_footage_with_long_gops(tmp_path: 
         assert torch.equal(decord_frames, read_frames(path, indices, backend="pyav"))
 
 
-def _write_av1(path: Path, num_frames: int) -> Path:
-    """An AV1 mp4 (SVT-AV1) whose frames carry their index: PyAV decodes AV1, decord's FFmpeg does not."""
+def _write_av1(path: Path, num_frames: int, gop: int = 1) -> Path:
+    """An AV1 mp4 (SVT-AV1) whose frames carry their index, a keyframe every `gop` frames: PyAV decodes AV1,
+    decord's FFmpeg does not."""
     import av
 
     from tests.helpers.videos import frame_pattern
@@ -167,9 +168,7 @@ def _write_av1(path: Path, num_frames: int) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libsvtav1", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        # every frame a keyframe: PyAV's skipping of unwanted non-reference frames loses wanted frames of
-        # inter-coded AV1, a separate matter from the fallback tested here
-        stream.codec_context.gop_size = 1
+        stream.codec_context.gop_size = gop
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(frame_pattern(i, 64, 64), format="rgb24")
             for packet in stream.encode(frame):
@@ -179,7 +178,17 @@ def _write_av1(path: Path, num_frames: int) -> Path:
     return path
 
 
-def test_decord_is_the_default_and_a_file_it_cannot_read_falls_back_to_pyav(tmp_path: Path) -> None:
+def test_pyav_reads_every_wanted_frame_of_inter_coded_av1(tmp_path: Path) -> None:
+    """Non-reference skipping is for the codecs it was proven on: on inter-coded AV1 it lost wanted frames
+    ("frame 7 could not be decoded"), and AV1 is exactly what falls back from decord to PyAV."""
+    av1 = _write_av1(tmp_path / "inter.mp4", 24, gop=12)
+    for indices in ([7], [0, 5, 19], [3, 11, 12, 23], list(range(24))):
+        assert decoded_indices(read_frames(av1, indices, backend="pyav")) == indices
+
+
+def test_decord_is_the_default_and_a_file_it_cannot_read_falls_back_to_pyav(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """AV1 (what YouTube serves more and more of) is a real file decord cannot open: read_frames, left to
     its default, tries decord; the DataModule, left to its default, then reads the video with PyAV."""
     from src.data.datamodule import VideoDataModule
@@ -194,7 +203,9 @@ def test_decord_is_the_default_and_a_file_it_cannot_read_falls_back_to_pyav(tmp_
     options = dict(num_frames=4, sampling="segment", crop_size=32, test_views=(1, 1), flip="off")
     dm = VideoDataModule(root=str(tmp_path), num_workers=0, batch_size=1, eval_batch_size=1, **options)
     assert dm.backend == "decord"
-    batch = next(iter(dm.val_dataloader()))  # evaluation never substitutes another video
+    with caplog.at_level("WARNING", logger="src.data.datasets"):
+        batch = next(iter(dm.val_dataloader()))  # evaluation never substitutes another video
     assert batch["video"].shape[:2] == (1, 1) and batch["failed_index"].numel() == 0
+    assert f"decoded {av1} with pyav after decord failed" in caplog.text  # a fallback is reported, per video
     train = next(iter(dm.train_dataloader()))
     assert int(train["decode_failures"].sum()) == 0 and int(train["index"][0]) == 0

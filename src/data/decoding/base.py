@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-BACKENDS = ("pyav", "decord")  # always installed; the first is the default
+BACKENDS = ("decord", "pyav")  # always installed; the first is the default (the design's decoder)
 OPTIONAL_BACKENDS = ("torchcodec",)  # the [torchcodec] extra plus FFmpeg's shared libraries
 ALL_BACKENDS = BACKENDS + OPTIONAL_BACKENDS
 # the decoder tried after a backend failed twice: a second, independent implementation
