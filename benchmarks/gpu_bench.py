@@ -357,11 +357,11 @@ def _repeated_index(source: Path, out: Path, repeats: int) -> Path:
     pass gives every loader worker several batches without generating more videos."""
     import csv
 
-    from src.data.index import IndexRow, write_index
+    from src.data.index import IndexRow, read_classes, write_index
 
     with open(source / "train.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    classes = (source / "classes.txt").read_text().split()
+    classes = read_classes(source)  # the index reader: names with spaces stay whole
     train = [
         IndexRow(
             str((source / r["path"]).resolve()),
