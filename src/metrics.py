@@ -71,6 +71,9 @@ class EpochMetrics(nn.Module):
     runs the same collectives in the same order on every rank, whatever each rank saw (even nothing).
     `compute` must therefore be called by every rank at the same point (the LightningModule's epoch-end hooks);
     nothing else in the project reduces metrics, so a callback on rank 0 alone never enters a collective.
+    In evaluation, `src.hang_guard`'s end-of-epoch meeting runs first (a callback hook, before the module's):
+    the ranks enter these all-gathers together, so a rank slower than `collective_timeout` over its whole
+    shard is not mistaken for a hung one.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -188,7 +191,8 @@ def confusion_figure(matrix: Tensor, class_names: Sequence[str]):
     image = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if k <= 60:  # names are data: parse_math=False keeps "$", "_", "^" literal (a "$" pair is mathtext otherwise)
+    if k <= 60:
+        # names are data: parse_math=False keeps "$", "_", "^" literal ("$...$" is mathtext otherwise)
         ax.set_xticks(range(k), labels=class_names, rotation=90, fontsize=6, parse_math=False)
         ax.set_yticks(range(k), labels=class_names, fontsize=6, parse_math=False)
     fig.colorbar(image, ax=ax, fraction=0.046)

@@ -103,6 +103,62 @@ def test_sigterm_mid_epoch_saves_last_and_resuming_ends_at_the_uninterrupted_ste
     assert resumed.global_step == uninterrupted.global_step == 8
 
 
+class SigtermInValidation(Callback):
+    """Sends SIGTERM to this process after the first batch of the first validation (or of the sanity check)."""
+
+    def __init__(self, sanity: bool) -> None:
+        self.sanity = sanity
+        self.sent = False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking == self.sanity and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Validations(Callback):
+    """Records (sanity check?, global step, batches) of every validation that reaches its end."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[bool, int, int]] = []
+        self._batches = 0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._batches = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batches += 1
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.runs.append((trainer.sanity_checking, trainer.global_step, self._batches))
+
+
+@pytest.mark.parametrize("sanity", [False, True], ids=["validation", "sanity-check"])
+def test_sigterm_inside_a_validation_saves_the_training_state_and_the_resume_runs_that_validation(
+    tmp_path, sanity
+):
+    """Stopped after the first of 4 validation batches of epoch 0 (Lightning's own stop there), last.ckpt holds
+    the 4 training steps of epoch 0 and marks the validation as not run: the resumed run validates step 4 in
+    full, then trains epoch 1. Stopped in the sanity check, it holds step 0 and the resume trains from there."""
+    train, val = loader(TinyClips(8), batch_size=2), loader(TinyClips(4, views=1), batch_size=1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = trainer_with(
+        tmp_path, [SigtermInValidation(sanity), checkpoint, SigtermCheckpoint()], max_epochs=2,
+        enable_checkpointing=True, num_sanity_val_steps=2,
+    )  # fmt: skip
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        trainer.fit(make_task(), train, val)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == (0 if sanity else 4)
+
+    seen = Validations()
+    resumed = trainer_with(tmp_path, [seen], max_epochs=2, num_sanity_val_steps=2)
+    resumed.fit(make_task(), train, val, ckpt_path=last)
+    assert resumed.global_step == 8
+    full = [(False, 4, 4), (False, 8, 4)]  # validation of epoch 0 (all 4 batches), then of epoch 1
+    assert seen.runs == ([(True, 0, 2)] if sanity else []) + full
+
+
 PREDICT_PATHS = [f"clip{i}.mp4" for i in range(3)]
 
 

@@ -1,6 +1,7 @@
 """Multi-process runs the way users start them: CPU DDP over gloo with the default progress bar and loader
-workers, two torchrun "nodes", a rank with no evaluation videos, a non-finite loss on one rank, and a rank
-that stops answering (collective timeout, SIGTERM while blocked in a collective).
+workers, two torchrun "nodes", a rank with no evaluation videos, a non-finite loss on one rank, a rank that
+stops answering (collective timeout, SIGTERM while blocked in a collective), a rank slower than the collective
+timeout in validation, and SIGTERM during validation.
 
 Every run is bounded: a hang kills the whole process group and fails the test with the output so far.
 """
@@ -269,6 +270,16 @@ def one_val_video_index(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def eight_val_videos_index(tmp_path_factory) -> Path:
+    """The tiny index with 8 validation videos: 4 per rank over two ranks."""
+    from data_prep.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("index8") / "synthetic"
+    generate_dataset(out, train=8, val=8, test=1, frames=8, size=32)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_non_finite_loss_on_one_rank_skips_the_step_and_an_empty_eval_shard_still_meets_the_others(
@@ -295,8 +306,8 @@ def test_a_stalled_rank_ends_the_run_at_the_collective_timeout_or_at_sigterm_aft
     """Rank 1 stalls (600 s) after epoch 0 while rank 0 waits for it in a barrier; two runs, launched together:
     - without a signal, the collective timeout (30 s, not torch's 30 minutes) ends the run with its message
       (it also bounds the ranks' rendezvous: below 30 s, a rank that starts slowly on a busy machine fails it);
-    - SIGTERM to every process of the other, once both ranks are there, ends it after the grace (3 s) with
-      the hang guard's message, and no process of the run outlives it."""
+    - SIGTERM to every process of the other, once both ranks are there, ends it after the grace (3 s without
+      progress) with the hang guard's message, and no process of the run outlives it."""
     timeout_run = fault_run(index, tmp_path, "stall", "stall", "--trainer.max_epochs", "2",
                             "--hang_guard.collective_timeout", "30", STRUCTVIT_STALL_S="600")  # fmt: skip
     sigterm_run = fault_run(index, tmp_path, "sigterm", "stall", "--trainer.max_epochs", "2",
@@ -312,7 +323,7 @@ def test_a_stalled_rank_ends_the_run_at_the_collective_timeout_or_at_sigterm_aft
         os.killpg(sigterm_run.proc.pid, signal.SIGTERM)  # as SLURM and torchrun do: every process of the job
         output = sigterm_run.finish(timeout=120)
         assert sigterm_run.proc.returncode != 0
-        assert "[hang guard]" in output and "SIGTERM received 3 s ago" in output, output[-4000:]
+        assert "[hang guard]" in output and "no progress for 3 s" in output, output[-4000:]
         alive = live_processes(sigterm_run.proc.pid)
         assert not alive, f"processes of the run outlived it: {alive}"
 
@@ -387,3 +398,61 @@ def test_sigterm_to_every_process_stops_all_ranks_at_one_step_and_resumes_there(
         tmp_path / "preempt" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"
     )
     assert resumed["global_step"] == 12 and resumed["epoch"] == 2  # 3 epochs x 4 steps, as uninterrupted
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_slow_rank_is_waited_for_and_sigterm_in_validation_stops_every_rank_with_a_checkpoint(
+    index, eight_val_videos_index, tmp_path
+):
+    """Two 2-process fits with slow validations (eval batches of one video), launched together:
+    - 8 validation videos, 4 per rank: rank 1 takes 12 s more for each of its batches 1-3, 36 s in all, beyond
+      `collective_timeout` 30 s (batch 0 is left fast: every rank's first validation step broadcasts DDP's
+      buffers, a collective that would split the wait). Rank 0 used to wait in the metric all-gather and time
+      out ("hang_guard.collective_timeout=30 s", exit 1, no checkpoint); it now waits while rank 1 completes
+      batches, and the run ends with last.ckpt;
+    - both ranks hold after their first validation batch until SIGTERM reaches every process, with
+      `signal_grace` 10 s and a 12-s batch left to run: every rank leaves the validation there (they agree
+      through the store, no collective per batch), last.ckpt holds the training step, exit 143."""
+    slow = {
+        "class_path": "tests.helpers.signal_sync.SlowValidation",
+        "init_args": {"seconds": 12, "ranks": [1], "after": 1},
+    }
+    markers = tmp_path / "markers"
+    held = {
+        "class_path": "tests.helpers.signal_sync.SlowValidation",
+        "init_args": {"seconds": 12, "marker_dir": str(markers), "hold_at": 0},
+    }
+    common = [
+        *DDP,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--data.eval_batch_size",
+        "1",
+    ]
+    slow_run = cli(tmp_path / "slow.log", "fit", *run_args(eight_val_videos_index, tmp_path, "slow"), *common,
+                   "--hang_guard.collective_timeout", "30", f"--trainer.callbacks+={json.dumps(slow)}")  # fmt: skip
+    term_run = cli(tmp_path / "term.log", "fit", *run_args(index, tmp_path, "term"), *common,
+                   "--hang_guard.signal_grace", "10", f"--trainer.callbacks+={json.dumps(held)}")  # fmt: skip
+    try:
+        reached = wait_for_markers(markers, 2, term_run.proc)
+        if reached:
+            os.killpg(term_run.proc.pid, signal.SIGTERM)
+        output = term_run.finish(timeout=120)
+        assert reached, f"the ranks never reached their validation\n{output[-3000:]}"
+        assert "[hang guard]" not in output, output[-4000:]
+        assert "SIGTERM: stopping all 2 processes in validation (global step 2)" in output, output[-4000:]
+        assert term_run.proc.returncode == 143
+        last = tmp_path / "term" / "run" / "checkpoints" / "last.ckpt"
+        state = torch.load(last, weights_only=False, map_location="cpu")
+        assert (state["global_step"], state["epoch"]) == (2, 0)  # 8 clips / (2 ranks x 2): epoch 0 trained
+
+        output = slow_run.succeed(timeout=400)
+        assert "[hang guard]" not in output and "Timed out" not in output, output[-4000:]
+        assert (tmp_path / "slow" / "run" / "checkpoints" / "last.ckpt").is_file()
+        assert [v for _, v in scalars(tmp_path / "slow" / "run")["val/videos"]] == [8.0]  # both shards scored
+    finally:
+        for run in (slow_run, term_run):
+            run.kill()

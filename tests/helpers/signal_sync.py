@@ -1,13 +1,17 @@
-"""A callback that holds a training run at a chosen step until the test has sent it SIGTERM, so the step at
-which the signal lands is exact (no reading of progress bars, no sleeps that order events).
+"""Callbacks that hold a run at a chosen point until the test has sent it SIGTERM, so the point at which the
+signal lands is exact (no reading of progress bars, no sleeps that order events), and one that makes
+validation slow.
 
-Load it through the command line:
+Load them through the command line:
     --trainer.callbacks+='{"class_path": "tests.helpers.signal_sync.WaitForSigtermAt",
                            "init_args": {"step": 6, "marker_dir": "/tmp/x"}}'
-After the optimiser step that makes `trainer.global_step == step`, every rank writes `marker_dir/rank<r>` and
-waits (at most `timeout` s) until its process has received SIGTERM; the signal goes through the handler that was
-installed (the hang guard's, or Lightning's), which then stops the run at the next step boundary as it would
-on a cluster. The test waits for the markers of all ranks, then signals.
+- `WaitForSigtermAt`: after the optimiser step that makes `trainer.global_step == step`, every rank writes
+  `marker_dir/rank<r>` and waits (at most `timeout` s) until its process has received SIGTERM;
+- `SlowValidation`: every validation batch from batch `after` on, outside the sanity check, takes `seconds`
+  longer (on the ranks listed in `ranks`, default all); with `marker_dir`, after batch `hold_at` of the first
+  validation each rank writes its marker and waits for SIGTERM the same way.
+The signal goes through the handler that was installed (the hang guard's, or Lightning's), which then stops the
+run at its next safe point as it would on a cluster. The test waits for the markers of all ranks, then signals.
 """
 
 from __future__ import annotations
@@ -20,6 +24,29 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 
+def hold_until_sigterm(trainer: pl.Trainer, marker_dir: Path, timeout: float, where: str) -> None:
+    """Write `marker_dir/rank<r>`, then wait until this process has received SIGTERM (at most `timeout` s)."""
+    received = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def record(signum, frame):
+        received.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, record)
+    try:
+        marker_dir.mkdir(parents=True, exist_ok=True)
+        (marker_dir / f"rank{trainer.global_rank}").write_text(str(trainer.global_step))
+        deadline = time.monotonic() + timeout
+        while not received:  # the signal interrupts the wait; its handler runs in this thread
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no SIGTERM within {timeout} s of reaching {where}")
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class WaitForSigtermAt(Callback):
     def __init__(self, step: int, marker_dir: str, timeout: float = 120.0) -> None:
         self.step = step
@@ -27,27 +54,39 @@ class WaitForSigtermAt(Callback):
         self.timeout = timeout
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step != self.step:
-            return
-        received = []
-        previous = signal.getsignal(signal.SIGTERM)
+        if trainer.global_step == self.step:
+            hold_until_sigterm(trainer, self.marker_dir, self.timeout, f"step {self.step}")
 
-        def record(signum, frame):
-            received.append(signum)
-            if callable(previous):
-                previous(signum, frame)
 
-        signal.signal(signal.SIGTERM, record)
-        try:
-            self.marker_dir.mkdir(parents=True, exist_ok=True)
-            (self.marker_dir / f"rank{trainer.global_rank}").write_text(str(trainer.global_step))
-            deadline = time.monotonic() + self.timeout
-            while not received:  # the signal interrupts the wait; its handler runs in this thread
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no SIGTERM within {self.timeout} s of reaching step {self.step}")
-                time.sleep(0.01)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+class SlowValidation(Callback):
+    def __init__(
+        self,
+        seconds: float,
+        ranks: list[int] | None = None,
+        after: int = 0,
+        marker_dir: str | None = None,
+        hold_at: int = 0,
+        timeout: float = 120.0,
+    ) -> None:
+        self.seconds = seconds
+        self.ranks = ranks
+        self.after = after
+        self.marker_dir = Path(marker_dir) if marker_dir else None
+        self.hold_at = hold_at
+        self.timeout = timeout
+        self._held = False
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int, *_) -> None:
+        slowed = self.ranks is None or trainer.global_rank in self.ranks
+        if slowed and not trainer.sanity_checking and batch_idx >= self.after:
+            time.sleep(self.seconds)
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int, *_
+    ) -> None:
+        if self.marker_dir and not self._held and not trainer.sanity_checking and batch_idx == self.hold_at:
+            self._held = True
+            hold_until_sigterm(trainer, self.marker_dir, self.timeout, f"validation batch {self.hold_at}")
 
 
 def wait_for_files(paths: list[Path], proc, timeout: float = 240.0) -> bool:
