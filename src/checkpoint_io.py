@@ -5,10 +5,14 @@ half-written checkpoint under the real name.
 Lightning's own `TorchCheckpointIO` builds the whole file in memory and writes it through an fsspec transaction
 whose temporary file lives in $TMPDIR: a kill leaves that file behind where nobody looks, and the final move
 crosses file systems (a copy, not an atomic rename) when $TMPDIR is elsewhere.
+
+A save that runs out of space raises `DiskFullError` naming the checkpoint (torch's own error is a zip writer's
+"unexpected pos", with the ENOSPC buried in its context).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -19,6 +23,25 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger("lightning.pytorch").getChild("checkpoint_io")
 TMP_MARK = ".tmp-"
+OUT_OF_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+
+
+class DiskFullError(OSError):
+    """A checkpoint save that ran out of space; the file under the checkpoint's name is untouched."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def out_of_space(err: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT error behind `err` (itself, its cause or its context), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def temporary_name(path: Path) -> Path:
@@ -69,6 +92,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
-            raise
+            full = out_of_space(err)
+            if full is None:
+                raise
+            kept = f"the previous {path.name} is kept" if path.exists() else "no earlier file had that name"
+            raise DiskFullError(
+                full.errno,
+                f"checkpoint {path} not saved: {OUT_OF_SPACE[full.errno]} ({os.strerror(full.errno)}); {kept}. "
+                "Free space on that disk and resume with --ckpt_path last",
+                str(path),
+            ) from err

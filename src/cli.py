@@ -10,24 +10,42 @@ checkpoints/best-*.ckpt and last.ckpt, test reports). `--ckpt_path last` resumes
 model is rebuilt from it (`src.trained.load_trained`), the clips follow its stored evaluation protocol and
 class names, and predictions.jsonl (plus features with `--predict_writer.features true`) goes beside the
 checkpoint's run folder; no run folder, logger or config.yaml is made for a prediction.
+
+Errors: a value that is wrong whatever the machine (a bound, a missing file, a GPU accelerator without a GPU, a
+file that is not a checkpoint of this project) is a parse error, before anything is written; a user error met
+while running (a missing index, a full disk, a checkpoint of other classes) ends with one line `error: ...`; both
+exit with 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+from jsonargparse import Namespace, get_loader, set_loader
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from src.callbacks import FirstBatchFrames, JsonLinesPredictionWriter, SigtermCheckpoint, ThroughputMonitor
+from src.callbacks import (
+    FirstBatchFrames,
+    JsonLinesPredictionWriter,
+    OutputTakenError,
+    SigtermCheckpoint,
+    ThroughputMonitor,
+)
+from src.checkpoint_io import OUT_OF_SPACE, DiskFullError, out_of_space
+from src.data.index import IndexContractError
 from src.hang_guard import HangGuard
-from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
+from src.models.checkpoints import CheckpointFileError
 from src.runs import last_checkpoint
-from src.task import VideoClassifier
+from src.task import ConfigError, NonFiniteLossError, VideoClassifier, init_from_problem
 from src.trained import CheckpointCard, datamodule_defaults, load_trained, read_card
 
 log = logging.getLogger("lightning.pytorch").getChild("cli")
@@ -49,6 +67,28 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
 }
+# Trainer values Lightning refuses only once the run has started: (least value, what to give instead)
+TRAINER_MINIMA = {
+    "max_epochs": (-1, "a number of epochs >= 0, or -1 for no limit"),
+    "min_epochs": (0, "a number of epochs >= 0"),
+    "max_steps": (-1, "a number of steps >= 0, or -1 for no limit"),
+    "min_steps": (0, "a number of steps >= 0"),
+    "accumulate_grad_batches": (1, "a number of batches >= 1"),
+    "check_val_every_n_epoch": (1, "a number of epochs >= 1, or null"),
+    "num_sanity_val_steps": (-1, "a number of batches >= 0, or -1 for all"),
+    "num_nodes": (1, "a number of nodes >= 1"),
+    "gradient_clip_val": (0, "a value >= 0, or null for no clipping"),
+}
+# the errors of a user's input or machine, printed as one line (exit 2, as a parse error) by `main`
+USER_ERRORS = (
+    ConfigError,
+    IndexContractError,
+    CheckpointFileError,
+    DiskFullError,
+    OutputTakenError,
+    MisconfigurationException,
+    NonFiniteLossError,
+)
 
 
 class SaveConfigWithCheckpoints(SaveConfigCallback):
@@ -97,19 +137,32 @@ class VideoCLI(LightningCLI):
         parser.add_lightning_class_args(HangGuard, "hang_guard")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then check `ckpt_path` before anything reads it: `last` becomes the newest intact checkpoint
-        of the run, and a refused or corrupt file is an error naming it (not torch's traceback)."""
+        """Parse, then check what is knowable before anything runs or writes (each a parse error: exit 2 with the
+        message): `ckpt_path` (`last` becomes the newest intact checkpoint of the run; a file that is missing,
+        refused, corrupt or not a checkpoint of this project is named), the Trainer's bounds, a GPU accelerator
+        on a machine without one, and the `init_from` file of a fit from scratch."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
-        ckpt_path = config.get("ckpt_path") if subcommand else None
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
         try:
             if ckpt_path == "last":
                 config["ckpt_path"] = str(find_last_checkpoint(config))
-            elif ckpt_path:
-                load_checkpoint_file(ckpt_path, mmap=True)
+            if config.get("ckpt_path"):
+                read_card(config["ckpt_path"])  # a plain state dict has no model to rebuild or resume
         except (CheckpointFileError, FileNotFoundError) as err:
-            parser.error(f"--ckpt_path: {err}")  # exit 2 with the message, no traceback
+            parser.error(f"--ckpt_path: {err}")
+        trainer = config.get("trainer") or Namespace()
+        for problem in (trainer_bounds_problem(trainer), no_gpu_problem(trainer)):
+            if problem:
+                parser.error(problem)
+        init_from = config.get("model.init_from")
+        if subcommand == "fit" and init_from and not config.get("ckpt_path"):
+            problem = init_from_problem(init_from)
+            if problem:
+                parser.error(problem)
 
     def before_instantiate_classes(self) -> None:
         """A prediction makes no run folder (no logger, no config.yaml); with a checkpoint, the data take its
@@ -122,6 +175,12 @@ class VideoCLI(LightningCLI):
         if config.get("ckpt_path"):
             adopt_checkpoint_protocol(config.data, read_card(config.ckpt_path))
 
+    def fit(self, model: LightningModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
+        """`trainer.fit`, with the checkpoint to resume from set on the Trainer first: the model's `setup` then
+        knows it resumes and leaves `init_from` alone (`fit(ckpt_path=...)` reaches the Trainer after setup)."""
+        self.trainer.ckpt_path = ckpt_path
+        self.trainer.fit(model, **kwargs)
+
     def predict(
         self,
         model: LightningModule,
@@ -132,6 +191,9 @@ class VideoCLI(LightningCLI):
     ) -> Any:
         """`trainer.predict` on the model rebuilt from `ckpt_path` by `src.trained.load_trained` (the same
         function as export and visualize); predictions are on disk, so they are not also kept in memory."""
+        for writer in self.trainer.callbacks:  # a taken output is refused before the model is read
+            if isinstance(writer, JsonLinesPredictionWriter):
+                writer.check_outputs(self.trainer, checkpoint=ckpt_path, datamodule=datamodule)
         if ckpt_path:
             model = load_trained(ckpt_path).module
         kwargs.pop("weights_only", None)  # the checkpoint was read by load_trained's safe loader
@@ -187,6 +249,40 @@ def timed_ddp_strategy(name: str, timeout: Any) -> DDPStrategy | None:
     return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
 
 
+def trainer_bounds_problem(trainer: Namespace) -> str | None:
+    """The parse error of the first Trainer value below its least value (`TRAINER_MINIMA`), or None."""
+    for key, (least, fix) in TRAINER_MINIMA.items():
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+            return f"--trainer.{key} {value}: give {fix}"
+    return None
+
+
+def no_gpu_problem(trainer: Namespace) -> str | None:
+    """The parse error of a GPU accelerator on a machine without one (e.g. configs/custom.yaml on a laptop),
+    naming the flags that run the same config on the CPU; None when the accelerator is available or not a GPU."""
+    accelerator = trainer.get("accelerator")
+    if not isinstance(accelerator, str) or accelerator not in ("gpu", "cuda", "mps"):
+        return None
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    found = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
+    if found.get(accelerator, any(found.values())):
+        return None
+    flags = ["--trainer.accelerator cpu"]
+    if str(trainer.get("devices")) not in ("1", "auto"):
+        flags += ["--trainer.devices 1", "--trainer.strategy auto"]
+    precision = str(trainer.get("precision"))
+    if precision.startswith("16"):  # float16 autocast is for GPUs
+        flags += ["--trainer.precision bf16-mixed"]
+        precision = "bf16-mixed"
+    return (
+        f"--trainer.accelerator {accelerator}: torch finds no {'GPU' if accelerator == 'gpu' else accelerator.upper()}"
+        f" on this machine. To run on the CPU add {' '.join(flags)} (precision {precision} runs there too; "
+        "--trainer.precision 32-true is often faster on a CPU)"
+    )
+
+
 def find_last_checkpoint(config: Any) -> Path:
     """The newest intact `last.ckpt` under `<logger save_dir>/<name>/version_*/checkpoints/` of this config.
 
@@ -221,5 +317,63 @@ def cli_main(
     )
 
 
+_JSONARGPARSE_YAML_LOAD = get_loader("yaml")
+
+
+def yaml_load_naming_the_file(value: str, path: str = "") -> Any:
+    """jsonargparse's YAML loader, whose error for a config file names the file and the line (PyYAML's says
+    "<unicode string>": jsonargparse hands it the file's text)."""
+    try:
+        return _JSONARGPARSE_YAML_LOAD(value)
+    except yaml.MarkedYAMLError as err:
+        if not path:  # a value on the command line: jsonargparse reports the key
+            raise
+        try:  # the path as the user gave it (jsonargparse passes on its base name only): its stack of open files
+            from jsonargparse._util import config_load_stack
+
+            path = str(config_load_stack.get()[-1][1])
+        except (ImportError, IndexError, TypeError):
+            pass
+
+        def at(mark: Any) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        mark = err.problem_mark or err.context_mark
+        context = err.context or ""
+        if context and err.context_mark and err.context_mark is not mark:
+            context += f" opened at {at(err.context_mark)}"
+        raise yaml.YAMLError(
+            f"{path}{f', {at(mark)}' if mark else ''}: {err.problem or 'invalid YAML'}"
+            + (f" ({context})" if context else "")
+        ) from None
+
+
+set_loader("yaml", yaml_load_naming_the_file, (yaml.YAMLError,))
+
+
+def main(args: list[str] | None = None) -> None:
+    """`python -m src.cli`: the CLI, with a user error (`USER_ERRORS`, a full disk) as one line `error: ...` and
+    exit 2, like a parse error; any other exception is a bug and keeps its traceback. Every rank of a multi-process
+    run that meets the error prints it (with its rank when not 0) and exits."""
+    try:
+        cli_main(args)
+    except USER_ERRORS as err:
+        exit_with_error(str(err))
+    except (OSError, RuntimeError) as err:  # ENOSPC of a write other than a checkpoint's (logs, predictions)
+        full = out_of_space(err)
+        if full is None:
+            raise
+        where = f"writing {full.filename}: " if full.filename else ""
+        exit_with_error(f"{where}{OUT_OF_SPACE[full.errno]} ({full.strerror}); free space and run again")
+
+
+def exit_with_error(message: str) -> None:
+    """Print `message` as `error: ...` on stderr (with the rank when not 0) and exit with 2."""
+    rank = getattr(rank_zero_only, "rank", 0) or 0
+    sys.stdout.flush()
+    print(f"error{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    cli_main()
+    main()

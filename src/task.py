@@ -4,13 +4,21 @@ multi-view metrics, test reports, prediction)."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
@@ -43,6 +51,46 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss stayed NaN/inf for too many consecutive steps."""
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work (a missing `init_from` file, weights of another architecture, a
+    checkpoint of other classes); the message names the key, the value and the fix. `python -m src.cli` prints it
+    as one line, without a traceback."""
+
+
+# Adam's beta: 0 <= beta < 1 (torch.optim refuses 1 only when the first step is taken)
+AdamBeta = restricted_number_type("AdamBeta", float, [(">=", 0), ("<", 1)])
+
+
+def plain(value: Any) -> Any:
+    """`value` with int/float/str subclasses (jsonargparse's PositiveInt, ClosedUnitInterval, ...) as the built-in
+    type, in lists, tuples and dicts too: checkpoints store hyper-parameters, and the safe loader refuses any class
+    it does not know."""
+    if value is None or isinstance(value, bool):
+        return value
+    for base in (int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value) if type(value) in (list, tuple) else value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def init_from_problem(source: str | Path) -> str | None:
+    """Why `source` cannot be a `model.init_from` file (the one-line error), or None when it is a file."""
+    path = Path(source)
+    if path.is_file():
+        return None
+    what = (
+        "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+    )
+    return (
+        f"model.init_from: no checkpoint at {source} (it {what}); give --model.init_from the .pth/.ckpt file to "
+        "start from, or null to train from scratch"
+    )
+
+
 # The fields are the options of the registered networks (`src.models.model_options`) except `image` (a run
 # trains on clips); tests/models/test_structvit.py fails when the two disagree.
 @dataclass
@@ -70,17 +118,22 @@ class BackboneConfig:
         crop_size: input side, for the same models; others: null.
     """
 
+    # bounds as types: a value out of range is a parse error naming the key, before a run folder exists
     variant: str = "structvit_s"
-    structure_dim: int | None = None
-    kv_stride: int | None = None
-    drop_path_rate: float | None = None
-    checkpoint_stages: list[int] | None = None
+    structure_dim: NonNegativeInt | None = None
+    kv_stride: PositiveInt | None = None
+    drop_path_rate: ClosedUnitInterval | None = None
+    checkpoint_stages: list[Literal[1, 2, 3, 4]] | None = None
     attn_fp32: bool | None = None
     stem: Literal["patch", "conv"] | None = None
     struct_init: Literal["shifted", "random", "noisy_identity", "identity"] | None = None
     pos_embed: Literal["none", "learned"] | None = None
-    num_frames: int | None = None
-    crop_size: int | None = None
+    num_frames: PositiveInt | None = None
+    crop_size: PositiveInt | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, plain(getattr(self, f.name)))
 
     def overrides(self) -> dict[str, Any]:
         """The options that were set, as keyword arguments of `build_model`."""
@@ -123,23 +176,23 @@ class VideoClassifier(pl.LightningModule):
     def __init__(
         self,
         backbone: BackboneConfig = BackboneConfig(),
-        num_classes: int = 400,
+        num_classes: PositiveInt = 400,
         class_names: list[str] | None = None,
         data_fingerprint: str = "",
         init_from: str | None = None,
         init_struct_filters: Literal["identity", "shifted", "random", "noisy_identity"] = "identity",
-        lr: float = 2e-4,
-        min_lr: float = 1e-6,
-        warmup_start_lr: float = 1e-6,
-        warmup_epochs: float = 10.0,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 1.0,
-        mixup_prob: float = 1.0,
-        mixup_switch_prob: float = 0.5,
-        max_nonfinite_steps: int = 10,
+        lr: PositiveFloat = 2e-4,
+        min_lr: NonNegativeFloat = 1e-6,
+        warmup_start_lr: NonNegativeFloat = 1e-6,
+        warmup_epochs: NonNegativeFloat = 10.0,
+        weight_decay: NonNegativeFloat = 0.05,
+        betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999),
+        label_smoothing: ClosedUnitInterval = 0.1,
+        mixup_alpha: NonNegativeFloat = 0.8,
+        cutmix_alpha: NonNegativeFloat = 1.0,
+        mixup_prob: ClosedUnitInterval = 1.0,
+        mixup_switch_prob: ClosedUnitInterval = 0.5,
+        max_nonfinite_steps: PositiveInt = 10,
         ignore_class_mismatch: bool = False,
     ) -> None:
         super().__init__()
@@ -150,6 +203,8 @@ class VideoClassifier(pl.LightningModule):
         # not a hyper-parameter of the model: kept out of checkpoints, whose hparams LightningCLI applies over
         # the command line with --ckpt_path (a saved False would silently undo --model.ignore_class_mismatch)
         self.save_hyperparameters(ignore=["ignore_class_mismatch"])
+        for key in list(self.hparams):
+            self.hparams[key] = plain(self.hparams[key])
         self.ignore_class_mismatch = ignore_class_mismatch
         self.hparams["backbone"] = asdict(backbone)  # plain dict: readable in hparams.yaml and checkpoints
 
@@ -186,7 +241,11 @@ class VideoClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        """Point the DataModule's failure lists at the run folder; load `init_from` when fitting from scratch."""
+        """Point the DataModule's failure lists at the run folder; load `init_from` when fitting from scratch.
+
+        A resume never reads `init_from` (its checkpoint holds every weight; the file may be gone). The signal is
+        `trainer.ckpt_path`, which must be set before `fit` starts: Lightning sets it from `fit(ckpt_path=...)`
+        only after this hook, so `src.cli` sets `trainer.ckpt_path` itself, and so must a Python caller."""
         trainer = self.trainer
         datamodule = getattr(trainer, "datamodule", None)
         log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank runs setup
@@ -198,13 +257,15 @@ class VideoClassifier(pl.LightningModule):
 
     def load_initial_weights(self, source: str) -> None:
         """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader."""
-        if not Path(source).is_file():
-            raise FileNotFoundError(
-                f"model.init_from: no checkpoint at {source}; give a .pth/.ckpt file or null"
-            )
-        from src.models.checkpoints import load_checkpoint_file, load_pretrained
+        problem = init_from_problem(source)
+        if problem:
+            raise ConfigError(problem)
+        from src.models.checkpoints import CheckpointFileError, load_checkpoint_file, load_pretrained
 
-        payload = load_checkpoint_file(source)
+        try:
+            payload = load_checkpoint_file(source)
+        except CheckpointFileError as err:
+            raise ConfigError(f"model.init_from: {err}") from None
         # a checkpoint of this project names its classes: its head rows are then matched to this run's classes
         # by name (same names in another order, or a subset), never loaded as they are because the count agrees
         trained = payload.get("hyper_parameters") if isinstance(payload, dict) else None
@@ -224,7 +285,7 @@ class VideoClassifier(pl.LightningModule):
                 f"a {backbone.get('variant')} checkpoint" if isinstance(backbone, dict) else "its weights"
             )
             first = [*report.missing[:2], *report.unexpected[:2], *(m[0] for m in report.mismatched[:2])]
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_from {source}: {theirs} does not fit this run's {self.hparams.backbone['variant']} "
                 f"({self.hparams.backbone}): {len(report.missing)} tensors missing from the file, "
                 f"{len(report.unexpected)} not in the model, {len(report.mismatched)} of another shape (e.g. "
@@ -251,7 +312,7 @@ class VideoClassifier(pl.LightningModule):
         )
         mine = repr(trained[first]) if first < len(trained) else "(no class)"
         theirs = repr(current[first]) if first < len(current) else "(no class)"
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's class list differs from this run's ({len(trained)} vs {len(current)} classes from "
             f"the index's classes.txt): first difference at label {first}: checkpoint {mine}, index {theirs}. "
             "Per-class results would be wrong. Use the index the checkpoint was trained on, or pass "

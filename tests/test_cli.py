@@ -264,13 +264,6 @@ def test_dataset_config_trains_and_validates_one_step_on_cpu(name, index, tmp_pa
     )  # linked from the data
 
 
-def test_missing_init_checkpoint_is_a_clear_error(index, tmp_path):
-    from src.cli import cli_main
-
-    with pytest.raises(FileNotFoundError, match=r"model.init_from: no checkpoint at .*nope.pth"):
-        cli_main(["fit", *run_args(index, tmp_path, "init"), "--model.init_from", str(tmp_path / "nope.pth")])
-
-
 # ------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def fitted(tiny_run) -> Path:

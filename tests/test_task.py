@@ -8,7 +8,7 @@ import pytest
 import torch
 from task_fixtures import NUM_CLASSES, OneThread, TinyClips, loader
 
-from src.task import BackboneConfig, NonFiniteLossError, VideoClassifier
+from src.task import BackboneConfig, ConfigError, NonFiniteLossError, VideoClassifier
 
 CLASSES = ["push", "pull", "lift", "drop"]
 
@@ -215,3 +215,31 @@ def test_init_from_weights_of_another_architecture_is_an_error_naming_both(tmp_p
         r".*of another shape.*same architecture",
     ):
         make_trainer(tmp_path, limit_train_batches=1).fit(task, loader(TinyClips(4), batch_size=4))
+
+
+def test_init_from_that_is_not_a_file_stops_the_run_naming_it(tmp_path):
+    """A directory once read as "no checkpoint at" without saying why; the error is a ConfigError, which
+    `python -m src.cli` prints as one line."""
+    task = make_task(init_from=str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"model.init_from: no checkpoint at .* \(it is a directory\); give"
+    ):
+        make_trainer(tmp_path, limit_train_batches=1).fit(task, loader(TinyClips(4), batch_size=4))
+
+
+def test_values_parsed_as_bounded_types_are_stored_as_plain_python_numbers(tmp_path):
+    """The config parser hands in jsonargparse's number classes (the bounds of BackboneConfig and the recipe);
+    checkpoints store the hyper-parameters, and the safe loader refuses any class it does not know."""
+    from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+
+    backbone = BackboneConfig(
+        "structvit_xs", structure_dim=NonNegativeInt(4), drop_path_rate=ClosedUnitInterval(0.1)
+    )
+    task = make_task(backbone=backbone, lr=PositiveFloat(1e-3), max_nonfinite_steps=PositiveInt(3))
+    torch.save(dict(task.hparams), tmp_path / "hparams.pt")
+    stored = torch.load(tmp_path / "hparams.pt", weights_only=True)
+    assert type(stored["lr"]) is float and type(stored["max_nonfinite_steps"]) is int
+    assert (
+        type(stored["backbone"]["drop_path_rate"]) is float
+        and type(stored["backbone"]["structure_dim"]) is int
+    )

@@ -97,6 +97,9 @@ def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
     run code from the file); a truncated or corrupt file says so.
     """
     path = Path(path)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        what = "a directory" if path.is_dir() else "a device, pipe or socket"
+        raise CheckpointFileError(f"{path} is {what}, not a checkpoint file; name a .ckpt/.pth file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -125,7 +128,7 @@ def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], st
     label = "<dict>"
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():  # a directory or device: load_checkpoint_file says which
             raise FileNotFoundError(
                 f"load_pretrained: checkpoint {path} does not exist; pass a .pth/.ckpt file"
             )
