@@ -466,7 +466,8 @@ class HangGuard(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """Say what a collective timeout means, beside torch's own message; end the ranks this process started."""
+        """Say what a collective timeout means, beside torch's own message; on any error but the SIGTERM stop, end
+        the ranks this process started."""
         if isinstance(exception, SIGTERMException):
             # the stop, and SigtermCheckpoint's save (an earlier callback), are done: what is left is the exit
             self._exiting = True
@@ -487,6 +488,10 @@ class HangGuard(Callback):
                 "the last checkpoint with --ckpt_path last.\n"
             )
             sys.stderr.flush()
+            self._signal_started_ranks(signal.SIGKILL)
+        else:
+            # any other error ends the run here (a full disk, a bad value, a bug): the ranks this process started
+            # would only wait at the next collective and die later with a second, misleading traceback
             self._signal_started_ranks(signal.SIGKILL)
 
     def _signal_started_ranks(self, signum: int) -> None:

@@ -255,7 +255,9 @@ def test_predict_from_the_command_line_guards_its_files_and_names_each_video_on_
     assert len((tmp_path / "named.features.txt").read_text(encoding="utf-8").splitlines()) == 2
     assert np.load(tmp_path / "named.features.npy").shape[0] == 2
 
-    assert on_checkpoint.returncode == 2 and on_earlier.returncode == 2  # one line each, before the model is read
+    assert (
+        on_checkpoint.returncode == 2 and on_earlier.returncode == 2
+    )  # one line each, before the model is read
     assert "Traceback" not in on_checkpoint.stderr + on_earlier.stderr
     assert f"is the checkpoint {ckpt}, an input of this prediction" in on_checkpoint.stderr
     assert f"{earlier} already exists; pass --predict_writer.overwrite true" in on_earlier.stderr
