@@ -1,6 +1,7 @@
 """The decoders compared fairly: training clips per CPU-second of each reader, on many distinct files, cold.
 
     python -m benchmarks.decoders [--quick] [--files 64] [--passes 5] [--cache-dir DIR] [--json FILE]
+    python -m benchmarks.decoders --summarize run1.json run2.json run3.json   # saved runs side by side
 
 File sets (`benchmarks.videos`, generated once and kept in the cache folder): `files` Kinetics-like H.264
 mp4s (604x340, 30 fps, 10 s, B-frames, a keyframe every 60, 120, 150 or 250 frames), Something-Something-V2-
@@ -377,7 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=None, help="timed passes (default 5; --quick 3)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the generated files are kept")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", default=None, help="print saved runs (--json files) side by side"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        from benchmarks.tables import decoder_runs_table
+
+        print(decoder_runs_table([json.loads(p.read_text(encoding="utf-8")) for p in args.summarize]))
+        return 0
     torch.set_num_threads(1)
     settings = dict(QUICK) if args.quick else {"files": 64, "passes": 5, "warmup_files": 4, "clip": None}
     if args.files is not None:

@@ -343,6 +343,41 @@ def decoder_tables(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def decoder_runs_table(runs: list[dict]) -> str:
+    """Several runs of the decoder benchmark side by side (each a `python -m benchmarks.decoders --json` file):
+    clips per CPU-second of every decode and whole-worker row, then every factor, one column per run, with
+    the lowest and highest value over the runs."""
+    names = [f"run {i + 1}" for i in range(len(runs))]
+    head = "| " + " | ".join(names) + " | over the runs |"
+    rule = "|---" * len(names) + "|---|"
+
+    def spread(values: list[float | None], fmt: str, unit: str = "") -> str:
+        cells = ["—" if v is None else f"{v:{fmt}}{unit}" for v in values]
+        seen = [v for v in values if v is not None]
+        span = f"{min(seen):{fmt}}-{max(seen):{fmt}}{unit}" if seen else "—"
+        return " | ".join(cells) + f" | {span} |"
+
+    def rows_of(run: dict, kind: str) -> dict[tuple, dict]:
+        rows = [r for r in run["rows"] if r.get("type") == kind and r.get("status") == "ok"]
+        if kind == "ratio":
+            return {(r["dataset"], r["factor"]): r for r in rows}
+        return {(r["dataset"], r["stage"], r["reader"]): r for r in rows}
+
+    clips, ratios = [rows_of(run, "clips") for run in runs], [rows_of(run, "ratio") for run in runs]
+    out = [
+        "| set | stage | reader | " + head.removeprefix("| "),
+        "|---|---|---" + rule,
+    ]
+    for key in dict.fromkeys(k for run in clips for k in run):
+        values = [run[key]["clips_per_cpu_s"] if key in run else None for run in clips]
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + spread(values, ".2f"))
+    out += ["", "| set | factor | " + head.removeprefix("| "), "|---|---" + rule]
+    for key in dict.fromkeys(k for run in ratios for k in run):
+        values = [run[key]["ratio"] if key in run else None for run in ratios]
+        out.append(f"| {key[0]} | {key[1]} | " + spread(values, ".2f", "×"))
+    return "\n".join(out) + "\n"
+
+
 def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
     """All tables of one results file, with its header, as markdown."""
     sections = results.get("sections", {})

@@ -32,7 +32,9 @@ VIDEO_SETS = ("k400-340p", "ssv2")
 
 
 @pytest.mark.timeout(180)
-def test_quick_run_measures_every_reader_and_codec_with_finite_factors(tmp_path: Path) -> None:
+def test_quick_run_measures_every_reader_and_codec_with_finite_factors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "decoders.json"
     assert main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -70,6 +72,22 @@ def test_quick_run_measures_every_reader_and_codec_with_finite_factors(tmp_path:
     for dataset in (*VIDEO_SETS, "ssv1"):
         assert f"| {dataset} |" in table
     assert "loader per core" in table and "identical" in table
+
+    # runs side by side (BENCHMARKS.md): one column per run, the spread over them
+    second = {**result, "rows": [{**r, "ratio": r["ratio"] * 2} if r["type"] == "ratio" else r for r in rows]}
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    capsys.readouterr()
+    assert main(["--summarize", str(out), str(tmp_path / "second.json")]) == 0
+    summary = capsys.readouterr().out
+    factor = factors[0]
+    line = next(ln for ln in summary.splitlines() if f"| {factor['dataset']} | {factor['factor']} |" in ln)
+    low, high = factor["ratio"], factor["ratio"] * 2
+    assert f"| {low:.2f}× | {high:.2f}× | {low:.2f}-{high:.2f}× |" in line
+    decode = next(
+        r for r in clips if r["dataset"] == "ssv2" and r["stage"] == DECODE and r["reader"] == "decord"
+    )
+    rate = f"{decode['clips_per_cpu_s']:.2f}"
+    assert f"| ssv2 | {DECODE} | decord | {rate} | {rate} | {rate}-{rate} |" in summary
 
 
 def test_the_pyav_row_reads_every_clip_with_an_empty_timestamp_cache(tmp_path: Path) -> None:
