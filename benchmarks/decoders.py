@@ -2,6 +2,7 @@
 
     python -m benchmarks.decoders [--quick] [--files 64] [--passes 5] [--cache-dir DIR] [--json FILE]
     python -m benchmarks.decoders --summarize run1.json run2.json run3.json   # saved runs side by side
+    python -m benchmarks.decoders --compare-frames FOLDER   # every reader's frames vs PyAV's on real videos
 
 File sets (`benchmarks.videos`, generated once and kept in the cache folder): `files` Kinetics-like H.264
 mp4s (604x340, 30 fps, 10 s, B-frames, a keyframe every 60, 120, 150 or 250 frames), Something-Something-V2-
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -367,6 +369,55 @@ def measure(
     return rows + ratios(rows)
 
 
+def compare_frames(folder: Path, clips: int = 8, seed: int = 0) -> list[dict]:
+    """Every video file of `folder` read by every installed reader at the same frames (`clips` draws each of a
+    dense 16x4 clip, 16 segments and a handful of random frames), compared with PyAV's: one row per file."""
+    from src.data.decoding import DecodeError, probe, read_frames
+    from src.data.decoding.frames_reader import VIDEO_SUFFIXES
+    from src.data.decoding.torchcodec_reader import torchcodec_available
+    from src.data.sampling import ClipSampler
+
+    backends = ["decord"] + (["torchcodec"] if torchcodec_available() is None else [])
+    samplers = [ClipSampler("dense", 16, 4), ClipSampler("segment", 16, 1)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for path in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+        try:
+            info = probe(path)
+        except DecodeError as err:
+            rows.append({"file": path.name, "error": f"unreadable: {err.reason}"})
+            continue
+        requests = [
+            [int(i) for i in sampler.train(info.num_frames, rng)]
+            for sampler in samplers
+            for _ in range(clips)
+        ]
+        requests += [
+            sorted(rng.choice(info.num_frames, size=min(5, info.num_frames), replace=False).tolist())
+        ]
+        row = {
+            "file": path.name,
+            "codec": info.codec,
+            "size": f"{info.width}x{info.height}",
+            "frames": info.num_frames,
+        }
+        for backend in backends:
+            same, errors = 0, set()
+            for indices in requests:
+                try:
+                    same += torch.equal(
+                        read_frames(path, indices, backend), read_frames(path, indices, "pyav")
+                    )
+                except DecodeError as err:  # a reader that cannot read the file is reported, not compared
+                    errors.add(err.reason)
+            failed = (
+                f"; pyav or {backend} failed {len(errors)} way(s), e.g. {sorted(errors)[0]}" if errors else ""
+            )
+            row[backend] = f"{same}/{len(requests)} clips identical{failed}"
+        rows.append(row)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the decoder benchmark, print its table, optionally write the JSON; non-zero if a clip mismatched."""
     from benchmarks.machine import machine_info
@@ -381,7 +432,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--summarize", type=Path, nargs="+", default=None, help="print saved runs (--json files) side by side"
     )
+    parser.add_argument(
+        "--compare-frames",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="compare every reader's frames with PyAV's on the videos of FOLDER (your own footage); no timing",
+    )
     args = parser.parse_args(argv)
+    if args.compare_frames:
+        rows = compare_frames(args.compare_frames)
+        for row in rows:
+            print(" | ".join(str(v) for v in row.values()))
+        verdicts = [str(v) for r in rows for v in r.values() if "clips identical" in str(v)]
+        same = all(re.fullmatch(r"(\d+)/\1 clips identical", v) for v in verdicts)  # no difference, no error
+        return 0 if verdicts and same and not any("error" in r for r in rows) else 1
     if args.summarize:
         from benchmarks.tables import decoder_runs_table
 

@@ -117,3 +117,20 @@ def test_file_sets_are_generated_once_and_hold_the_gops_and_b_frames_they_claim(
         assert len(keyframes) == math.ceil(info.num_frames / kind.gops[i])  # one keyframe per GOP
         with av.open(str(path)) as container:
             assert container.streams.video[0].codec_context.has_b_frames  # B-frames, as x264 writes them
+
+
+@pytest.mark.timeout(120)
+def test_compare_frames_checks_every_reader_against_pyav_on_a_folder_of_videos(
+    tmp_path: Path, capsys
+) -> None:
+    """The check a user runs on their own footage: identical clips exit 0; a file PyAV cannot read exits 1."""
+    from tests.helpers.videos import write_test_video
+
+    write_test_video(tmp_path / "ok" / "a.mp4", 80, size=64, pattern="textured")
+    write_test_video(tmp_path / "ok" / "b.webm", 80, size=64, codec="vp9", pattern="textured")
+    assert main(["--compare-frames", str(tmp_path / "ok")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("17/17 clips identical" in line for line in lines), lines
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "c.mp4").write_bytes((tmp_path / "ok" / "a.mp4").read_bytes()[:3000])  # truncated
+    assert main(["--compare-frames", str(tmp_path / "bad")]) == 1
