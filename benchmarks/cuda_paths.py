@@ -310,10 +310,13 @@ def _dynamo_counts() -> dict:
 
 
 def compile_vs_eager(model: ModelInput, device: str, backend: str, reps: int) -> dict:
-    """torch.compile of the whole model against eager: output error (bf16 autocast) and training-step times.
+    """torch.compile of the whole model against eager: output error (bf16 autocast), training-step and
+    inference times (mode "default", as `--model.compile`).
 
     Outputs are compared before any optimiser step, in train mode with drop path off (BatchNorm then uses
-    batch statistics, deterministic); the bound is in the module docstring.
+    batch statistics, deterministic); the bound is in the module docstring. Inference (eval mode, no_grad, its
+    own compiled graph) is timed after the training steps, eager and compiled interleaved; its output
+    difference to eager bf16 is recorded, not bounded (both sides round to bf16).
     """
     import torch._dynamo
 
@@ -353,6 +356,7 @@ def compile_vs_eager(model: ModelInput, device: str, backend: str, reps: int) ->
         times["eager"].append(time_call(eager_step, reps=1, warmup=0, device=device).median_s)
         times["compiled"].append(time_call(compiled_step, reps=1, warmup=0, device=device).median_s)
     eager_ms, compiled_ms = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
+    inference = _inference_vs_eager(net, compiled, clips, device, reps)
     return {
         "model": model.label,
         "input": [model.batch, 3, model.frames, model.size, model.size],
@@ -365,6 +369,44 @@ def compile_vs_eager(model: ModelInput, device: str, backend: str, reps: int) ->
         "eager_step_ms": round(eager_ms, 2),
         "compiled_step_ms": round(compiled_ms, 2),
         "compiled_vs_eager": round(compiled_ms / eager_ms, 3),
+        **inference,
         "reps": reps,
         **_dynamo_counts(),
+    }
+
+
+def _inference_vs_eager(
+    net: torch.nn.Module, compiled: Callable, clips: Tensor, device: str, reps: int
+) -> dict:
+    """Eval-mode forward under no_grad and bf16 autocast, eager and compiled: compile time, output difference,
+    median time of `reps` interleaved calls."""
+    net.eval()
+
+    def forward(fn: Callable) -> Callable[[], Tensor]:
+        def call() -> Tensor:
+            with torch.no_grad(), _autocast(device, "bf16-mixed"):
+                return fn(clips)
+
+        return call
+
+    eager_call, compiled_call = forward(net), forward(compiled)
+    eager = eager_call()
+    start = time.perf_counter()
+    out = compiled_call()
+    synchronize(device)
+    compile_s = time.perf_counter() - start
+    time_call(eager_call, reps=1, warmup=1, device=device)
+    time_call(compiled_call, reps=1, warmup=1, device=device)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(reps):
+        times["eager"].append(time_call(eager_call, reps=1, warmup=0, device=device).median_s)
+        times["compiled"].append(time_call(compiled_call, reps=1, warmup=0, device=device).median_s)
+    net.train()
+    eager_ms, compiled_ms = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
+    return {
+        "inference_compile_s": round(compile_s, 1),
+        "inference_rel_diff": relative_error(out, eager),
+        "eager_inference_ms": round(eager_ms, 2),
+        "compiled_inference_ms": round(compiled_ms, 2),
+        "compiled_vs_eager_inference": round(compiled_ms / eager_ms, 3),
     }

@@ -149,10 +149,11 @@ def correctness(results: dict) -> str:
     compiled = _rows(results, "compile", key="compile_s")
     if compiled:
         out.append(
-            "## torch.compile vs eager (bf16 autocast, training step)\n\n"
+            "## torch.compile vs eager (bf16 autocast; training step, then inference)\n\n"
             + _table(
                 (
                     "model",
+                    "kind",
                     "input",
                     "backend",
                     "compile s",
@@ -164,25 +165,50 @@ def correctness(results: dict) -> str:
                     "graphs, breaks",
                     "passed",
                 ),
-                (
-                    (
-                        r["model"],
-                        "×".join(map(str, r["input"])),
-                        r["backend"],
-                        r["compile_s"],
-                        f"{_e(r['rel_err_compiled'])} / {_e(r['rel_err_eager_bf16'])}",
-                        _e(r["bound"]),
-                        r["eager_step_ms"],
-                        r["compiled_step_ms"],
-                        r["compiled_vs_eager"],
-                        f"{r['graphs']}, {r['graph_breaks']}",
-                        r.get("passed"),
-                    )
-                    for r in compiled
-                ),
+                (row for r in compiled for row in _compile_rows(r)),
             )
         )
     return "\n".join(out)
+
+
+def _compile_rows(r: dict) -> list[tuple]:
+    """A compile row's training step (bounded error) and, where measured, its inference (difference to
+    eager bf16, recorded only)."""
+    shape = "×".join(map(str, r["input"]))
+    rows = [
+        (
+            r["model"],
+            "train step",
+            shape,
+            r["backend"],
+            r["compile_s"],
+            f"{_e(r['rel_err_compiled'])} / {_e(r['rel_err_eager_bf16'])}",
+            _e(r["bound"]),
+            r["eager_step_ms"],
+            r["compiled_step_ms"],
+            r["compiled_vs_eager"],
+            f"{r['graphs']}, {r['graph_breaks']}",
+            r.get("passed"),
+        )
+    ]
+    if "compiled_inference_ms" in r:
+        rows.append(
+            (
+                r["model"],
+                "inference",
+                shape,
+                r["backend"],
+                r["inference_compile_s"],
+                f"{_e(r['inference_rel_diff'])} to eager bf16",
+                None,
+                r["eager_inference_ms"],
+                r["compiled_inference_ms"],
+                r["compiled_vs_eager_inference"],
+                None,
+                None,
+            )
+        )
+    return rows
 
 
 def cli(results: dict) -> str:

@@ -27,7 +27,7 @@ from benchmarks.suites import SUITES, Suite
 from benchmarks.tables import gpu_training_rates, render, update_document
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders")
+SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders", "compile")
 DEFAULT_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
 )
@@ -179,6 +179,27 @@ def run_decoders(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
     )
 
 
+def run_compile(suite: Suite, log: Callable[[str], None]) -> list[dict]:
+    """torch.compile vs eager (benchmarks/compile_speed.py): training step and inference per model, calls
+    interleaved, compile time and logit difference; bf16 autocast where the suite's model rows use it."""
+    from benchmarks.compile_speed import cases_named, measure
+
+    if suite.compile_input is None:
+        return []
+    batch, frames, size = suite.compile_input
+    return measure(
+        cases_named(suite.compile_models),
+        batch=batch,
+        frames=frames,
+        size=size,
+        reps=suite.compile_reps,
+        device=suite.device,
+        bf16=suite.model_bf16,
+        backend=suite.compile_backend,
+        log=log,
+    )
+
+
 def _guarded(fn: Callable[[], dict], **context) -> dict:
     """Run one measurement; an exception becomes an error row (the run goes on and exits non-zero)."""
     try:
@@ -239,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": lambda: run_pipeline(suite, print, args.cache_dir),
         "pytorchvideo": lambda: run_pytorchvideo(suite, print, args.cache_dir),
         "decoders": lambda: run_decoders(suite, print, args.cache_dir),
+        "compile": lambda: run_compile(suite, print),
     }
     previous = out_dir / f"{suite.name}.json"
     if set(sections) != set(SECTIONS) and previous.is_file():
@@ -255,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
         section_start = time.perf_counter()
-        guarded = section in ("pipeline", "pytorchvideo", "decoders")
+        guarded = section in ("pipeline", "pytorchvideo", "decoders", "compile")
         rows = _section_rows(runners[section], section) if guarded else runners[section]()
         results["sections"][section] = rows
         results.setdefault("section_runs", {})[section] = {
@@ -282,7 +304,8 @@ def _display_path(path: Path) -> str:
 
 
 def _section_rows(runner: Callable[[], list[dict]], section: str) -> list[dict]:
-    """The data sections need the data modules (and pytorchvideo); if they fail, one error row says why."""
+    """The data sections need the data modules (and pytorchvideo), the compile section a working compiler
+    toolchain for inductor; if one fails, one error row says why."""
     result = _guarded(lambda: {"rows": runner()}, stage=section)
     return result["rows"] if "rows" in result else [result]
 

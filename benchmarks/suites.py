@@ -1,8 +1,9 @@
 """The benchmark suites: which shapes, models and videos each measures, and its time and memory budgets.
 
-cpu   (make bench, < 15 min on 2 cores, plus ~6 min for the decoder comparison): every measurement at
-      StructViT-S shapes; the reference path runs where its predicted cost fits the budgets, and every skipped
-      case is listed with its prediction.
+cpu   (make bench, < 15 min on 2 cores, plus ~6 min for the decoder comparison and 6-16 min, by the host's
+      load, for the compile section, most of it inductor's first C++ build of each graph): every measurement at StructViT-S shapes;
+      the reference path runs where its predicted cost fits the budgets, and every skipped case is listed with
+      its prediction.
 quick (make bench-quick, about 3 min on 2 cores): one small shape per section, to check the harness end to end.
 gpu   (make bench-gpu): full-size shapes on CUDA in bf16 (flash attention), 16x224^2 batch-8 training steps.
 target: only the headline case (16 frames, S = 1, D = 4, forward + backward, fast vs reference);
@@ -78,6 +79,12 @@ class Suite:
     decoder_passes: int = 5
     decoder_warmup_files: int = 4
     decoder_clip: tuple[int, int] | None = None
+    # torch.compile vs eager (benchmarks/compile_speed.py): (batch, frames, size) or None (section off), the
+    # models (labels of compile_speed.CASES) and the timed calls per side
+    compile_input: tuple[int, int, int] | None = None
+    compile_models: tuple[str, ...] = ("structvit_xs", "structvit_s", "uniformer_s")
+    compile_reps: int = 5
+    compile_backend: str = "inductor"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -95,6 +102,7 @@ SUITES: dict[str, Suite] = {
         video_kinds=(KINETICS, SSV2),
         videos_per_kind=4,
         decoder_kinds=DECODER_KINDS,
+        compile_input=(2, 8, 112),
     ),
     "quick": Suite(
         name="quick",
@@ -115,6 +123,10 @@ SUITES: dict[str, Suite] = {
         decoder_passes=QUICK["passes"],
         decoder_warmup_files=QUICK["warmup_files"],
         decoder_clip=QUICK["clip"],
+        compile_input=(2, 4, 32),
+        compile_models=("structvit_xs",),
+        compile_reps=2,
+        compile_backend="aot_eager",  # the harness end to end; inductor's C++ build takes minutes on 2 cores
     ),
     "gpu": Suite(
         name="gpu",
@@ -133,6 +145,7 @@ SUITES: dict[str, Suite] = {
         video_kinds=(KINETICS, SSV2),
         videos_per_kind=16,
         loader_workers=(1, 2, 4, 8, 16),
+        compile_input=(8, 16, 224),
     ),
     "target": Suite(
         name="target",

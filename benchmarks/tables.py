@@ -378,6 +378,39 @@ def decoder_runs_table(runs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _overrides(overrides: dict | None) -> str:
+    return "" if not overrides else " (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
+
+
+def compile_table(rows: list[dict]) -> str:
+    """torch.compile vs eager per model and kind (benchmarks/compile_speed.py), from interleaved calls."""
+    out = [
+        "### 8. torch.compile vs eager (`--model.compile`): training step and inference, calls interleaved\n",
+        "| model | kind | input (B,3,T,H,W) | precision | backend, mode | eager ms | compiled ms | eager / compiled | "
+        "compile s (first call) | max abs logit diff (relative) | graphs, breaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(
+                f"| {r.get('label')} | {r.get('kind')} | {r.get('input')} | | | {r.get('reason')} | | | | | |"
+            )
+            continue
+        out.append(
+            f"| {r['label']}{_overrides(r.get('overrides'))} | {r['kind']} | {'×'.join(map(str, r['input']))} | "
+            f"{r['precision']} | {r['backend']}, {r['mode']} | {r['eager_ms']:.1f} | {r['compiled_ms']:.1f} | {r['speedup']:.2f}× | "
+            f"{r['compile_s']:.1f} | {r['max_abs_diff']:.1e} ({r['rel_diff']:.1e}) | "
+            f"{r['graphs']}, {r['graph_breaks']} |"
+        )
+    if rows and all(r.get("status") == "ok" for r in rows):
+        out.append(
+            f"\nMedian of {rows[0]['reps']} calls per cell; train = forward, cross-entropy, backward, AdamW in train "
+            "mode (the overrides beside a model's name); inference = eval mode under no_grad. The compile time is the first compiled call with a cold "
+            "inductor cache; the logit difference is that call's against the eager copy's (same weights, same clips)."
+        )
+    return "\n".join(out) + "\n"
+
+
 def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
     """All tables of one results file, with its header, as markdown."""
     sections = results.get("sections", {})
@@ -394,6 +427,8 @@ def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
         parts.append(pytorchvideo_table(sections["pytorchvideo"]))
     if sections.get("decoders"):
         parts.append(decoder_tables(sections["decoders"]))
+    if sections.get("compile"):
+        parts.append(compile_table(sections["compile"]))
     return "\n".join(parts)
 
 

@@ -31,7 +31,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from src.callbacks import (
     FirstBatchFrames,
@@ -195,7 +195,13 @@ class VideoCLI(LightningCLI):
             if isinstance(writer, JsonLinesPredictionWriter):
                 writer.check_outputs(self.trainer, checkpoint=ckpt_path, datamodule=datamodule)
         if ckpt_path:
+            compile_options = getattr(
+                model, "compile_options", None
+            )  # the command line's, never a checkpoint's
             model = load_trained(ckpt_path).module
+            model.compile_options = compile_options
+            card = read_card(ckpt_path)
+            rank_zero_info(f"predict: {card.variant} from {ckpt_path}; it started from {card.started_from}")
         kwargs.pop("weights_only", None)  # the checkpoint was read by load_trained's safe loader
         return self.trainer.predict(
             model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs

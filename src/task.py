@@ -51,6 +51,11 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss stayed NaN/inf for too many consecutive steps."""
 
 
+# Checkpoint key of the weights a run started from: {"init_from": the value given, "file": the file loaded,
+# "sha256": its SHA-256}; written by `on_save_checkpoint`, read by `src.trained.read_card`.
+INIT_SOURCE_KEY = "init_source"
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work (a missing `init_from` file, weights of another architecture, a
     checkpoint of other classes); the message names the key, the value and the fix. `python -m src.cli` prints it
@@ -78,10 +83,24 @@ def plain(value: Any) -> Any:
 
 
 def init_from_problem(source: str | Path) -> str | None:
-    """Why `source` cannot be a `model.init_from` file (the one-line error), or None when it is a file."""
+    """Why `source` cannot be a `model.init_from` value (the one-line error), or None when it is a file or names
+    published weights (a `src.weights` catalogue name or hf:// source: downloaded when the run loads it, in
+    `setup`, not at parse time)."""
+    from src.weights import WeightsError, is_published, looks_like_name, parse_hf, unknown_name_message
+
     path = Path(source)
     if path.is_file():
         return None
+    try:
+        if str(source).startswith("hf://"):
+            parse_hf(str(source))
+            return None
+        if is_published(str(source)):
+            return None
+    except WeightsError as err:  # a malformed hf:// source or STRUCTVIT_WEIGHTS_CATALOGUE
+        return f"model.init_from: {err}"
+    if not path.exists() and looks_like_name(str(source)):
+        return f"model.init_from: {unknown_name_message(str(source))}"
     what = (
         "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
     )
@@ -171,6 +190,17 @@ class VideoClassifier(pl.LightningModule):
         max_nonfinite_steps: consecutive steps with a NaN/inf loss (skipped) before the run stops.
         ignore_class_mismatch: accept a checkpoint whose class list differs from the index's (not stored in
             checkpoints).
+        compile: run the backbone through `torch.compile` in fit, validate and test (docs/training.md,
+            "Compilation"); the first steps of each stage pay the compile time. Not stored in checkpoints (their
+            weights keep the plain names): a resume or an evaluation compiles when asked again.
+        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
+            "max-autotune-no-cudagraphs" (longer compiles, faster kernels).
+        compile_dynamic: torch.compile's `dynamic`: "auto" (its None) compiles for the first shape and marks a
+            dimension dynamic once it changes (training and evaluation batches differ), "dynamic" (True):
+            dynamic from the start, "static" (False): a new compile for every new shape.
+        compile_backend: torch.compile's backend: "inductor" (generated kernels: the speed-up), or, to tell a
+            compiler problem from a model one, "aot_eager" (graphs traced with their backward, run by eager
+            kernels) or "eager" (graph capture only); "cudagraphs" replays CUDA graphs of eager kernels.
     """
 
     def __init__(
@@ -194,18 +224,36 @@ class VideoClassifier(pl.LightningModule):
         mixup_switch_prob: ClosedUnitInterval = 0.5,
         max_nonfinite_steps: PositiveInt = 10,
         ignore_class_mismatch: bool = False,
+        compile: bool = False,
+        compile_mode: Literal[
+            "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+        ] = "default",
+        compile_dynamic: Literal["auto", "dynamic", "static"] = "auto",
+        compile_backend: Literal["inductor", "aot_eager", "eager", "cudagraphs"] = "inductor",
     ) -> None:
         super().__init__()
         if isinstance(backbone, dict):
             backbone = BackboneConfig(**backbone)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-        # not a hyper-parameter of the model: kept out of checkpoints, whose hparams LightningCLI applies over
-        # the command line with --ckpt_path (a saved False would silently undo --model.ignore_class_mismatch)
-        self.save_hyperparameters(ignore=["ignore_class_mismatch"])
+        # not hyper-parameters of the model: kept out of checkpoints, whose hparams LightningCLI applies over
+        # the command line with --ckpt_path (a saved False would silently undo --model.ignore_class_mismatch,
+        # a saved compile=True would compile a resume or an evaluation that did not ask for it)
+        self.save_hyperparameters(
+            ignore=["ignore_class_mismatch", "compile", "compile_mode", "compile_dynamic", "compile_backend"]
+        )
         for key in list(self.hparams):
             self.hparams[key] = plain(self.hparams[key])
         self.ignore_class_mismatch = ignore_class_mismatch
+        # torch.compile's keyword arguments, None: eager (not `self.compile`: that is nn.Module.compile); a
+        # mode is inductor's (other backends refuse one)
+        mode = {"mode": compile_mode} if compile_backend == "inductor" else {}
+        dynamic = {"auto": None, "dynamic": True, "static": False}[compile_dynamic]
+        self.compile_options: dict[str, Any] | None = (
+            {"backend": compile_backend, "dynamic": dynamic, **mode} if compile else None
+        )
+        self._backbone_compiled = False
+        self._compiled_features: Any = None  # the compiled `backbone.forward_features`, for predict_step
         self.hparams["backbone"] = asdict(backbone)  # plain dict: readable in hparams.yaml and checkpoints
 
         from src.models import build_model
@@ -240,6 +288,20 @@ class VideoClassifier(pl.LightningModule):
         self.source_checkpoint: Path | None = None  # the file load_trained read, if any
 
     # ----------------------------------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        """Compile the backbone when `compile` is on. Lightning calls this hook before fit, validate, test and
+        predict, before a strategy wraps the module (DDP then wraps a module whose backbone is compiled).
+
+        `nn.Module.compile` compiles the backbone's call in place, so its parameters and the checkpoint keep
+        their plain names (no `_orig_mod.`); prediction reads the pre-logit features through a compiled
+        `forward_features`, because it calls that method rather than the module."""
+        if self.compile_options is None or self._backbone_compiled:
+            return  # eager, or compiled by an earlier stage of the same process
+        self.backbone.compile(**self.compile_options)
+        self._backbone_compiled = True
+        if self.has_embeddings:
+            self._compiled_features = torch.compile(self.backbone.forward_features, **self.compile_options)
+
     def setup(self, stage: str) -> None:
         """Point the DataModule's failure lists at the run folder; load `init_from` when fitting from scratch.
 
@@ -256,27 +318,45 @@ class VideoClassifier(pl.LightningModule):
             self.load_initial_weights(self.hparams.init_from)
 
     def load_initial_weights(self, source: str) -> None:
-        """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader."""
+        """Load a UniFormer / StructViT checkpoint into the backbone through the model package's loader: a file,
+        or published weights by name / hf:// source (`src.weights`, fetched into the Hugging Face cache first).
+        What was loaded (the value, the file, its SHA-256) is kept in `init_source` and saved in checkpoints."""
         problem = init_from_problem(source)
         if problem:
             raise ConfigError(problem)
         from src.models.checkpoints import CheckpointFileError, load_checkpoint_file, load_pretrained
+        from src.weights import WeightsError, fetch, sha256_of
 
+        entry = None
+        if Path(source).is_file():
+            file, digest = Path(source), sha256_of(source)
+        else:
+            try:
+                fetched = fetch(source)
+            except WeightsError as err:
+                raise ConfigError(f"model.init_from {source}: {err}") from None
+            file, digest, entry = fetched.path, fetched.sha256, fetched.entry
         try:
-            payload = load_checkpoint_file(source)
+            payload = load_checkpoint_file(file)
         except CheckpointFileError as err:
             raise ConfigError(f"model.init_from: {err}") from None
         # a checkpoint of this project names its classes: its head rows are then matched to this run's classes
-        # by name (same names in another order, or a subset), never loaded as they are because the count agrees
+        # by name (same names in another order, or a subset), never loaded as they are because the count agrees;
+        # so do published weights whose class order is known, and a head whose order is unknown is not used
         trained = payload.get("hyper_parameters") if isinstance(payload, dict) else None
         source_classes = trained.get("class_names") if isinstance(trained, dict) else None
+        if entry is not None and entry.classes:
+            source_classes = entry.classes
         report = load_pretrained(
             self.backbone,
             payload,
             target_classes=self.class_names,
             source_classes=list(source_classes) if source_classes else None,
             struct_init=self.hparams.init_struct_filters,
+            use_head=entry is None or entry.classes is not None,
+            head_note=entry.head_note if entry is not None else "",
         )
+        self.init_source = {"init_from": str(source), "file": str(file), "sha256": digest}
         if (
             not report.clean
         ):  # e.g. StructViT-S weights under a StructViT-B config: a partial load trains wrong
@@ -296,11 +376,13 @@ class VideoClassifier(pl.LightningModule):
         log_dir = self.run_dir
         if self.trainer.is_global_zero and log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{report}\n")
+            (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{file} (SHA-256 {digest})\n{report}\n")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose class list differs from this run's (the index's classes.txt): its head
-        would score every video against the wrong names. `model.ignore_class_mismatch` overrides."""
+        would score every video against the wrong names. `model.ignore_class_mismatch` overrides. A resume keeps
+        the checkpoint's record of the weights the run started from."""
+        self.init_source = checkpoint.get(INIT_SOURCE_KEY, getattr(self, "init_source", None))
         trained = (checkpoint.get("hyper_parameters") or {}).get("class_names")
         if trained is None or self.ignore_class_mismatch:
             return
@@ -328,6 +410,8 @@ class VideoClassifier(pl.LightningModule):
             from src.data.protocol import CHECKPOINT_KEY
 
             checkpoint[CHECKPOINT_KEY] = protocol.to_dict()
+        if getattr(self, "init_source", None):  # where the run's starting weights came from (`src.trained`)
+            checkpoint[INIT_SOURCE_KEY] = dict(self.init_source)
 
     def on_fit_start(self) -> None:
         """Print the effective global batch and the learning rate: the two numbers a recipe depends on."""
@@ -359,7 +443,7 @@ class VideoClassifier(pl.LightningModule):
             raise TypeError(
                 f"{type(self.backbone).__name__} has no pre-logit features (forward_features / forward_head)"
             )
-        features = self.backbone.forward_features(video)
+        features = (self._compiled_features or self.backbone.forward_features)(video)
         return self.backbone.forward_head(features, pre_logits=True), self.backbone.forward_head(features)
 
     # ------------------------------------------------------------------------------------- training

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from src.data.protocol import CHECKPOINT_KEY, EvalProtocol
 from src.models.checkpoints import CheckpointFileError, load_checkpoint_file
-from src.task import VideoClassifier
+from src.task import INIT_SOURCE_KEY, VideoClassifier
 
 NOT_TRAINED_HERE = (
     "not a checkpoint written by this project's `src.cli fit` (it has no {missing}). Backbone weights such as the "
@@ -38,6 +38,27 @@ class CheckpointCard:
     path: Path
     hyper_parameters: dict[str, Any]
     protocol: EvalProtocol
+    # the weights the run started from: {"init_from": the value given (a file, a published name, hf://...),
+    # "file": the file loaded, "sha256": its SHA-256}; None for a run from scratch or an older checkpoint
+    init_source: dict[str, str] | None = None
+
+    @property
+    def started_from(self) -> str:
+        """One line: the weights the run started from, or that it started from scratch (or does not say)."""
+        if not self.init_source:
+            return "not recorded (trained from scratch, or saved before the start was recorded)"
+        source = self.init_source
+        given, file = source.get("init_from", "?"), source.get("file", "?")
+        where = given if given == file else f"{given} ({file})"
+        return f"{where}, SHA-256 {source.get('sha256', '?')}"
+
+    def __str__(self) -> str:
+        names = self.class_names
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        return (
+            f"{self.path}\n  model: {self.variant}, {len(names)} classes: {shown}\n"
+            f"  started from: {self.started_from}\n  protocol: {self.protocol}"
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -186,7 +207,14 @@ def read_card(path: str | Path) -> CheckpointCard:
     """The checkpoint's hyper-parameters, class names and evaluation protocol, without building the model."""
     path = Path(path)
     payload = _payload(path, mmap=True)  # the tensors stay on disk: only the metadata is read
-    return CheckpointCard(path, _hyper_parameters(path, payload), _protocol(path, payload))
+    return CheckpointCard(
+        path, _hyper_parameters(path, payload), _protocol(path, payload), _init_source(payload)
+    )
+
+
+def _init_source(payload: dict) -> dict[str, str] | None:
+    record = payload.get(INIT_SOURCE_KEY)
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else None
 
 
 def load_trained(path: str | Path) -> TrainedModel:
@@ -207,6 +235,29 @@ def load_trained(path: str | Path) -> TrainedModel:
             "by another version"
         )
     module.eval_protocol = _protocol(path, payload)
+    module.init_source = _init_source(payload)  # kept when the module saves a checkpoint again
     module.source_checkpoint = path.resolve()
     module.eval()
     return TrainedModel(module, module.eval_protocol, path.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m src.trained CHECKPOINT...`: print each checkpoint's card (model, classes, the weights it
+    started from, evaluation protocol) without building the model."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m src.trained CHECKPOINT [CHECKPOINT ...]", file=sys.stderr)
+        return 2
+    for path in paths:
+        try:
+            print(read_card(path))
+        except (CheckpointFileError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

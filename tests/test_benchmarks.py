@@ -140,7 +140,16 @@ def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path
     results = json.loads((tmp_path / "tiny.json").read_text())
     assert {"cpu", "cpu_cores", "torch", "date"} <= set(results["machine"])
     sections = results["sections"]
-    assert set(sections) == {"structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders"}
+    assert set(sections) == {
+        "structsa",
+        "scaling",
+        "model",
+        "pipeline",
+        "pytorchvideo",
+        "decoders",
+        "compile",
+    }
+    assert sections["compile"] == []  # off in the tiny suite: tests/test_compile_speed.py runs its quick path
     paths = {r["path"] for r in sections["structsa"]}
     assert paths == {"fast", "reference", "vanilla"}
     # every row measured; only an optional reader that cannot run here (torchcodec without FFmpeg) is skipped

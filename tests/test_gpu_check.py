@@ -71,6 +71,7 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
     assert len(rows(tests, "output_rel_err")) == 6 and len(rows(tests, "rel_err_attn_fp32_on")) == 6
     (compiled,) = parts["compile"]["rows"]
     assert compiled["backend"] == "aot_eager" and compiled["graphs"] >= 1 and compiled["compiled_step_ms"] > 0
+    assert compiled["compiled_inference_ms"] > 0 and compiled["eager_inference_ms"] > 0  # the inference row
 
     cli = parts["cli"]
     assert cli["ddp_backend"] == "gloo" and cli["checkpoint"] and cli["test_videos_scored"] == 4

@@ -137,3 +137,37 @@ def test_files_that_are_not_complete_checkpoints_are_refused_naming_the_file_and
         CheckpointFileError, match=r"bare.ckpt: holds no evaluation protocol.*ckpt\['eval_protocol'\]"
     ):
         load_trained(bare)
+
+
+def test_the_card_says_which_weights_the_run_started_from_and_a_reloaded_model_keeps_it(fitted, tmp_path):
+    """`init_source` (the init_from value, the file loaded, its SHA-256) is read without building the model,
+    printed by `python -m src.trained`, and carried by a model rebuilt from the file into the checkpoints it saves."""
+    import subprocess
+    import sys
+
+    from src.task import INIT_SOURCE_KEY
+
+    path, _, _ = fitted
+    assert read_card(path).init_source is None  # trained from scratch
+    assert read_card(path).started_from.startswith("not recorded")
+    record = {
+        "init_from": "uniformer_s_k400_16x8",
+        "file": "/cache/uniformer_small_k400_16x8.pth",
+        "sha256": "ab" * 32,
+    }
+    marked = _variant(path, tmp_path, "started.ckpt", lambda c: c.update({INIT_SOURCE_KEY: record}))
+    card = read_card(marked)
+    assert card.init_source == record
+    assert (
+        f"started from: uniformer_s_k400_16x8 (/cache/uniformer_small_k400_16x8.pth), SHA-256 {'ab' * 32}"
+        in str(card)
+    )
+    printed = subprocess.run(
+        [sys.executable, "-m", "src.trained", str(marked)], capture_output=True, text=True, timeout=120
+    )
+    assert printed.returncode == 0 and "started from: uniformer_s_k400_16x8" in printed.stdout, printed.stderr
+    module = load_trained(marked).module
+    assert module.init_source == record
+    saved: dict = {}
+    module.on_save_checkpoint(saved)
+    assert saved[INIT_SOURCE_KEY] == record

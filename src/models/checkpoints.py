@@ -46,7 +46,8 @@ class LoadReport:
     )  # model keys the source lacks (identity-initialised excluded)
     unexpected: list[str] = field(default_factory=list)  # source keys the model lacks
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    head_dropped: bool = False  # classifier left at its fresh init (class count differs)
+    head_dropped: bool = False  # classifier left at its fresh init (class count differs, or not used)
+    head_unused: str | None = None  # why the source's classifier was not used at all (use_head=False)
     head_remapped: int | None = None  # classes copied by name when both class lists were given
     identity_init: list[str] = field(default_factory=list)  # StructSA modules whose filters the source lacked
     struct_init: str = "identity"  # how those filters were set
@@ -61,7 +62,11 @@ class LoadReport:
             f"load_pretrained from {self.source}: {len(self.loaded)} tensors loaded"
             f" ({len(self.inflated)} inflated 2-D -> 3-D)"
         ]
-        if self.head_dropped:
+        if self.head_unused:
+            lines.append(
+                f"  head: not used ({self.head_unused}), classifier left at its fresh initialisation"
+            )
+        elif self.head_dropped:
             lines.append("  head: class count differs, classifier left at its fresh initialisation")
         if self.head_remapped is not None:
             lines.append(f"  head: {self.head_remapped} classes copied by name, the rest freshly initialised")
@@ -185,10 +190,14 @@ def load_pretrained(
     source_classes: list[str] | None = None,
     temporal_inflation: str = "average",
     struct_init: str = "identity",
+    use_head: bool = True,
+    head_note: str = "its class order is unknown",
 ) -> LoadReport:
     """Load a checkpoint into model (in place) and return the report of what was loaded, inflated or left out.
 
     `struct_init` sets the StructSA filters the source lacks (see the module docstring and `STRUCT_INITS`).
+    `use_head=False` leaves the classifier fresh whatever its shape (a head whose class order is unknown would
+    load silently when the counts agree); `head_note` says why, in the report.
     """
     if struct_init not in STRUCT_INITS:
         raise ValueError(
@@ -203,8 +212,10 @@ def load_pretrained(
     own = model.state_dict()
     head_keys = {k for k in own if k.startswith("head.")}
     new_state: dict[str, Tensor] = {}
+    if not use_head:
+        report.head_dropped, report.head_unused = True, head_note
     for key, dst in own.items():
-        if key not in state:
+        if key not in state or (key in head_keys and not use_head):
             continue
         src = state[key]
         named = source_classes is not None and target_classes is not None
@@ -260,6 +271,6 @@ def load_pretrained(
         and not (k in head_keys and (report.head_dropped or report.head_remapped is not None))
         and k not in {m[0] for m in report.mismatched}
     ]
-    report.unexpected = [k for k in state if k not in own]
+    report.unexpected = [k for k in state if k not in own]  # an unused head's keys are in `own`: not listed
     log.info("%s", report)  # callers that show it (init_from, the fine-tuning benchmark) print it themselves
     return report

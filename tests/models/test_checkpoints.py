@@ -162,3 +162,33 @@ def test_the_official_uniformer_args_namespace_is_allowed_and_nothing_broader(tm
     torch.save({"model": model.state_dict(), "args": argparse.FileType("r")}, other)
     with pytest.raises(ValueError, match="argparse.FileType"):
         load_pretrained(build_model("structvit_xs"), other)
+
+
+def test_a_head_of_unknown_class_order_is_not_used_even_when_the_class_counts_agree():
+    """Published weights whose class order is unknown: their head would load row for row because the count agrees,
+    naming every prediction wrongly; `use_head=False` leaves the classifier fresh and says why."""
+    torch.manual_seed(0)
+    source = build_model("structvit_xs", num_classes=5)
+    target = build_model("structvit_xs", num_classes=5)
+    fresh = target.head.weight.detach().clone()
+    report = load_pretrained(target, source.state_dict(), use_head=False, head_note="order unknown")
+    assert report.clean and report.head_dropped and torch.equal(target.head.weight, fresh)
+    assert "head: not used (order unknown)" in str(report)
+    assert torch.equal(target.blocks3[0].attn.qkv.weight, source.blocks3[0].attn.qkv.weight)
+    load_pretrained(target, source.state_dict())  # the default: the rows load as they are
+    assert torch.equal(target.head.weight, source.head.weight)
+
+
+def test_a_published_kinetics_head_is_matched_to_a_run_in_alphabetical_order_by_name():
+    """UniFormer's Kinetics-400 head has "riding a bike" at row 0; a run indexed by data_prep/k400_classes.txt
+    (alphabetical) gets each of its rows from the row of the same class."""
+    from src.weights_classes import K400_UNIFORMER
+
+    alphabetical = sorted(K400_UNIFORMER)
+    source = {"head.weight": torch.arange(400.0)[:, None].repeat(1, 8), "head.bias": torch.arange(400.0)}
+    target = torch.nn.Module()
+    target.head = torch.nn.Linear(8, 400)
+    report = load_pretrained(target, source, target_classes=alphabetical, source_classes=list(K400_UNIFORMER))
+    assert report.head_remapped == 400
+    row_of = {name: i for i, name in enumerate(K400_UNIFORMER)}
+    assert [int(b) for b in target.head.bias] == [row_of[name] for name in alphabetical]
