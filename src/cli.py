@@ -195,9 +195,8 @@ class VideoCLI(LightningCLI):
             if isinstance(writer, JsonLinesPredictionWriter):
                 writer.check_outputs(self.trainer, checkpoint=ckpt_path, datamodule=datamodule)
         if ckpt_path:
-            compile_options = getattr(
-                model, "compile_options", None
-            )  # the command line's, never a checkpoint's
+            # the command line's compile switch, never a checkpoint's
+            compile_options = getattr(model, "compile_options", None)
             model = load_trained(ckpt_path).module
             model.compile_options = compile_options
             card = read_card(ckpt_path)

@@ -190,7 +190,7 @@ class VideoClassifier(pl.LightningModule):
         max_nonfinite_steps: consecutive steps with a NaN/inf loss (skipped) before the run stops.
         ignore_class_mismatch: accept a checkpoint whose class list differs from the index's (not stored in
             checkpoints).
-        compile: run the backbone through `torch.compile` in fit, validate and test (docs/training.md,
+        compile: run the backbone through `torch.compile` in fit, validate, test and predict (docs/training.md,
             "Compilation"); the first steps of each stage pay the compile time. Not stored in checkpoints (their
             weights keep the plain names): a resume or an evaluation compiles when asked again.
         compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
