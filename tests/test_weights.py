@@ -375,3 +375,19 @@ def test_a_broken_extra_catalogue_is_one_line_naming_it(tmp_path, monkeypatch):
         f"model.init_from: STRUCTVIT_WEIGHTS_CATALOGUE={bad}: not a catalogue of weights"
     )
     assert "colour" in problem
+
+
+def test_ssv1_head_order_is_the_sorted_list_of_the_official_ssv1_class_names():
+    """SSV1_SORTED is derived from the SSv2 names: that holds only if SSv1's category list has the same names."""
+    path = (
+        Path(__file__).resolve().parents[1]
+        / ".."
+        / "shared"
+        / "fixtures"
+        / "real_annotations"
+        / "ssv1_labels.txt"
+    )
+    if not path.is_file():
+        pytest.skip(f"shared annotation fixtures not found at {path}")
+    names = path.read_text(encoding="utf-8").splitlines()
+    assert list(SSV1_SORTED) == sorted(names)
