@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.data.protocol import EvalProtocol
 from src.data.transforms import denormalize
+from src.paths import file_identity
 
 
 class ThroughputMonitor(Callback):
@@ -279,15 +280,6 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
                 inputs.setdefault(f"the video {entry.path} of data.predict_path", Path(entry.path))
         return inputs
 
-    @staticmethod
-    def _identity(path: Path) -> tuple[int, int] | None:
-        """(device, inode) of the file `path` leads to (links followed), None if there is none."""
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
     def check_outputs(
         self,
         trainer: pl.Trainer,
@@ -304,9 +296,9 @@ class JsonLinesPredictionWriter(BasePredictionWriter):
         if not existing:
             return
         inputs = self.input_paths(trainer, pl_module, checkpoint, datamodule)
-        identities = {self._identity(path): what for what, path in inputs.items()}
+        identities = {file_identity(path): what for what, path in inputs.items()}
         for path in existing:
-            what = identities.get(self._identity(path))
+            what = identities.get(file_identity(path))
             if what is not None:
                 raise OutputTakenError(
                     f"predict: the output {path} is {what}, an input of this prediction; name another file with "

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from src.paths import file_identity
+
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "video"
 OUTPUT_NAME = "logits"
@@ -440,15 +442,6 @@ def export_checkpoint(
     return report
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file `path` leads to (links followed); None if there is none."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def check_output(ckpt: Path, out: Path, fmt: str, *, overwrite: bool = False) -> None:
     """Raise ExportError for an `out` that is a directory, an `out` or sidecar that is the checkpoint (hard and
     symbolic links count), or one that exists when not `overwrite`."""
@@ -457,12 +450,12 @@ def check_output(ckpt: Path, out: Path, fmt: str, *, overwrite: bool = False) ->
             f"--out {out} is a directory; give the exported file's name in it, e.g. "
             f"--out {out / default_out(ckpt, fmt).name}"
         )
-    source = _identity(ckpt)
+    source = file_identity(ckpt)
     for path in (out, sidecar_path(out)):
         if not path.exists():
             continue
         name = f"--out {out}" if path == out else f"the sidecar {path} of --out {out}"
-        if source is not None and _identity(path) == source:
+        if source is not None and file_identity(path) == source:
             raise ExportError(
                 f"{name} is the checkpoint --ckpt {ckpt}: writing it would destroy the checkpoint; give another "
                 f"file, e.g. --out {default_out(ckpt, fmt)}"

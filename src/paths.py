@@ -1,4 +1,4 @@
-"""Where the repository's own folders are, found once for every module that reads them."""
+"""Where the repository's own folders are, found once for every module that reads them; which file a path is."""
 
 from __future__ import annotations
 
@@ -16,3 +16,13 @@ def configs_dir() -> Path:
             "`make install` (pip install -e .), which keeps configs/ beside src/"
         )
     return path
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` leads to (links followed), None if there is none: two paths name the
+    same file, hard or symbolic links included, when their identities are equal."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
