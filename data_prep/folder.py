@@ -491,6 +491,15 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
+def _print_some(header: str, lines: list[str], where: str = "") -> None:
+    """`header`, then the first 20 `lines` indented, then how many more (and where they are listed)."""
+    print(header)
+    for line in lines[:20]:
+        print(f"  {line}")
+    if len(lines) > 20:
+        print(f"  ... and {len(lines) - 20} more" + (f" ({where})" if where else ""))
+
+
 def _summary(items: Sequence[dict], limit: int = 5) -> str:
     by_reason = Counter(i["reason"].split(" (")[0].split(":")[0] for i in items)
     return "; ".join(f"{n} {reason}" for reason, n in by_reason.most_common()) + (
@@ -620,11 +629,11 @@ def _report(manifest: dict, found: Scan, src: Path, out: Path, base: Path, write
         )
     links = [s for s in found.skipped if "target" in s]
     if links:
-        print(f"{name}: {len(links)} link(s) not followed (each real file is indexed once, in one split):")
-        for item in links[:20]:
-            print(f"  {item['id']} -> {item['target']}: {item['reason']}")
-        if len(links) > 20:
-            print(f"  ... and {len(links) - 20} more (manifest.json `skipped`)")
+        _print_some(
+            f"{name}: {len(links)} link(s) not followed (each real file is indexed once, in one split):",
+            [f"{item['id']} -> {item['target']}: {item['reason']}" for item in links],
+            "manifest.json `skipped`",
+        )
     if found.links_followed:
         print(
             f"{name}: followed {len(found.links_followed)} link(s) out of SRC; what they reach is labelled by "
@@ -642,11 +651,10 @@ def _report(manifest: dict, found: Scan, src: Path, out: Path, base: Path, write
         )
     failures = [f for items in manifest["failed"].values() for f in items]
     if failures:
-        print(f"{name}: {len(failures)} video(s) failed to probe and are left out (manifest.json `failed`):")
-        for item in failures[:20]:
-            print(f"  {item['id']}: {item['reason']}")
-        if len(failures) > 20:
-            print(f"  ... and {len(failures) - 20} more")
+        _print_some(
+            f"{name}: {len(failures)} video(s) failed to probe and are left out (manifest.json `failed`):",
+            [f"{item['id']}: {item['reason']}" for item in failures],
+        )
     for split, cs in manifest["classes_missing"].items():
         log.warning("%s: %d class(es) have no %s video: %s", name, len(cs), split, ", ".join(cs[:10]))
     if manifest["counts"].get("val", 0) == 0:
