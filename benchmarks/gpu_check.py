@@ -74,7 +74,7 @@ PARTS = (
     Part("cli", "synthetic data, `src.cli fit` (bf16-mixed, ddp, 1 device) then `test`", 120, 90),
     Part("models", "training steps side by side and ratios, cuDNN autotuning off and on", 90, 90),
     Part(
-        "bench", "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, largest batch", 120, 60
+        "bench", "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, largest batch", 120, 90
     ),
     Part(
         "pipeline", "DataLoader clips/s (16 workers on CUDA) and one worker's rate vs the step rate", 60, 60
@@ -518,7 +518,7 @@ def summary(parts: dict[str, dict]) -> dict:
     largest = next((r for r in bench if r.get("item") == "max_batch" and r.get("status") == "ok"), None)
     if largest:
         out["largest_batch"] = {
-            k: largest[k] for k in ("label", "largest_batch", "smallest_failing", "limit")
+            k: largest[k] for k in ("label", "largest_batch", "smallest_failing", "limit", "stopped_by")
         }
     compile_rows = parts.get("compile", {}).get("rows", [])
     if compile_rows:

@@ -364,9 +364,14 @@ def largest_batch(results: dict) -> str:
         )
         for t in r["trials"]
     )
+    failing = (
+        f"{r['smallest_failing']} does not"
+        if r["smallest_failing"] is not None
+        else f"no failing batch found (search stopped by its {r.get('stopped_by', 'time budget')})"
+    )
     return (
         f"## Largest batch\n\n{r['label']} at {r['input'][0]}×{r['input'][1]}², {r['precision']}: "
-        f"**{r['largest_batch']}** fits, {r['smallest_failing']} does not (limit: {r['limit']}). "
+        f"**{r['largest_batch']}** fits, {failing} (limit: {r['limit']}). "
         f"Trials: {trials}.\n"
     )
 
