@@ -1,7 +1,8 @@
 """The command line: `python -m src.cli {fit,validate,test,predict} --config configs/<dataset>.yaml`.
 
-A LightningCLI over VideoClassifier and VideoDataModule. The class signatures are the config schema; an
-unknown key is a parse error naming it. Every run writes into its own folder
+A LightningCLI over VideoClassifier and a DataModule chosen by `data.class_path`: VideoDataModule when the
+config names none (every video config), `src.data.images.ImageDataModule` for the ImageNet stage
+(configs/imagenet.yaml). The class signatures are the config schema; an unknown key is a parse error naming it. Every run writes into its own folder
 `<trainer.logger.save_dir>/<name>/version_<n>/` (config.yaml, hparams.yaml, TensorBoard events,
 checkpoints/best-*.ckpt and last.ckpt, test reports). `--ckpt_path last` resumes from the newest
 `last.ckpt` of the same run name.
@@ -20,14 +21,16 @@ exit with 2. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import Namespace, get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
@@ -61,6 +64,7 @@ class _DropAdvert(logging.Filter):
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropAdvert())
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST
+VIDEO_DATAMODULE = "src.data.datamodule.VideoDataModule"  # the DataModule of a config that names none
 # checkpoints written to a temporary file beside their target and renamed into place (src/checkpoint_io.py)
 ATOMIC_CHECKPOINT_IO = {"class_path": "src.checkpoint_io.AtomicCheckpointIO"}
 DEFAULT_LOGGER = {
@@ -100,10 +104,37 @@ class SaveConfigWithCheckpoints(SaveConfigCallback):
         checkpoint["cli_config"] = self.parser.dump(self.config, skip_none=False)
 
 
+def data_error_in_plain_words(message: str) -> str:
+    """jsonargparse's error for a bad value of the data section, which is a class choice (`data.class_path`), as
+    the error of that one key: `Parser key "data.crop_size": ...` instead of the list of every class tried."""
+    if not message.startswith('Parser key "data":'):
+        return message
+    found = re.search(
+        r"Problem with given class_path '([^']+)':\n(.*?)(?=\n\s*- Expected a <class 'NoneType'>|\n\s*Given value|\Z)",
+        message,
+        re.S,
+    )
+    if not found:
+        return message
+    problem = textwrap.dedent(found.group(2)).strip().replace('Parser key "', 'Parser key "data.')
+    if not problem.startswith("Parser key"):
+        problem = f"data: {problem}"
+    return f"{problem} (in the data section, read by {found.group(1)})"
+
+
+class ProjectArgumentParser(LightningArgumentParser):
+    """The CLI's parser: errors of the data section name the key (`data_error_in_plain_words`)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(data_error_in_plain_words(message), ex)
+
+
 class VideoCLI(LightningCLI):
     """LightningCLI with the links, callbacks and run-folder conventions of this project."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # a config without data.class_path (every video config) gets the video DataModule
+        parser.set_defaults({"data": {"class_path": VIDEO_DATAMODULE}})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.fingerprint", "model.data_fingerprint", apply_on="instantiate")
@@ -173,7 +204,7 @@ class VideoCLI(LightningCLI):
         config.trainer.logger = False
         self.save_config_callback = None
         if config.get("ckpt_path"):
-            adopt_checkpoint_protocol(config.data, read_card(config.ckpt_path))
+            adopt_checkpoint_protocol(data_arguments(config), read_card(config.ckpt_path))
 
     def fit(self, model: LightningModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
         """`trainer.fit`, with the checkpoint to resume from set on the Trainer first: the model's `setup` then
@@ -222,6 +253,12 @@ class VideoCLI(LightningCLI):
         if type(trainer.strategy) is DDPStrategy:  # `auto` chose DDP (several devices or nodes): same, timed
             trainer = super().instantiate_trainer(**kwargs, strategy=timed_ddp_strategy("ddp", guard.timeout))
         return trainer
+
+
+def data_arguments(config: Namespace) -> Namespace:
+    """The DataModule's arguments in a parsed config (`data.init_args`: the data section is a class choice)."""
+    data = config.data
+    return data.init_args if isinstance(data, Namespace) and "init_args" in data else data
 
 
 def adopt_checkpoint_protocol(data: Any, card: CheckpointCard) -> None:
@@ -303,11 +340,11 @@ def cli_main(
     args: list[str] | None = None, run: bool = True, model_class: type = VideoClassifier
 ) -> VideoCLI:
     """Build the CLI (and run the subcommand when `run`); `model_class`: a VideoClassifier subclass (tests)."""
-    from src.data.datamodule import VideoDataModule
-
     return VideoCLI(
         model_class,
-        VideoDataModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        parser_class=ProjectArgumentParser,
         save_config_callback=SaveConfigWithCheckpoints,
         trainer_defaults={
             "use_distributed_sampler": False,

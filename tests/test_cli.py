@@ -56,7 +56,8 @@ def test_print_config_shows_the_ssv2_recipe_of_the_paper(capsys):
     assert (config["model"]["mixup_alpha"], config["model"]["cutmix_alpha"]) == (0.8, 1.0)
     assert config["model"]["backbone"]["structure_dim"] == 4
     assert "k400" in config["model"]["init_from"]  # motion datasets start from Kinetics-400
-    data = config["data"]
+    assert config["data"]["class_path"] == "src.data.VideoDataModule"  # a config that names no DataModule
+    data = config["data"]["init_args"]
     assert (data["num_frames"], data["sampling"], data["test_views"], data["flip"]) == (
         16,
         "segment",
@@ -85,11 +86,11 @@ NULL_MEANS_NONE = {
     "model.backbone.pos_embed": "pure_attention_tiny only",
     "model.backbone.num_frames": "baselines only",
     "model.backbone.crop_size": "baselines only",
-    "data.root": "$DATA_ROOT/<dataset> (the environment of the run)",
-    "data.limit": "every row",
-    "data.predict_path": "not predicting",
-    "data.classes": "classes.txt of the index",
-    "data.rand_augment": "no RandAugment",
+    "data.init_args.root": "$DATA_ROOT/<dataset> (the environment of the run)",
+    "data.init_args.limit": "every row",
+    "data.init_args.predict_path": "not predicting",
+    "data.init_args.classes": "classes.txt of the index",
+    "data.init_args.rand_augment": "no RandAugment",
     "model.init_from": "trained from scratch",
     "predict_writer.output": "beside the checkpoint's run",
     **{
@@ -148,7 +149,7 @@ def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run
     _, out_again, _ = parse_only(capsys, "fit", "--config", str(again), "--print_config")
     assert yaml.safe_load(out_again) == printed
     original = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-    data, data_again = VideoDataModule(**original["data"]), VideoDataModule(**printed["data"])
+    data, data_again = VideoDataModule(**original["data"]), VideoDataModule(**printed["data"]["init_args"])
 
     def plain(values):
         return json.loads(json.dumps(dict(values)))  # tuples and lists alike
@@ -200,7 +201,7 @@ def test_model_configs_compose_after_a_dataset_config(capsys, name):
     expected = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())["model"]["backbone"]
     assert {k: config["model"]["backbone"][k] for k in expected} == expected
     assert (
-        config["data"]["sampling"] == "segment" and config["model"]["lr"] == 2e-4
+        config["data"]["init_args"]["sampling"] == "segment" and config["model"]["lr"] == 2e-4
     )  # the dataset recipe is kept
 
 

@@ -74,7 +74,8 @@ def test_script_activates_the_venv_and_launches_one_fit_per_task_with_the_slurm_
     assert Path(args[0]).parent == ROOT / ".venv" / "bin"  # the venv, not the system's
     trainer = recipe["trainer"]
     assert (trainer["num_nodes"], str(trainer["devices"]), trainer["strategy"]) == (2, "4", "ddp")  # "a100:4"
-    assert recipe["data"]["num_workers"] == 5 and recipe["data"]["batch_size"] == 4
+    data = recipe["data"]["init_args"]
+    assert data["num_workers"] == 5 and data["batch_size"] == 4
 
 
 @pytest.mark.timeout(180)

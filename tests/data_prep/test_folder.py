@@ -580,7 +580,7 @@ def test_fine_tune_custom_yaml_from_a_checkpoint_then_predict_a_folder(prepared,
     assert str(source) in report and "tensors loaded" in report and "0 tensors loaded" not in report
     assert "head: 0 classes copied by name, the rest freshly initialised" in report  # no class in common
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["data"]["dataset"] == "custom" and config["model"]["lr"] == 5e-5
+    assert config["data"]["init_args"]["dataset"] == "custom" and config["model"]["lr"] == 5e-5
 
     # 3. predict a folder of videos from the fine-tuned checkpoint alone (no config, no data.root); a cover
     # picture beside the videos used to turn the folder into one 1-frame "video" (one record, exit 0)
