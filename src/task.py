@@ -110,8 +110,8 @@ def init_from_problem(source: str | Path) -> str | None:
     )
 
 
-# The fields are the options of the registered networks (`src.models.model_options`) except `image` (a run
-# trains on clips); tests/models/test_structvit.py fails when the two disagree.
+# The fields are the options of the registered networks (`src.models.model_options`); tests/models/
+# test_structvit.py fails when the two disagree.
 @dataclass
 class BackboneConfig:
     """Which backbone to build and its options (`src.models.list_models()` names the variants).
@@ -135,6 +135,8 @@ class BackboneConfig:
         num_frames: input frames, for the models whose heads or embeddings depend on it (x3d_m, mvit_b_16x4,
             pure_attention_tiny); others: null.
         crop_size: input side, for the same models; others: null.
+        image: build the 2-D image network of the variant (the ImageNet stage, configs/imagenet.yaml; its
+            batches are one-frame clips); null or false: the video network.
     """
 
     # bounds as types: a value out of range is a parse error naming the key, before a run folder exists
@@ -149,6 +151,7 @@ class BackboneConfig:
     pos_embed: Literal["none", "learned"] | None = None
     num_frames: PositiveInt | None = None
     crop_size: PositiveInt | None = None
+    image: bool | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -176,6 +179,10 @@ class VideoClassifier(pl.LightningModule):
             image weights are inflated to 3-D); null trains from scratch. Must fit the backbone.
         init_struct_filters: how the StructSA filters start when init_from has none (a plain-attention
             checkpoint): "identity" reproduces its function exactly.
+        init_inflation: how init_from's 2-D convolution kernels (an image checkpoint) become 3-D: "average"
+            (UniFormer's and I3D's: the kernel repeated over time and divided by its length) or "centre" (the
+            kernel at the central frame, zeros elsewhere: a static clip then gives the image model's logits).
+            An image StructViT's StructSA key/value filters always take the centre frame (docs/imagenet.md).
         lr: peak learning rate (reached after the warmup).
         min_lr: learning rate at the end of the cosine decay.
         warmup_start_lr: learning rate at the first step of the linear warmup.
@@ -211,6 +218,7 @@ class VideoClassifier(pl.LightningModule):
         data_fingerprint: str = "",
         init_from: str | None = None,
         init_struct_filters: Literal["identity", "shifted", "random", "noisy_identity"] = "identity",
+        init_inflation: Literal["average", "centre"] = "average",
         lr: PositiveFloat = 2e-4,
         min_lr: NonNegativeFloat = 1e-6,
         warmup_start_lr: NonNegativeFloat = 1e-6,
@@ -353,6 +361,7 @@ class VideoClassifier(pl.LightningModule):
             target_classes=self.class_names,
             source_classes=list(source_classes) if source_classes else None,
             struct_init=self.hparams.init_struct_filters,
+            temporal_inflation=self.hparams.get("init_inflation", "average"),
             use_head=entry is None or entry.classes is not None,
             head_note=entry.head_note if entry is not None else "",
         )
@@ -376,7 +385,9 @@ class VideoClassifier(pl.LightningModule):
         log_dir = self.run_dir
         if self.trainer.is_global_zero and log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / "init_report.txt").write_text(f"{source}\n{file} (SHA-256 {digest})\n{report}\n")
+            (Path(log_dir) / "init_report.txt").write_text(
+                f"{source}\n{file} (SHA-256 {digest})\n{report}\n{report.inflation_details()}"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose class list differs from this run's (the index's classes.txt): its head

@@ -2,8 +2,12 @@
 
 Official UniFormer ImageNet checkpoints keep the weights under `model`, SlowFast-style video ones under
 `model_state`, Lightning ones under `state_dict` with a `backbone.` prefix; bare state dicts load as they
-are. 2-D kernels are inflated to 3-D (UniFormer's way: repeat over time and divide by the temporal size,
-or `centre`: the 2-D kernel at the central tap, zeros elsewhere). The classifier is dropped when the class
+are. 2-D kernels (4-D tensors of an official image checkpoint, or 3-D kernels of temporal size 1 of this
+project's image network) are inflated to the video model's temporal size: UniFormer's way (repeat over time
+and divide by the temporal size) or `centre` (the 2-D kernel at the central tap, zeros elsewhere). StructSA's
+key/value filters of an image StructViT always take the centre tap: with it, a clip of identical frames gives
+each frame's key and value structures exactly what the image model computed, the repeated keys leave the
+softmax unchanged, and the temporal taps start at zero to learn motion (docs/imagenet.md). The classifier is dropped when the class
 count differs, or remapped row by row when both class lists are known. StructSA filters missing from the
 source (a plain-attention checkpoint) are set by `struct_init`: "identity" (the default) makes the network
 start out computing exactly what the source computed (with S = 1); "shifted" keeps filter 0 the identity and
@@ -41,6 +45,8 @@ class LoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     inflated: list[str] = field(default_factory=list)  # 2-D kernels inflated to 3-D (also in loaded)
+    # each inflated key: (rule, source shape, model shape)
+    inflation: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(
         default_factory=list
     )  # model keys the source lacks (identity-initialised excluded)
@@ -58,9 +64,13 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
+        rules = sorted({rule for rule, _, _ in self.inflation.values()})
+        by_rule = ", ".join(
+            f"{sum(r == rule for r, _, _ in self.inflation.values())} {rule}" for rule in rules
+        )
         lines = [
             f"load_pretrained from {self.source}: {len(self.loaded)} tensors loaded"
-            f" ({len(self.inflated)} inflated 2-D -> 3-D)"
+            f" ({len(self.inflated)} inflated 2-D -> 3-D{f': {by_rule}' if by_rule else ''})"
         ]
         if self.head_unused:
             lines.append(
@@ -82,6 +92,15 @@ class LoadReport:
         for name, src, dst in self.mismatched:
             lines.append(f"  shape mismatch (not loaded): {name} source {src} model {dst}")
         return "\n".join(lines)
+
+    def inflation_details(self) -> str:
+        """One line per inflated tensor: its key, the rule, the source and model shapes (empty when none)."""
+        if not self.inflation:
+            return ""
+        rows = [
+            f"  {key}: {rule} {list(src)} -> {list(dst)}" for key, (rule, src, dst) in self.inflation.items()
+        ]
+        return "inflated 2-D -> 3-D (key: rule source -> model shape):\n" + "\n".join(rows) + "\n"
 
 
 log = logging.getLogger(__name__)
@@ -157,12 +176,31 @@ def read_state_dict(source: str | Path | Mapping) -> tuple[dict[str, Tensor], st
 
 
 def inflate(weight: Tensor, temporal: int, mode: str = "average") -> Tensor:
-    """2-D kernel (O, I, kH, kW) -> 3-D (O, I, temporal, kH, kW): repeat and divide, or centre tap only."""
+    """2-D kernel (O, I, kH, kW), or 3-D of temporal size 1 (O, I, 1, kH, kW) -> 3-D (O, I, temporal, kH, kW):
+    repeat and divide, or centre tap only."""
+    if weight.dim() == 5:
+        if weight.shape[2] != 1:
+            raise ValueError(f"inflate: a 3-D kernel of temporal size {weight.shape[2]} is not a 2-D one")
+        weight = weight[:, :, 0]
     if mode == "average":
         return weight.unsqueeze(2).repeat(1, 1, temporal, 1, 1) / temporal
     out = weight.new_zeros(weight.shape[0], weight.shape[1], temporal, *weight.shape[2:])
     out[:, :, temporal // 2] = weight
     return out
+
+
+def is_2d_kernel_of(src: Tensor, dst: Tensor) -> bool:
+    """Whether `src` is the 2-D form of the 3-D kernel `dst` (O, I, kT, kH, kW): (O, I, kH, kW), or
+    (O, I, 1, kH, kW) of an image network of this project."""
+    if dst.dim() != 5 or src.shape[:2] != dst.shape[:2]:
+        return False
+    if src.dim() == 4:
+        return src.shape[2:] == dst.shape[3:]
+    return src.dim() == 5 and src.shape[2] == 1 and src.shape[3:] == dst.shape[3:]
+
+
+def _is_struct_filter(key: str) -> bool:
+    return key.endswith(("k_struct.weight", "v_struct.weight"))
 
 
 def _remap_head(
@@ -238,16 +276,11 @@ def load_pretrained(
             else:
                 report.head_dropped = True
             continue
-        elif (
-            src.dim() == 4
-            and dst.dim() == 5
-            and src.shape[:2] == dst.shape[:2]
-            and src.shape[2:] == dst.shape[3:]
-        ):
-            new_state[key] = inflate(
-                src, dst.shape[2], "average" if temporal_inflation == "average" else "centre"
-            )
+        elif is_2d_kernel_of(src, dst):
+            rule = "centre" if temporal_inflation != "average" or _is_struct_filter(key) else "average"
+            new_state[key] = inflate(src, dst.shape[2], rule)
             report.inflated.append(key)
+            report.inflation[key] = (rule, tuple(src.shape), tuple(dst.shape))
         else:
             report.mismatched.append((key, tuple(src.shape), tuple(dst.shape)))
             continue

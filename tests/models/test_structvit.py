@@ -34,7 +34,7 @@ def test_unknown_model_or_override_names_itself():
 
 def test_each_option_is_declared_by_the_network_and_offered_by_the_config():
     """The overrides a name accepts are its network's constructor arguments minus the layout it fixes, and the
-    config's BackboneConfig offers exactly the options of the registered networks (`image` is code-only)."""
+    config's BackboneConfig offers exactly the options of the registered networks."""
     from dataclasses import fields
 
     from src.models import model_options
@@ -60,7 +60,7 @@ def test_each_option_is_declared_by_the_network_and_offered_by_the_config():
         "crop_size",
     }
     offered = {f.name for f in fields(BackboneConfig)} - {"variant"}
-    declared = set().union(*(model_options(name) for name in list_models())) - {"image"}
+    declared = set().union(*(model_options(name) for name in list_models()))
     assert offered == declared
 
 
