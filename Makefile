@@ -22,6 +22,7 @@ DIVING48_BASE_URL ?= http://www.svcl.ucsd.edu/projects/resound
 DIVING48_DIR  ?= $(DATA_ROOT)/downloads/diving48
 GYM_VIDEOS    ?= $(DATA_ROOT)/downloads/finegym/videos
 GYM_ANNOTATIONS ?= $(DATA_ROOT)/downloads/finegym/annotations
+IMAGENET_ARCHIVES ?= $(DATA_ROOT)/downloads/imagenet
 PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP_ARGS=--transcode (ssv2)
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
@@ -31,7 +32,7 @@ DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tin
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
 .PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
-        prepare-diving48 prepare-gym prepare-folder doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
+        prepare-diving48 prepare-gym prepare-folder prepare-imagenet prepare-synthetic-images doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
         finetune-from-plain export-speed tensorboard clean
 
 help: ## List every target with one line each
@@ -45,7 +46,7 @@ install: ## Create .venv and install the project with its dev, export and torchc
 		set -e; \
 		[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install --quiet --upgrade pip; \
-		$(PY) -m pip install --quiet -e '.[dev,export,torchcodec]'; \
+		$(PY) -m pip install --quiet -e '.[dev,export,torchcodec,imagenet]'; \
 		echo "$(DEPS_HASH)" > $(STAMP); \
 		echo "install: $(VENV) ready"; \
 	fi
@@ -71,6 +72,12 @@ demo: install ## The embedded default end to end: generate the synthetic benchma
 
 prepare-synthetic: install ## Generate the synthetic motion benchmark into $(DATA_ROOT)/synthetic (cached)
 	$(PY) -m data_prep.synthetic --out $(DATA_ROOT)/synthetic --workers $(JOBS)
+
+prepare-synthetic-images: install ## Generate the embedded image benchmark (6 shape/texture classes, ImageNet layout) into $(DATA_ROOT)/synthetic_images (cached)
+	$(PY) -m data_prep.synthetic_images --out $(DATA_ROOT)/synthetic_images $(PREP_ARGS)
+
+prepare-imagenet: install ## Extract ImageNet-1k from the 3 ILSVRC2012 archives in IMAGENET_ARCHIVES into $(DATA_ROOT)/imagenet and check every image (resumable)
+	$(PY) -m data_prep.imagenet --archives $(IMAGENET_ARCHIVES) --out $(DATA_ROOT)/imagenet --workers $(JOBS) $(PREP_ARGS)
 
 prepare-k400: install ## Download (resumable) and index Kinetics-400 from K400_BASE_URL into $(DATA_ROOT)/k400
 	$(PY) -m data_prep.kinetics --out $(DATA_ROOT)/k400 --base-url $(K400_BASE_URL) --workers $(JOBS) $(PREP_ARGS)

@@ -79,7 +79,7 @@ def _check_name(archive: str, name: str) -> PurePosixPath:
     return path
 
 
-def _check_tar_member(archive: str, member: tarfile.TarInfo) -> None:
+def check_tar_member(archive: str, member: tarfile.TarInfo) -> None:
     _check_name(archive, member.name)
     if member.issym() or member.islnk():
         kind = "symbolic link" if member.issym() else "hard link"
@@ -140,7 +140,7 @@ def _extract_tar(label: str, stream, tmp: Path, progress: bool) -> int:
         tqdm(desc=f"extract {label}", unit="file", disable=not progress) as bar,
     ):
         for member in tar:
-            _check_tar_member(label, member)
+            check_tar_member(label, member)
             tar.extract(member, tmp, filter="data")
             count += member.isfile()
             bar.update(1)

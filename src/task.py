@@ -183,7 +183,10 @@ class VideoClassifier(pl.LightningModule):
             (UniFormer's and I3D's: the kernel repeated over time and divided by its length) or "centre" (the
             kernel at the central frame, zeros elsewhere: a static clip then gives the image model's logits).
             An image StructViT's StructSA key/value filters always take the centre frame (docs/imagenet.md).
-        lr: peak learning rate (reached after the warmup).
+        lr: peak learning rate (reached after the warmup); with lr_batch set, the rate for that global batch.
+        lr_batch: the global batch `lr` is given for; the run then uses lr x (its global batch) / lr_batch (the
+            linear scaling rule of UniFormer's and DeiT's image recipes: lr 5e-4 per 512 images). null: `lr`
+            as given, whatever the batch (the video recipes).
         min_lr: learning rate at the end of the cosine decay.
         warmup_start_lr: learning rate at the first step of the linear warmup.
         warmup_epochs: length of the warmup, in epochs (fractions allowed; converted to steps).
@@ -220,6 +223,7 @@ class VideoClassifier(pl.LightningModule):
         init_struct_filters: Literal["identity", "shifted", "random", "noisy_identity"] = "identity",
         init_inflation: Literal["average", "centre"] = "average",
         lr: PositiveFloat = 2e-4,
+        lr_batch: PositiveInt | None = None,
         min_lr: NonNegativeFloat = 1e-6,
         warmup_start_lr: NonNegativeFloat = 1e-6,
         warmup_epochs: NonNegativeFloat = 10.0,
@@ -424,16 +428,32 @@ class VideoClassifier(pl.LightningModule):
         if getattr(self, "init_source", None):  # where the run's starting weights came from (`src.trained`)
             checkpoint[INIT_SOURCE_KEY] = dict(self.init_source)
 
+    def global_batch(self) -> int | None:
+        """Samples per optimiser step over all processes (None without a DataModule that states its batch)."""
+        trainer = self.trainer
+        batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        return None if batch is None else batch * trainer.accumulate_grad_batches * trainer.world_size
+
+    def peak_lr(self) -> float:
+        """The learning rate after the warmup: `lr`, scaled to the global batch when `lr_batch` is set."""
+        lr, per = self.hparams.lr, self.hparams.get("lr_batch")
+        effective = self.global_batch() if per else None
+        return lr * effective / per if effective else lr
+
     def on_fit_start(self) -> None:
         """Print the effective global batch and the learning rate: the two numbers a recipe depends on."""
         trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        batch = getattr(datamodule, "batch_size", None)
+        batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if batch is not None:
-            effective = batch * trainer.accumulate_grad_batches * trainer.world_size
+            effective = self.global_batch()
+            scaled = (
+                f" (= {self.hparams.lr:g} x {effective} / {self.hparams.lr_batch}, scaled to the global batch)"
+                if self.hparams.get("lr_batch")
+                else ""
+            )
             rank_zero_info(
                 f"effective global batch {effective} = {batch} per device x {trainer.accumulate_grad_batches} "
-                f"accumulation x {trainer.world_size} processes; lr {self.hparams.lr:g} "
+                f"accumulation x {trainer.world_size} processes; lr {self.peak_lr():g}{scaled} "
                 f"(warmup {self.hparams.warmup_epochs:g} epochs from {self.hparams.warmup_start_lr:g}, "
                 f"cosine to {self.hparams.min_lr:g}), weight decay {self.hparams.weight_decay:g}"
             )
@@ -629,7 +649,7 @@ class VideoClassifier(pl.LightningModule):
         hp = self.hparams
         skip = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else ()
         groups = param_groups_weight_decay(self.backbone, hp.weight_decay, skip)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr(), betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
         max_epochs = (
             self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None

@@ -23,6 +23,8 @@ PREPARE_TARGETS: dict[str, str] = {
     "gym99": "prepare-gym",
     "gym288": "prepare-gym",
     "synthetic": "prepare-synthetic",
+    "imagenet": "prepare-imagenet",
+    "synthetic_images": "prepare-synthetic-images",
     "custom": "prepare-folder SRC=<your video folder>",
 }
 
