@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.cli_runs import ROOT, env
+from tests.helpers.cli_runs import ROOT, env, image_run_args
 from tests.helpers.signal_sync import wait_for_files, wait_for_markers
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
@@ -242,6 +242,39 @@ def test_ddp_fit_finishes_with_every_progress_bar_and_gives_the_same_metrics_and
         assert [p.name for p in best] == [
             p.name for p in sorted((runs["none"] / "checkpoints").glob("best-*.ckpt"))
         ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_imagenet_config_fits_under_ddp_with_the_default_progress_bar(tmp_path):
+    """configs/imagenet.yaml (the image DataModule) on two gloo processes with the default bar: it ends, every val
+    image is scored once over the two shards, and both ranks train on a corrupt file counted, not fatal."""
+    from data_prep.synthetic_images import generate
+
+    root = tmp_path / "images"
+    generate(root, classes=4, train_per_class=8, val_per_class=3, size=40, corrupt=True)  # no doctor: met raw
+    run = cli(
+        tmp_path / "ddp.log",
+        "fit",
+        *image_run_args(root, tmp_path, "imagenet", "ddp"),
+        *DDP,
+        "--trainer.max_epochs",
+        "2",
+        "--data.max_failure_rate",
+        "0.2",  # the truncated JPEG: 1 of 32 images
+    )
+    try:
+        output = run.succeed(timeout=300)
+    finally:
+        run.kill()
+    assert re.search(r"Epoch 1/1 ", output), "the default (rich) bar"
+    values = scalars(tmp_path / "imagenet" / "ddp")
+    assert [v for _, v in values["val/videos"]] == [12.0, 12.0]  # 4 classes x 3, both shards, each epoch
+    assert sum(v for _, v in values["train/decode_failures"]) >= 1
+    assert (
+        sorted(p.name for p in (tmp_path / "imagenet" / "ddp" / "checkpoints").glob("*.ckpt"))[-1]
+        == "last.ckpt"
+    )
 
 
 # ---------------------------------------------------------------------------------- faults on one rank
