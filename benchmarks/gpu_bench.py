@@ -7,6 +7,8 @@ structsa  StructSA fast vs reference path, time and memory, at the paper's stage
           the reference path fits the memory budget (benchmarks.attention)
 convs     the K/V structure convolutions fused or not, channels_last_3d, and the conv blocks' depthwise
           Conv3d layouts, each against the current form (benchmarks.conv_variants)
+jpeg_decode torchvision.io.decode_jpeg of ImageNet-like JPEGs: images/s on one CPU thread and, on CUDA,
+          batched through nvjpeg, with the largest pixel difference between the two decodes
 max_batch the largest training batch of structvit_s_4_2 that fits (doubling, then bisection)
 pipeline  the train DataLoader's clips/s with 16 workers, and one worker's decode + augment rate
           (benchmarks.pipeline), to set against the step rate
@@ -68,6 +70,10 @@ class BenchConfig:
     max_batch_cap: int
     max_batch_limit_mib: float | None  # None: the GPU's own limit (out-of-memory); CPU: a modelled budget
     max_batch_s: float
+    jpeg_images: int  # synthetic textured JPEGs, encoded once, decoded on each rep
+    jpeg_size: tuple[int, int]  # width, height
+    jpeg_quality: int
+    jpeg_reps: int
     pipeline_kind: VideoKind
     pipeline_videos: int
     pipeline_workers: int
@@ -109,6 +115,10 @@ CONFIGS: dict[str, BenchConfig] = {
         max_batch_cap=1024,
         max_batch_limit_mib=None,
         max_batch_s=60.0,
+        jpeg_images=256,
+        jpeg_size=(500, 375),  # ImageNet's most common size
+        jpeg_quality=90,
+        jpeg_reps=5,
         pipeline_kind=KINETICS,
         pipeline_videos=4,
         pipeline_workers=16,
@@ -142,6 +152,10 @@ CONFIGS: dict[str, BenchConfig] = {
         max_batch_cap=64,
         max_batch_limit_mib=24.0,  # ~12 MiB at batch 2 and ~0.75 MiB more per clip here; the search bisects
         max_batch_s=40.0,  # ~8 s on 2 idle cores; a loaded host (the suite's other worker) is several times slower
+        jpeg_images=8,
+        jpeg_size=(64, 48),
+        jpeg_quality=90,
+        jpeg_reps=3,
         pipeline_kind=TINY_KINETICS,
         pipeline_videos=1,
         pipeline_workers=1,
@@ -361,6 +375,89 @@ def max_batch_item(cfg: BenchConfig) -> list[dict]:
     ]
 
 
+# -------------------------------------------------------------------------------------- jpeg decode
+def textured_jpegs(count: int, width: int, height: int, quality: int, seed: int = 0) -> list[torch.Tensor]:
+    """`count` JPEG files as 1-D uint8 tensors: smooth colour blobs, stripes and fine grain, so the entropy
+    coder has photo-like work (flat or pure-noise images decode far faster or slower than photographs)."""
+    import torch.nn.functional as F
+    from torchvision.io import encode_jpeg
+
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(0, 1, height).view(1, height, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, width)
+    files = []
+    for _ in range(count):
+        blobs = F.interpolate(
+            torch.rand(1, 3, 6, 8, generator=gen), size=(height, width), mode="bicubic", align_corners=False
+        )[0]
+        freq = 4 + 40 * torch.rand(3, 2, 1, 1, generator=gen)
+        stripes = torch.sin(2 * math.pi * (freq[:, 0] * xs + freq[:, 1] * ys))
+        grain = torch.randn(3, height, width, generator=gen)
+        image = 255 * blobs + 30 * stripes + 12 * grain
+        files.append(encode_jpeg(image.clamp(0, 255).to(torch.uint8), quality=quality))
+    return files
+
+
+def jpeg_decode_item(cfg: BenchConfig) -> list[dict]:
+    """Images/s of `torchvision.io.decode_jpeg` on one CPU thread and, on CUDA, of the batched nvjpeg decode
+    (one call for the whole list), with the largest pixel difference between the two (recorded, not bounded:
+    the IDCTs differ by a few grey levels)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    width, height = cfg.jpeg_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points image I/O to torchcodec
+        files = textured_jpegs(cfg.jpeg_images, width, height, cfg.jpeg_quality)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            on_cpu = decode_jpeg(files, mode=ImageReadMode.RGB)  # also the warm-up
+            cpu = time_call(lambda: decode_jpeg(files, mode=ImageReadMode.RGB), reps=cfg.jpeg_reps, warmup=0)
+        finally:
+            torch.set_num_threads(threads)
+        row: dict = {
+            "item": "jpeg_decode",
+            "status": "ok",
+            "images": len(files),
+            "size": [width, height],
+            "quality": cfg.jpeg_quality,
+            "mean_kib": round(sum(f.numel() for f in files) / len(files) / 1024, 1),
+            "reps": cfg.jpeg_reps,
+            "cpu_threads": 1,
+            "cpu_images_per_s": round(len(files) / cpu.median_s, 1),
+        }
+        if torch.device(cfg.device).type != "cuda":
+            row.update(
+                cuda="not run: no CUDA device (the nvjpeg decode is measured on CUDA only)",
+                cuda_images_per_s=None,
+                cuda_vs_cpu=None,
+                max_abs_diff=None,
+                mean_abs_diff=None,
+            )
+        else:
+
+            def decode() -> list[torch.Tensor]:
+                return decode_jpeg(files, mode=ImageReadMode.RGB, device=cfg.device)
+
+            on_gpu = decode()  # also the warm-up: nvjpeg's handles and buffers
+            gpu = time_call(decode, reps=cfg.jpeg_reps, warmup=0, device=cfg.device)
+            diffs = [(g.cpu().short() - c.short()).abs() for g, c in zip(on_gpu, on_cpu)]
+            row.update(
+                cuda="batched nvjpeg, one call per list",
+                cuda_images_per_s=round(len(files) / gpu.median_s, 1),
+                cuda_vs_cpu=round(cpu.median_s / gpu.median_s, 1),
+                max_abs_diff=max(int(d.max()) for d in diffs),
+                mean_abs_diff=round(sum(float(d.float().mean()) for d in diffs) / len(diffs), 3),
+            )
+    print(
+        f"  {row['images']} JPEGs {width}x{height} ({row['mean_kib']} KiB): CPU 1 thread "
+        f"{row['cpu_images_per_s']} images/s; CUDA {row['cuda_images_per_s'] or row['cuda']}"
+    )
+    return [row]
+
+
 # ----------------------------------------------------------------------------------------- pipeline
 def _repeated_index(source: Path, out: Path, repeats: int) -> Path:
     """An index whose train split lists every video of `source` `repeats` times (absolute paths), so one
@@ -469,7 +566,7 @@ def feeding(model_rows: list[dict], pipeline_rows: list[dict]) -> list[dict]:
     return out
 
 
-ITEMS = ("models", "structsa", "convs", "max_batch", "pipeline")
+ITEMS = ("models", "structsa", "convs", "jpeg_decode", "max_batch", "pipeline")
 
 
 def run_item(name: str, cfg: BenchConfig, work: Path) -> list[dict]:
@@ -480,5 +577,6 @@ def run_item(name: str, cfg: BenchConfig, work: Path) -> list[dict]:
         "models": models_item,
         "structsa": structsa_item,
         "convs": convs_item,
+        "jpeg_decode": jpeg_decode_item,
         "max_batch": max_batch_item,
     }[name](cfg)

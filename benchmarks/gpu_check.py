@@ -12,7 +12,8 @@ of time is recorded and the next one runs; the whole check has a total budget to
   models    training steps of uniformer_s / structvit_s / structvit_s_4_2 side by side and their ratios,
             then with cuDNN autotuning on
   bench     StructSA fast vs reference at the stage-3 shape, K/V conv fusion and channels_last_3d, the
-            depthwise convolutions' layouts, the largest batch of structvit_s_4_2
+            depthwise convolutions' layouts, JPEG decode images/s (one CPU thread, batched nvjpeg), the
+            largest batch of structvit_s_4_2
   pipeline  the configs' loader (PyAV, augmentation on the device): clips/s with 16 workers and one
             worker's rate against the step rate; the moved augmentation's rate on the GPU; torchcodec's
             NVDEC decoding (clips/s, distance to PyAV's frames) where torchcodec and FFmpeg are installed
@@ -74,7 +75,10 @@ PARTS = (
     Part("cli", "synthetic data, `src.cli fit` (bf16-mixed, ddp, 1 device) then `test`", 120, 90),
     Part("models", "training steps side by side and ratios, cuDNN autotuning off and on", 90, 90),
     Part(
-        "bench", "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, largest batch", 120, 90
+        "bench",
+        "StructSA fast vs reference at stage 3, K/V conv fusion and layouts, JPEG decode, largest batch",
+        120,
+        90,
     ),
     Part(
         "pipeline", "DataLoader clips/s (16 workers on CUDA) and one worker's rate vs the step rate", 60, 60
@@ -82,7 +86,11 @@ PARTS = (
     Part("compile", "torch.compile vs eager: output and training-step time", 180, 75),
 )
 TOTAL_BUDGET_S = {"cuda": 460.0, "cpu": 115.0}  # at most 8 min on the GPU, under 2 min dry
-BENCH_ITEMS = {"models": ("models",), "bench": ("structsa", "convs", "max_batch"), "pipeline": ("pipeline",)}
+BENCH_ITEMS = {
+    "models": ("models",),
+    "bench": ("structsa", "convs", "jpeg_decode", "max_batch"),
+    "pipeline": ("pipeline",),
+}
 TEST_FILES = {"tests": "tests/gpu/test_cuda_paths.py", "compile": "tests/gpu/test_cuda_compile.py"}
 # what the dry run cannot check, and why (stated in every CPU result file)
 CPU_LIMITS = (
@@ -91,6 +99,8 @@ CPU_LIMITS = (
     "NCCL: the CLI part runs `--trainer.strategy ddp` with gloo on CPU; NCCL only on CUDA",
     "inductor: torch.compile uses the aot_eager backend on CPU (inductor's C++ build takes minutes on 2 cores)",
     "cuDNN autotuning: the models part measures it on CUDA only (torch.backends.cudnn.benchmark is a no-op on CPU)",
+    "nvjpeg: the JPEG-decode row measures torchvision's CPU decode only; the batched CUDA decode and its pixel "
+    "difference to the CPU's are measured on CUDA only",
     "timings, memory and ratios are measured at tiny shapes and mean nothing beyond 'this line ran'",
 )
 

@@ -376,6 +376,44 @@ def largest_batch(results: dict) -> str:
     )
 
 
+def jpeg_decode(results: dict) -> str:
+    """torchvision's JPEG decode: one CPU thread against batched nvjpeg, and how far their pixels differ."""
+    rows = _rows(results, "bench", "jpeg_decode", key="cpu_images_per_s")
+    if not rows:
+        return ""
+    r = rows[0]
+    cuda = (
+        f"{r['cuda_images_per_s']} ({r['cuda']})"
+        if r.get("cuda_images_per_s") is not None
+        else r.get("cuda", "not run")
+    )
+    diff = f"{r['max_abs_diff']} (mean {r['mean_abs_diff']})" if r.get("max_abs_diff") is not None else None
+    return "## JPEG decode (torchvision.io.decode_jpeg)\n\n" + _table(
+        (
+            "images",
+            "size",
+            "quality",
+            "mean KiB",
+            "CPU images/s (1 thread)",
+            "CUDA images/s",
+            "CUDA / CPU",
+            "max abs pixel diff CUDA vs CPU",
+        ),
+        [
+            (
+                r["images"],
+                "×".join(map(str, r["size"])),
+                r["quality"],
+                r["mean_kib"],
+                r["cpu_images_per_s"],
+                cuda,
+                r.get("cuda_vs_cpu"),
+                diff,
+            )
+        ],
+    )
+
+
 def pipeline(results: dict) -> str:
     """Loader rates and how many workers one GPU needs."""
     rows = _rows(results, "pipeline", "pipeline", key="clips_per_s")
@@ -430,6 +468,7 @@ SECTIONS: tuple[Callable[[dict], str], ...] = (
     models,
     structsa,
     convs,
+    jpeg_decode,
     largest_batch,
     pipeline,
 )

@@ -26,6 +26,7 @@ SECTIONS = (
     "CLI: the commands a user types",
     "Training step",
     "Conv3d variants",
+    "JPEG decode (torchvision.io.decode_jpeg)",
     "Largest batch",
     "Data pipeline against the step rate",
 )
@@ -89,6 +90,11 @@ def test_cpu_dry_run_executes_every_part_and_writes_json_and_markdown(tmp_path):
     variants = [r for r in bench if r["item"] in ("kv_structure", "depthwise")]
     assert {r["variant"] for r in variants} >= {"separate (current)", "fused K+V", "channels_last_3d"}
     assert all(r["exact"] for r in variants)
+    (jpeg,) = [r for r in bench if r["item"] == "jpeg_decode"]  # real JPEGs decoded on one CPU thread
+    assert jpeg["status"] == "ok" and jpeg["images"] == 8 and jpeg["cpu_images_per_s"] > 0, jpeg
+    assert jpeg["cpu_threads"] == 1 and jpeg["mean_kib"] > 0
+    assert jpeg["cuda"].startswith("not run") and jpeg["cuda_images_per_s"] is None  # nvjpeg: CUDA only
+    assert parts["bench"]["item_seconds"]["jpeg_decode"] < 10  # ~0.01 s idle; the bound leaves room for load
     (largest,) = [r for r in bench if r["item"] == "max_batch"]
     assert largest["largest_batch"] >= 8 and largest["trials"]
     if largest["stopped_by"] == "bisected":  # the usual case; a loaded host may end the search by its budget
