@@ -27,7 +27,7 @@ from benchmarks.suites import SUITES, Suite
 from benchmarks.tables import gpu_training_rates, render, update_document
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders", "compile")
+SECTIONS = ("structsa", "scaling", "model", "pipeline", "pytorchvideo", "decoders", "compile", "images")
 DEFAULT_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "structvit-lightning" / "bench"
 )
@@ -179,6 +179,15 @@ def run_decoders(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> l
     )
 
 
+def run_images(suite: Suite, log: Callable[[str], None], cache_dir: Path) -> list[dict]:
+    """Still images (benchmarks/images.py): decode and whole train loader per core, ours vs ImageFolder + PIL;
+    the suite's size from `SUITE_SETTINGS` (none: skipped)."""
+    from benchmarks.images import SUITE_SETTINGS, measure
+
+    settings = SUITE_SETTINGS.get(suite.name)
+    return measure(cache_dir=cache_dir, log=log, **settings) if settings else []
+
+
 def run_compile(suite: Suite, log: Callable[[str], None]) -> list[dict]:
     """torch.compile vs eager (benchmarks/compile_speed.py): training step and inference per model, calls
     interleaved, compile time and logit difference; bf16 autocast where the suite's model rows use it."""
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "pytorchvideo": lambda: run_pytorchvideo(suite, print, args.cache_dir),
         "decoders": lambda: run_decoders(suite, print, args.cache_dir),
         "compile": lambda: run_compile(suite, print),
+        "images": lambda: run_images(suite, print, args.cache_dir),
     }
     previous = out_dir / f"{suite.name}.json"
     if set(sections) != set(SECTIONS) and previous.is_file():
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(f"[{section}] ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
         section_start = time.perf_counter()
-        guarded = section in ("pipeline", "pytorchvideo", "decoders", "compile")
+        guarded = section in ("pipeline", "pytorchvideo", "decoders", "compile", "images")
         rows = _section_rows(runners[section], section) if guarded else runners[section]()
         results["sections"][section] = rows
         results.setdefault("section_runs", {})[section] = {

@@ -429,6 +429,10 @@ def render(results: dict, gpu_rates: dict[str, float] | None = None) -> str:
         parts.append(decoder_tables(sections["decoders"]))
     if sections.get("compile"):
         parts.append(compile_table(sections["compile"]))
+    if sections.get("images"):
+        from benchmarks.images import table as images_table
+
+        parts.append("### Still images (benchmarks/images.py)\n\n" + images_table(sections["images"]))
     return "\n".join(parts)
 
 

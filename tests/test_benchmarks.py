@@ -148,7 +148,9 @@ def test_tiny_suite_runs_every_section_and_writes_valid_json_and_tables(tmp_path
         "pytorchvideo",
         "decoders",
         "compile",
+        "images",
     }
+    assert any(r.get("reader") == "ImageDataModule (folder)" for r in sections["images"])
     assert sections["compile"] == []  # off in the tiny suite: tests/test_compile_speed.py runs its quick path
     paths = {r["path"] for r in sections["structsa"]}
     assert paths == {"fast", "reference", "vanilla"}

@@ -61,7 +61,7 @@ def _check_ranges(arguments: dict) -> None:
             raise ValueError(f"data.{name} must be in [0, 1], got {arguments[name]}")
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding and augmentation per worker; do not oversubscribe the cores
     forget_wakeup_fd()  # a forked worker must not report its own signals to the parent's hang guard
     # SIGTERM reaches every process of a job (scancel, torchrun, `kill -- -PGID`). A worker that died of it
@@ -350,7 +350,7 @@ class VideoDataModule(LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             drop_last=drop_last,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=worker_init if workers > 0 else None,
             persistent_workers=self.persistent_workers and workers > 0,
             multiprocessing_context=context,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,

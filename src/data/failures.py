@@ -37,9 +37,10 @@ class EvalReport:
     total: int = 0
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (row, path, reason)
     file: Path | None = None
+    unit: str = "videos"  # what an item is: "videos", or "images" for the image DataModule
 
     def message(self) -> str:
-        text = f"{self.split}: evaluated {self.evaluated} of {self.total} videos"
+        text = f"{self.split}: evaluated {self.evaluated} of {self.total} {self.unit}"
         if self.failed:
             text += f"; {len(self.failed)} failed to decode, listed in {self.file}"
         return text
@@ -51,11 +52,18 @@ class DecodeFailureLog:
     Args:
         max_failure_rate: the fraction of a rank's training shard allowed to fail in one epoch.
         index_root: the dataset's index folder, named in the error (`make doctor INDEX=...`).
+        unit: what an item is in the messages ("videos", or "images").
+        doctor: the command that finds and quarantines broken files, named in the error (default: the video
+            doctor on `index_root`).
     """
 
-    def __init__(self, max_failure_rate: float, index_root: Path) -> None:
+    def __init__(
+        self, max_failure_rate: float, index_root: Path, unit: str = "videos", doctor: str | None = None
+    ) -> None:
         self.max_failure_rate = max_failure_rate
         self.index_root = index_root
+        self.unit = unit
+        self.doctor = doctor or f"make doctor INDEX={index_root}"
         self.folder: Path | None = None  # where failed_<split>.txt goes (the run folder; "." when unset)
         self.train_epoch = 0
         self.train_total = 0
@@ -72,9 +80,9 @@ class DecodeFailureLog:
         self.train_total += failures
         if self.train_epoch > self.max_failure_rate * shard:
             raise DecodeFailureRateError(
-                f"{self.train_epoch} videos failed to decode in epoch {epoch} on rank {rank}, more than "
-                f"max_failure_rate={self.max_failure_rate:g} of {shard} videos allows. Run `make doctor "
-                f"INDEX={self.index_root}` to find and quarantine broken files, or raise data.max_failure_rate."
+                f"{self.train_epoch} {self.unit} failed to decode in epoch {epoch} on rank {rank}, more than "
+                f"max_failure_rate={self.max_failure_rate:g} of {shard} {self.unit} allows. Run `{self.doctor}` "
+                "to find and quarantine broken files, or raise data.max_failure_rate."
             )
 
     @staticmethod
@@ -99,7 +107,7 @@ class DecodeFailureLog:
         checks, whose key starts with True).
         """
         if self._report_key.get(split) != key or split not in self._reports:
-            self._reports[split] = EvalReport(split, total=shard_total())
+            self._reports[split] = EvalReport(split, total=shard_total(), unit=self.unit)
             self._report_key[split] = key
         report = self._reports[split]
         report.evaluated += len(batch["index"])
