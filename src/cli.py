@@ -204,7 +204,9 @@ class VideoCLI(LightningCLI):
         config.trainer.logger = False
         self.save_config_callback = None
         if config.get("ckpt_path"):
-            adopt_checkpoint_protocol(data_arguments(config), read_card(config.ckpt_path))
+            card = read_card(config.ckpt_path)
+            card.require_video("predict")
+            adopt_checkpoint_protocol(data_arguments(config), card)
 
     def fit(self, model: LightningModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
         """`trainer.fit`, with the checkpoint to resume from set on the Trainer first: the model's `setup` then

@@ -31,13 +31,25 @@ NOT_TRAINED_HERE = (
 )
 
 
+IMAGE_PROTOCOL_NOTE = "none: an image network (one centre crop per image, the ImageNet stage)"
+
+
+def image_checkpoint_message(path: Path, what: str) -> str:
+    """The one-line refusal of an image checkpoint by a command that takes video checkpoints."""
+    return (
+        f"{path} holds an image network (the ImageNet stage, backbone.image true); {what} takes video checkpoints. "
+        f"Start a video model from it with --model.init_from {path} (docs/imagenet.md), or test it with "
+        "python -m src.cli test --config configs/imagenet.yaml --ckpt_path <it>"
+    )
+
+
 @dataclass
 class CheckpointCard:
     """What a checkpoint says about its model, read without building it."""
 
     path: Path
     hyper_parameters: dict[str, Any]
-    protocol: EvalProtocol
+    protocol: EvalProtocol | None  # None for an image model (the ImageNet stage): no clips to make
     # the weights the run started from: {"init_from": the value given (a file, a published name, hf://...),
     # "file": the file loaded, "sha256": its SHA-256}; None for a run from scratch or an older checkpoint
     init_source: dict[str, str] | None = None
@@ -55,10 +67,22 @@ class CheckpointCard:
     def __str__(self) -> str:
         names = self.class_names
         shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        protocol = self.protocol or IMAGE_PROTOCOL_NOTE
         return (
-            f"{self.path}\n  model: {self.variant}, {len(names)} classes: {shown}\n"
-            f"  started from: {self.started_from}\n  protocol: {self.protocol}"
+            f"{self.path}\n  model: {self.variant}{' (image network)' if self.is_image else ''}, {len(names)} "
+            f"classes: {shown}\n  started from: {self.started_from}\n  protocol: {protocol}"
         )
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the checkpoint holds an image network (the ImageNet stage, `backbone.image`)."""
+        return bool(self.hyper_parameters.get("backbone", {}).get("image"))
+
+    def require_video(self, what: str) -> None:
+        """Raise CheckpointFileError when the checkpoint holds an image network: `what` (predict, export, ...)
+        takes video checkpoints, and an image checkpoint starts a video model instead."""
+        if self.is_image:
+            raise CheckpointFileError(image_checkpoint_message(self.path, what))
 
     @property
     def class_names(self) -> list[str]:
@@ -207,9 +231,9 @@ def read_card(path: str | Path) -> CheckpointCard:
     """The checkpoint's hyper-parameters, class names and evaluation protocol, without building the model."""
     path = Path(path)
     payload = _payload(path, mmap=True)  # the tensors stay on disk: only the metadata is read
-    return CheckpointCard(
-        path, _hyper_parameters(path, payload), _protocol(path, payload), _init_source(payload)
-    )
+    hparams = _hyper_parameters(path, payload)
+    protocol = None if hparams.get("backbone", {}).get("image") else _protocol(path, payload)
+    return CheckpointCard(path, hparams, protocol, _init_source(payload))
 
 
 def _init_source(payload: dict) -> dict[str, str] | None:
@@ -224,7 +248,10 @@ def load_trained(path: str | Path) -> TrainedModel:
     this project, or whose weights do not fit the model its hyper-parameters describe."""
     path = Path(path)
     payload = _payload(path)
-    module = VideoClassifier(**_hyper_parameters(path, payload))
+    hparams = _hyper_parameters(path, payload)
+    if hparams.get("backbone", {}).get("image"):
+        raise CheckpointFileError(image_checkpoint_message(path, "this command (predict, export, visualize)"))
+    module = VideoClassifier(**hparams)
     result = module.load_state_dict(payload["state_dict"], strict=False)
     missing = list(result.missing_keys)
     if missing or result.unexpected_keys:

@@ -113,6 +113,18 @@ def test_image_fit_and_test_then_the_checkpoint_starts_a_video_model(image_set, 
     assert 0 <= values["test/top1"] <= values["test/top5"] <= 1 and values["test/videos"] == 24
     assert re.search(r"test/top5", tested.stdout)
 
+    # an image checkpoint has no clip protocol: predict refuses it in one line, naming what to do with it
+    from src.trained import read_card
+
+    card = read_card(checkpoint)
+    assert card.is_image and card.protocol is None and "image network" in str(card)
+    refused = run_cli(
+        "predict", "--ckpt_path", str(checkpoint), "--data.predict_path", str(image_set / "val")
+    )
+    assert refused.returncode == 2 and "--model.init_from" in refused.stderr.splitlines()[-1], refused.stderr[
+        -2000:
+    ]
+
     # stage 2: the image checkpoint starts the video model (kernels inflated, StructSA filters at the centre frame)
     video_runs = tmp_path / "video"
     ok(
@@ -135,8 +147,6 @@ def test_image_fit_and_test_then_the_checkpoint_starts_a_video_model(image_set, 
         r"blocks3\.0\.attn\.k_struct\.weight: centre \[\d+, 1, 1, 3, 3\] -> \[\d+, 1, 3, 3, 3\]", report
     )
     assert "StructSA filters set to" not in report  # the image model's own filters were loaded
-    from src.trained import read_card
-
     card = read_card(next((video_run / "checkpoints").glob("best-*.ckpt")))
     assert card.init_source["file"] == str(checkpoint)
 
