@@ -265,6 +265,25 @@ def ratios(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _measure_in_fresh_process(
+    images: int, reps: int, cache_dir: Path, log: Callable[[str], None]
+) -> list[dict]:
+    """`measure` run by `python -m benchmarks.images` in a new process; its rows."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "images.json"
+        command = [sys.executable, "-m", "benchmarks.images", "--images", str(images), "--reps", str(reps)]
+        command += ["--cache-dir", str(cache_dir), "--json", str(out)]
+        log(f"  images: measured in a fresh process (decord was used here): {' '.join(command[1:])}")
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        return json.loads(out.read_text())["rows"]
+
+
 def measure(
     images: int = 256,
     reps: int = 5,
@@ -280,6 +299,12 @@ def measure(
         from benchmarks.run import DEFAULT_CACHE
 
         cache_dir = DEFAULT_CACHE
+    from src.data.decoding import decord_used_in_this_process
+
+    if decord_used_in_this_process():
+        # the DataModule's workers then start from a forkserver, whose children's CPU time this process cannot
+        # see (RUSAGE_CHILDREN counts only its own): measure in a fresh interpreter, where workers are forked
+        return _measure_in_fresh_process(images, reps, Path(cache_dir), log)
     root = image_set(images, Path(cache_dir), log)
     files = _train_files(root)
     decode_rows, readers = _decode_rows()

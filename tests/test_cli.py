@@ -86,6 +86,9 @@ NULL_MEANS_NONE = {
     "model.backbone.pos_embed": "pure_attention_tiny only",
     "model.backbone.num_frames": "baselines only",
     "model.backbone.crop_size": "baselines only",
+    "model.backbone.image": "the video network (configs/imagenet.yaml sets true)",
+    "trainer.gradient_clip_val": "no clipping (configs/imagenet.yaml: UniFormer's image recipe clips none)",
+    "model.lr_batch": "lr as given, whatever the global batch (configs/imagenet.yaml scales it)",
     "data.init_args.root": "$DATA_ROOT/<dataset> (the environment of the run)",
     "data.init_args.limit": "every row",
     "data.init_args.predict_path": "not predicting",
@@ -120,11 +123,12 @@ def _nulls(tree: dict, prefix: str = "") -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", [*DATASET_CONFIGS, "custom"])
+@pytest.mark.parametrize("name", [*DATASET_CONFIGS, "custom", "imagenet"])
 def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run(capsys, tmp_path, name):
     """No null or marker stands for a value chosen elsewhere; the declared callbacks are listed; the printed
     config, fed back, prints the same and builds the same DataModule and model."""
     from src.data.datamodule import VideoDataModule
+    from src.data.images import ImageDataModule
     from src.task import VideoClassifier
 
     _, out, _ = parse_only(capsys, "fit", "--config", f"configs/{name}.yaml", "--print_config")
@@ -149,12 +153,15 @@ def test_print_config_shows_every_value_that_runs_and_feeds_back_to_the_same_run
     _, out_again, _ = parse_only(capsys, "fit", "--config", str(again), "--print_config")
     assert yaml.safe_load(out_again) == printed
     original = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-    data, data_again = VideoDataModule(**original["data"]), VideoDataModule(**printed["data"]["init_args"])
+    module = ImageDataModule if printed["data"]["class_path"].endswith("ImageDataModule") else VideoDataModule
+    arguments = original["data"].get("init_args", original["data"])  # a video config names no class
+    data, data_again = module(**arguments), module(**printed["data"]["init_args"])
 
     def plain(values):
         return json.loads(json.dumps(dict(values)))  # tuples and lists alike
 
-    assert plain(data.hparams) == plain(data_again.hparams) and data.eval_protocol == data_again.eval_protocol
+    assert plain(data.hparams) == plain(data_again.hparams)
+    assert getattr(data, "eval_protocol", None) == getattr(data_again, "eval_protocol", None)
     with torch.device("meta"):
         model = VideoClassifier(**{**original["model"], "num_classes": 10})
         model_again = VideoClassifier(

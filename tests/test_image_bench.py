@@ -60,3 +60,23 @@ def test_tiny_run_writes_every_row_and_factor(tmp_path: Path, capsys: pytest.Cap
 
 def test_suites_that_run_the_section_have_settings() -> None:
     assert SUITE_SETTINGS["cpu"] == {"images": 256, "reps": 5} and SUITE_SETTINGS["tiny"]["reps"] == 1
+
+
+@pytest.mark.timeout(240)
+def test_after_decord_the_rows_come_from_a_fresh_process_that_counts_the_workers_cpu(tmp_path: Path) -> None:
+    """In `make bench` the decoder sections run first: the DataModule's workers then start from a forkserver, whose
+    CPU time this process cannot count, so the rows are measured in a fresh interpreter instead."""
+    from benchmarks.images import measure
+    from src.data.decoding import decord_used_in_this_process
+    from tests.helpers.videos import write_test_video
+
+    video = write_test_video(tmp_path / "v.mp4", num_frames=4, size=32)
+    from src.data.decoding import read_frames
+
+    read_frames(video, [0, 1], backend="decord")
+    assert decord_used_in_this_process()
+    logged: list[str] = []
+    rows = measure(images=6, reps=1, cache_dir=tmp_path / "cache", log=logged.append)
+    assert any("fresh process" in line for line in logged)
+    loaders = [r for r in rows if r.get("type") == "images" and r["stage"] == LOADER]
+    assert len(loaders) == 3 and all(r["cpu_over_wall"] > 0.2 for r in loaders)  # the workers' CPU is counted
