@@ -70,6 +70,37 @@ def worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def make_loader(
+    dataset,
+    *,
+    sampler,
+    batch_size: int,
+    collate,
+    drop_last: bool,
+    num_workers: int,
+    pin_memory: bool,
+    persistent_workers: bool,
+    prefetch_factor: int | None,
+) -> DataLoader:
+    """The DataLoader of both DataModules: `worker_init` in each worker, pinned memory only where CUDA is, and
+    workers forked from this process unless it has decoded with decord (e.g. a 0-worker loader ran first):
+    decord's threads then deadlock forked children, so workers start from a clean forkserver."""
+    context = "forkserver" if num_workers > 0 and decord_used_in_this_process() else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        worker_init_fn=worker_init if num_workers > 0 else None,
+        persistent_workers=persistent_workers and num_workers > 0,
+        multiprocessing_context=context,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+
+
 class VideoDataModule(LightningDataModule):
     """Video clips for training and multi-view evaluation of one prepared dataset.
 
@@ -338,22 +369,16 @@ class VideoDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset, sampler, batch_size: int, collate, drop_last: bool = False) -> DataLoader:
-        workers = self.num_workers
-        # Workers fork from this process unless it has decoded with decord (e.g. a 0-worker loader ran
-        # first): decord's threads then deadlock forked children, so start workers from a clean forkserver.
-        context = "forkserver" if workers > 0 and decord_used_in_this_process() else None
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
             sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            batch_size=batch_size,
+            collate=collate,
             drop_last=drop_last,
-            worker_init_fn=worker_init if workers > 0 else None,
-            persistent_workers=self.persistent_workers and workers > 0,
-            multiprocessing_context=context,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
         )
 
     def train_dataloader(self) -> DataLoader:

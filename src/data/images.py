@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import torch
 import torch.distributed as dist
 from jsonargparse.typing import (
     ClosedUnitInterval,
@@ -27,9 +26,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from src.data.catalog import default_root
-from src.data.datamodule import worker_init
+from src.data.datamodule import make_loader
 from src.data.datasets import EvalCollate, collate_train
-from src.data.decoding import decord_used_in_this_process
 from src.data.distributed import EvalSampler, TrainSampler
 from src.data.failures import DecodeFailureLog
 from src.data.image_datasets import (
@@ -305,21 +303,16 @@ class ImageDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, collate, sampler=None, drop_last: bool = False) -> DataLoader:
-        workers = self.num_workers
-        # as VideoDataModule: fork, unless this process has decoded with decord (its threads deadlock forks)
-        context = "forkserver" if workers > 0 and decord_used_in_this_process() else None
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
             sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            batch_size=batch_size,
+            collate=collate,
             drop_last=drop_last,
-            worker_init_fn=worker_init if workers > 0 else None,
-            persistent_workers=self.persistent_workers and workers > 0,
-            multiprocessing_context=context,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
         )
 
     def train_dataloader(self) -> DataLoader | EpochLoader:
