@@ -27,11 +27,12 @@ PREP_ARGS     ?=# extra options for the prepare-* and doctor commands, e.g. PREP
 INDEX         ?= $(DATA_ROOT)/synthetic
 JOBS          ?= $(shell nproc)
 MOTION_ARGS   ?=# extra options of python -m experiments.ablation_motion, e.g. --arms D0 D4-shifted --seeds 0 --jobs 1
+CHAIN_ARGS    ?=# extra options of python -m experiments.imagenet_chain, e.g. --fast, --video-epochs 2, --quiet
 FINETUNE_ARGS ?=# options of python -m experiments.finetune_from_plain; --source <a D = 0 checkpoint of make ablation-synthetic> is required
 DEVICE        ?= cuda# gpu-check: cuda (the real check) or cpu (its dry run, tiny shapes)
 GPU_CHECK_ARGS ?=# extra options of python -m benchmarks.gpu_check, e.g. --only tests,cli or --work DIR
 
-.PHONY: help install test test-fast lint format demo prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
+.PHONY: help install test test-fast lint format demo demo-chain prepare-synthetic prepare-k400 prepare-ssv2 prepare-ssv1 \
         prepare-diving48 prepare-gym prepare-folder prepare-imagenet prepare-synthetic-images doctor bench bench-quick bench-gpu gpu-check ablation-synthetic ablation-motion \
         finetune-from-plain export-speed tensorboard clean
 
@@ -69,6 +70,9 @@ format: install ## Format the code with ruff
 
 demo: install ## The embedded default end to end: generate the synthetic benchmark, train structvit_xs, test, report
 	$(PY) -m src.demo --data-root $(DATA_ROOT) --runs $(RUNS) $(DEMO_ARGS)
+
+demo-chain: install ## The paper's three stages on a CPU: image benchmark as ILSVRC2012 archives -> prepare -> image fit/test -> video fine-tune beside one from scratch (~6 min)
+	$(PY) -m experiments.imagenet_chain --data-root $(DATA_ROOT) --runs $(RUNS) $(CHAIN_ARGS)
 
 prepare-synthetic: install ## Generate the synthetic motion benchmark into $(DATA_ROOT)/synthetic (cached)
 	$(PY) -m data_prep.synthetic --out $(DATA_ROOT)/synthetic --workers $(JOBS)
