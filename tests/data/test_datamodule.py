@@ -469,3 +469,30 @@ def test_an_unusable_torchcodec_backend_is_refused_when_the_datamodule_is_made(t
         for b in ("torchcodec", "pyav")
     ]
     assert torch.equal(batches[0]["video"], batches[1]["video"])
+
+
+def test_the_forkserver_preloads_every_module_a_loader_worker_unpickles():
+    """After decord use the workers start from a forkserver; whatever a worker unpickles (worker_init, the datasets,
+    the collates) must already be imported there, or every loader start re-imports Lightning and the data code
+    (~2 s per loader on 2 cores, seconds per validation)."""
+    import subprocess
+    import sys
+
+    from src.data import datamodule, datasets, image_datasets, images
+    from src.data.datamodule import FORKSERVER_PRELOAD
+
+    assert (
+        FORKSERVER_PRELOAD[0] == "__main__"
+    )  # Python's own default kept: the main module is not re-imported
+    unpickled = {
+        datamodule.worker_init.__module__,
+        datasets.VideoClipDataset.__module__,
+        datasets.EvalCollate.__module__,
+        image_datasets.ImageFolderDataset.__module__,
+        image_datasets.ImageShardDataset.__module__,
+        images.ImageDataModule.__module__,
+    }
+    script = f"import sys\nfor m in {FORKSERVER_PRELOAD[1:]!r}: __import__(m)\nprint(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert all(repr(m) in loaded for m in unpickled), sorted(m for m in unpickled if repr(m) not in loaded)
+    assert "'decord'" not in loaded  # decord's threads must never reach the forkserver

@@ -268,17 +268,17 @@ def test_failure_log_counts_images_and_stops_above_the_rate(tmp_path, image_root
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("read_from", ["folder", "shards"])
-def test_fit_and_test_with_the_video_classifier(image_root, tmp_path, read_from):
+def test_fit_and_test_from_shards_with_the_video_classifier(image_root, tmp_path):
+    """The shard path through the real Trainer (default progress bar, 2 workers); the folder path runs through
+    the CLI in tests/test_imagenet_stage.py and tests/test_ddp.py."""
     import lightning.pytorch as pl
 
     from data_prep.image_shards import write_shards
     from src.task import BackboneConfig, VideoClassifier
 
     root = shutil.copytree(image_root, tmp_path / "root")
-    if read_from == "shards":
-        write_shards(root, shard_size=4)
-    dm = module(root, read_from=read_from, num_workers=2, max_failure_rate=0.5, crop_size=32)
+    write_shards(root, shard_size=4)
+    dm = module(root, read_from="shards", num_workers=2, max_failure_rate=0.5, crop_size=32)
     model = VideoClassifier(
         backbone=BackboneConfig(variant="structvit_xs"),
         num_classes=dm.num_classes,
@@ -291,8 +291,6 @@ def test_fit_and_test_with_the_video_classifier(image_root, tmp_path, read_from)
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=tmp_path / "run",
     )
@@ -302,5 +300,4 @@ def test_fit_and_test_with_the_video_classifier(image_root, tmp_path, read_from)
     trainer.test(model, datamodule=dm)
     assert dm.failures.report("test").message().startswith("test: evaluated 8 of 9 images; 1 failed")
     assert (tmp_path / "run" / "failed_test.txt").read_text().count("\n") == 1
-    if read_from == "shards":
-        assert int(dm.split_dataset("train")._epoch) == 1  # Lightning's set_epoch reached the dataset
+    assert int(dm.split_dataset("train")._epoch) == 1  # Lightning's set_epoch reached the dataset
