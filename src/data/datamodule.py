@@ -79,20 +79,13 @@ FORKSERVER_PRELOAD = ["__main__", "torch", "torchvision", "src.data.datamodule",
 
 
 def make_loader(
-    dataset,
-    *,
-    sampler,
-    batch_size: int,
-    collate,
-    drop_last: bool,
-    num_workers: int,
-    pin_memory: bool,
-    persistent_workers: bool,
-    prefetch_factor: int | None,
+    module: LightningDataModule, dataset, *, sampler=None, batch_size: int, collate, drop_last: bool = False
 ) -> DataLoader:
-    """The DataLoader of both DataModules: `worker_init` in each worker, pinned memory only where CUDA is, and
-    workers forked from this process unless it has decoded with decord (e.g. a 0-worker loader ran first):
-    decord's threads then deadlock forked children, so workers start from a clean forkserver."""
+    """The DataLoader of both DataModules, with `module`'s `num_workers`, `pin_memory`, `persistent_workers` and
+    `prefetch_factor`: `worker_init` in each worker, pinned memory only where CUDA is, and workers forked from this
+    process unless it has decoded with decord (e.g. a 0-worker loader ran first): decord's threads then deadlock
+    forked children, so workers start from a clean forkserver."""
+    num_workers = module.num_workers
     context = None
     if num_workers > 0 and decord_used_in_this_process():
         context = multiprocessing.get_context("forkserver")
@@ -105,12 +98,12 @@ def make_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
-        pin_memory=pin_memory and torch.cuda.is_available(),
+        pin_memory=module.pin_memory and torch.cuda.is_available(),
         drop_last=drop_last,
         worker_init_fn=worker_init if num_workers > 0 else None,
-        persistent_workers=persistent_workers and num_workers > 0,
+        persistent_workers=module.persistent_workers and num_workers > 0,
         multiprocessing_context=context,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        prefetch_factor=module.prefetch_factor if num_workers > 0 else None,
     )
 
 
@@ -381,26 +374,20 @@ class VideoDataModule(LightningDataModule):
         return self.datasets[split]
 
     # ------------------------------------------------------------------------------------- loaders
-    def _loader(self, dataset, sampler, batch_size: int, collate, drop_last: bool = False) -> DataLoader:
-        return make_loader(
-            dataset,
-            sampler=sampler,
-            batch_size=batch_size,
-            collate=collate,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            prefetch_factor=self.prefetch_factor,
-        )
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled, rank-sharded clips; each sample seeded from (seed, epoch, position)."""
         dataset = self.split_dataset("train")
         rank, world = self._rank_world()
         sampler = TrainSampler(len(dataset), rank=rank, world_size=world, seed=self.seed)
         drop_last = len(sampler) > self.batch_size
-        return self._loader(dataset, sampler, self.batch_size, collate_train, drop_last=drop_last)
+        return make_loader(
+            self,
+            dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            collate=collate_train,
+            drop_last=drop_last,
+        )
 
     def _eval_loader(self, split: str, predict: bool = False) -> DataLoader | list:
         dataset = self.split_dataset(split)
@@ -424,7 +411,8 @@ class VideoDataModule(LightningDataModule):
         clips, crops = self.test_views
         view_shape = (clips * crops, 3, self.num_frames, self.crop_size, self.crop_size)
         sampler = EvalSampler(len(dataset), rank=rank, world_size=world)
-        return self._loader(dataset, sampler, self.eval_batch_size, EvalCollate(view_shape, predict=predict))
+        collate = EvalCollate(view_shape, predict=predict)
+        return make_loader(self, dataset, sampler=sampler, batch_size=self.eval_batch_size, collate=collate)
 
     def val_dataloader(self) -> DataLoader:
         """All views of each val video together; a contiguous shard per rank, no padding."""

@@ -302,29 +302,23 @@ class ImageDataModule(LightningDataModule):
         return self.datasets[split]
 
     # ------------------------------------------------------------------------------------- loaders
-    def _loader(self, dataset, batch_size: int, collate, sampler=None, drop_last: bool = False) -> DataLoader:
-        return make_loader(
-            dataset,
-            sampler=sampler,
-            batch_size=batch_size,
-            collate=collate,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            prefetch_factor=self.prefetch_factor,
-        )
-
     def train_dataloader(self) -> DataLoader | EpochLoader:
         """Shuffled, rank-sharded images, each seeded from (seed, epoch, position); the same number of
         batches on every rank."""
         dataset = self.split_dataset("train")
         if isinstance(dataset, ImageShardDataset):
-            return EpochLoader(self._loader(dataset, self.batch_size, collate_train))
+            return EpochLoader(make_loader(self, dataset, batch_size=self.batch_size, collate=collate_train))
         rank, world = self._rank_world()
         sampler = TrainSampler(len(dataset), rank=rank, world_size=world, seed=self.seed)
         drop_last = len(sampler) > self.batch_size
-        return self._loader(dataset, self.batch_size, collate_train, sampler, drop_last)
+        return make_loader(
+            self,
+            dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            collate=collate_train,
+            drop_last=drop_last,
+        )
 
     def _eval_loader(self, split: str) -> DataLoader | list:
         dataset = self.split_dataset(split)
@@ -342,10 +336,10 @@ class ImageDataModule(LightningDataModule):
             return []
         collate = EvalCollate((1, 3, 1, self.crop_size, self.crop_size))
         if isinstance(dataset, ImageShardDataset):
-            return self._loader(dataset, self.eval_batch_size, collate)
+            return make_loader(self, dataset, batch_size=self.eval_batch_size, collate=collate)
         rank, world = self._rank_world()
         sampler = EvalSampler(len(dataset), rank=rank, world_size=world)
-        return self._loader(dataset, self.eval_batch_size, collate, sampler)
+        return make_loader(self, dataset, sampler=sampler, batch_size=self.eval_batch_size, collate=collate)
 
     def val_dataloader(self) -> DataLoader | list:
         """One centre view of each val image; a contiguous shard per rank, no padding, no duplicates."""
